@@ -1,0 +1,501 @@
+"""The one model of the world: a Topology of VPC resources across two accounts.
+
+Three sources build it (the lab YAML, an AWS-CLI/boto3 snapshot directory, live AWS) and
+three consumers read it (static analysis, diagnosis, the lab emulator). Nothing else in the
+project describes security groups, NACLs, endpoints or load balancers.
+
+A Topology may be *partial*: a snapshot taken with the consumer's credentials has no NLB and
+no target groups. ``Topology.visible_accounts`` says whose configuration was read, so the
+analysis can say "not visible from here" instead of "denied".
+
+Identifiers are AWS-shaped (``sg-…``, ``vpce-…``, load balancer ARNs); ``name`` is the human
+name (the topology key, or the ``Name`` tag of a snapshot) and is what users read in verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+Protocol = str  # "tcp", "udp", "icmp", "-1" (all)
+Direction = Literal["ingress", "egress"]
+
+#: Endpoint states as AWS spells them (compare case-insensitively; see AWS-FACTS.md).
+ENDPOINT_STATES = (
+    "pendingAcceptance",
+    "pending",
+    "available",
+    "rejected",
+    "expired",
+    "failed",
+    "deleting",
+    "deleted",
+)
+
+#: The NLB rewrites the source port into this range (AWS-FACTS.md "Addresses at each hop").
+NLB_EPHEMERAL = (1024, 65535)
+#: Linux clients' default ip_local_port_range.
+LINUX_EPHEMERAL = (32768, 60999)
+
+
+def stable_id(prefix: str, *parts: str, width: int = 17) -> str:
+    """A deterministic AWS-looking id (``sg-0a1b…``) so lab snapshots are reproducible."""
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return f"{prefix}-0{digest[: width - 1]}"
+
+
+def normalize_protocol(value: str | int) -> Protocol:
+    """AWS accepts names and IANA numbers; the model keeps names and ``-1``."""
+    text = str(value).strip().lower()
+    return {"6": "tcp", "17": "udp", "1": "icmp", "all": "-1", "-1": "-1"}.get(text, text)
+
+
+@dataclass
+class Account:
+    """One AWS account; ``role`` is ``consumer`` or ``provider``."""
+
+    name: str
+    id: str
+    role: Literal["consumer", "provider"]
+
+    @property
+    def root_arn(self) -> str:
+        return f"arn:aws:iam::{self.id}:root"
+
+
+@dataclass
+class Vpc:
+    id: str
+    name: str
+    account: str
+    cidr: str
+    enable_dns_support: bool = True
+    enable_dns_hostnames: bool = True
+
+
+@dataclass
+class Subnet:
+    id: str
+    name: str
+    account: str
+    vpc_id: str
+    cidr: str
+    az: str
+    az_id: str
+
+    def contains(self, ip: str) -> bool:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(self.cidr)
+
+
+@dataclass
+class Rule:
+    """One security group rule, shaped like ``aws_security_group_rule``.
+
+    A rule may carry several CIDRs; it has at most one SG reference or prefix list, as in
+    Terraform. ``id`` is the rule's name in the topology (or ``sgr-…`` from a snapshot) so a
+    verdict can name the exact rule that allowed a hop.
+    """
+
+    id: str
+    direction: Direction
+    protocol: Protocol
+    from_port: int
+    to_port: int
+    cidrs: tuple[str, ...] = ()
+    sg_ref: str | None = None
+    prefix_list: str | None = None
+    description: str = ""
+
+    def covers_port(self, port: int) -> bool:
+        if self.protocol == "-1":
+            return True
+        return self.from_port <= port <= self.to_port
+
+    def port_text(self) -> str:
+        if self.protocol == "-1":
+            return "all traffic"
+        proto = self.protocol.upper()
+        if self.from_port == self.to_port:
+            return f"{proto} {self.from_port}"
+        return f"{proto} {self.from_port}-{self.to_port}"
+
+
+@dataclass
+class SecurityGroup:
+    id: str
+    name: str
+    account: str
+    vpc_id: str
+    rules: list[Rule] = field(default_factory=list)
+    description: str = ""
+
+    def ingress(self) -> list[Rule]:
+        return [r for r in self.rules if r.direction == "ingress"]
+
+    def egress(self) -> list[Rule]:
+        return [r for r in self.rules if r.direction == "egress"]
+
+
+@dataclass
+class NaclEntry:
+    """One numbered NACL entry; evaluated in ``rule_number`` order, first match wins."""
+
+    rule_number: int
+    egress: bool
+    protocol: Protocol
+    action: Literal["allow", "deny"]
+    cidr: str
+    from_port: int = 0
+    to_port: int = 65535
+
+    def covers_port(self, port: int) -> bool:
+        if self.protocol == "-1":
+            return True
+        return self.from_port <= port <= self.to_port
+
+
+@dataclass
+class Nacl:
+    id: str
+    name: str
+    account: str
+    vpc_id: str
+    subnet_ids: list[str] = field(default_factory=list)
+    entries: list[NaclEntry] = field(default_factory=list)
+
+    def ordered(self, egress: bool) -> list[NaclEntry]:
+        return sorted((e for e in self.entries if e.egress == egress), key=lambda e: e.rule_number)
+
+
+@dataclass
+class Instance:
+    """An EC2 instance (client or target); ``services`` are the TCP ports it listens on."""
+
+    id: str
+    name: str
+    account: str
+    subnet_id: str
+    ip: str
+    sg_ids: list[str] = field(default_factory=list)
+    services: list[int] = field(default_factory=list)
+    eni_id: str = ""
+
+
+@dataclass
+class Peering:
+    id: str
+    name: str
+    requester_vpc_id: str
+    accepter_vpc_id: str
+    status: str = "active"
+
+
+@dataclass
+class EndpointService:
+    id: str  # vpce-svc-…
+    name: str
+    account: str
+    nlb_ids: list[str]
+    acceptance_required: bool = True
+    allowed_principals: list[str] = field(default_factory=list)
+    private_dns_name: str | None = None
+    private_dns_state: str | None = None  # "verified", "pendingVerification", "failed"
+
+    @property
+    def service_name(self) -> str:
+        return f"com.amazonaws.vpce.{{region}}.{self.id}"
+
+
+@dataclass
+class EndpointEni:
+    """The requester-managed ENI of an interface endpoint in one subnet (one per AZ)."""
+
+    id: str
+    subnet_id: str
+    ip: str
+
+
+@dataclass
+class Endpoint:
+    """An interface VPC endpoint in the consumer account."""
+
+    id: str  # vpce-…
+    name: str
+    account: str
+    vpc_id: str
+    service_id: str
+    sg_ids: list[str] = field(default_factory=list)
+    enis: list[EndpointEni] = field(default_factory=list)
+    state: str = "available"
+    private_dns_enabled: bool = False
+    #: the principal that created the endpoint; decides whether the service allows it
+    requester: str = ""
+    dns_hash: str = ""
+
+    def is_available(self) -> bool:
+        return self.state.lower() == "available"
+
+
+@dataclass
+class NlbNode:
+    """The NLB's private IP in one subnet: the source of traffic and health checks to targets."""
+
+    subnet_id: str
+    ip: str
+    eni_id: str = ""
+
+
+@dataclass
+class Nlb:
+    id: str  # ARN
+    name: str
+    account: str
+    vpc_id: str
+    nodes: list[NlbNode] = field(default_factory=list)
+    #: ``None`` means created without security groups (which can never get one later)
+    sg_ids: list[str] | None = None
+    enforce_sg_inbound_on_privatelink: bool = True
+    cross_zone: bool = False
+
+
+@dataclass
+class Listener:
+    id: str  # ARN
+    nlb_id: str
+    port: int
+    protocol: str = "TCP"
+    target_group_id: str | None = None
+
+
+@dataclass
+class HealthCheck:
+    protocol: str = "TCP"
+    #: ``None`` means "traffic-port"
+    port: int | None = None
+    path: str = "/"
+    interval_s: int = 30
+    timeout_s: int = 10
+    healthy_threshold: int = 3
+    unhealthy_threshold: int = 3
+
+
+@dataclass
+class Target:
+    instance_id: str
+    port: int | None = None  # None: the target group's port
+    #: observed health from DescribeTargetHealth; ``None`` when not observed
+    health: str | None = None
+
+
+@dataclass
+class TargetGroup:
+    id: str  # ARN
+    name: str
+    account: str
+    vpc_id: str
+    port: int
+    protocol: str = "TCP"
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    proxy_protocol_v2: bool = False
+    targets: list[Target] = field(default_factory=list)
+
+    def health_port(self, target: Target) -> int:
+        if self.health_check.port is not None:
+            return self.health_check.port
+        return self.target_port(target)
+
+    def target_port(self, target: Target) -> int:
+        return target.port if target.port is not None else self.port
+
+
+@dataclass
+class LabSettings:
+    """How the emulator behaves where AWS documents nothing (UNCONFIRMED in AWS-FACTS.md).
+
+    Each default is the most likely behaviour; a topology may override it to rehearse the
+    other one.
+    """
+
+    #: no listener on the port: "timeout" (silent drop) or "reset"
+    no_listener: Literal["timeout", "reset"] = "timeout"
+    #: endpoint not available: "timeout" or "reset"
+    endpoint_unavailable: Literal["timeout", "reset"] = "timeout"
+    #: cross-zone off and no healthy target in the AZ: "timeout" or "reset"
+    no_target_in_az: Literal["timeout", "reset"] = "timeout"
+    #: does the NLB keep the client's initial sequence number towards the target
+    nlb_preserves_isn: bool = True
+    #: health checker period in the lab, seconds (AWS's minimum is 5 s; the lab is faster)
+    health_check_interval_s: float = 1.0
+    #: consecutive results to flip a target's health in the lab
+    health_check_threshold: int = 2
+
+
+@dataclass
+class Topology:
+    """Every resource of both accounts, keyed by AWS id."""
+
+    region: str
+    accounts: dict[str, Account] = field(default_factory=dict)
+    vpcs: dict[str, Vpc] = field(default_factory=dict)
+    subnets: dict[str, Subnet] = field(default_factory=dict)
+    security_groups: dict[str, SecurityGroup] = field(default_factory=dict)
+    nacls: dict[str, Nacl] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+    peerings: dict[str, Peering] = field(default_factory=dict)
+    endpoint_services: dict[str, EndpointService] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    nlbs: dict[str, Nlb] = field(default_factory=dict)
+    listeners: dict[str, Listener] = field(default_factory=dict)
+    target_groups: dict[str, TargetGroup] = field(default_factory=dict)
+    lab: LabSettings = field(default_factory=LabSettings)
+    #: account names whose configuration this topology was built from
+    visible_accounts: set[str] = field(default_factory=set)
+    #: where it came from, for messages ("configs/lab/reference.yaml", "snapshot:DIR")
+    source: str = ""
+
+    # --- lookups -------------------------------------------------------------------------
+    def account_of_role(self, role: str) -> Account | None:
+        return next((a for a in self.accounts.values() if a.role == role), None)
+
+    def instance_by_name(self, name: str) -> Instance | None:
+        return next((i for i in self.instances.values() if i.name == name or i.id == name), None)
+
+    def sg_by_name(self, name: str) -> SecurityGroup | None:
+        return next(
+            (g for g in self.security_groups.values() if g.name == name or g.id == name), None
+        )
+
+    def subnet_of_ip(self, ip: str) -> Subnet | None:
+        return next((s for s in self.subnets.values() if s.contains(ip)), None)
+
+    def nacl_of_subnet(self, subnet_id: str) -> Nacl | None:
+        return next((n for n in self.nacls.values() if subnet_id in n.subnet_ids), None)
+
+    def clients(self) -> list[Instance]:
+        """Instances in consumer accounts, in name order."""
+        consumer = {a.name for a in self.accounts.values() if a.role == "consumer"}
+        return sorted(
+            (i for i in self.instances.values() if i.account in consumer), key=lambda i: i.name
+        )
+
+    def targets(self) -> list[Instance]:
+        """Instances registered in any target group, in name order."""
+        ids = {t.instance_id for tg in self.target_groups.values() for t in tg.targets}
+        return sorted((i for i in self.instances.values() if i.id in ids), key=lambda i: i.name)
+
+    def sg_member_ips(self, sg_id: str) -> list[str]:
+        """Private IPs of every ENI in the group: what an SG reference resolves to."""
+        ips = [i.ip for i in self.instances.values() if sg_id in i.sg_ids]
+        for ep in self.endpoints.values():
+            if sg_id in ep.sg_ids:
+                ips.extend(e.ip for e in ep.enis)
+        for nlb in self.nlbs.values():
+            if nlb.sg_ids and sg_id in nlb.sg_ids:
+                ips.extend(n.ip for n in nlb.nodes)
+        return sorted(set(ips), key=ipaddress.ip_address)
+
+    def nlb_of_service(self, service: EndpointService) -> Nlb | None:
+        return next((self.nlbs[n] for n in service.nlb_ids if n in self.nlbs), None)
+
+    def listeners_of(self, nlb_id: str) -> list[Listener]:
+        return sorted(
+            (li for li in self.listeners.values() if li.nlb_id == nlb_id), key=lambda li: li.port
+        )
+
+    def listener_for(self, nlb_id: str, port: int) -> Listener | None:
+        return next((li for li in self.listeners_of(nlb_id) if li.port == port), None)
+
+    def endpoint_dns_names(self, endpoint: Endpoint) -> dict[str, list[str]]:
+        """Regional and zonal DNS names -> ENI IPs, as AWS publishes them (AWS-FACTS.md)."""
+        svc = endpoint.service_id
+        h = endpoint.dns_hash or stable_id("h", endpoint.id, width=8)[2:]
+        base = f"vpce-svc-{svc.removeprefix('vpce-svc-')}.{self.region}.vpce.amazonaws.com"
+        names: dict[str, list[str]] = {}
+        ips = [e.ip for e in endpoint.enis]
+        names[f"{endpoint.id}-{h}.{base}"] = ips
+        for eni in endpoint.enis:
+            subnet = self.subnets.get(eni.subnet_id)
+            az = subnet.az if subnet else "unknown"
+            names[f"{endpoint.id}-{h}-{az}.{base}"] = [eni.ip]
+        service = self.endpoint_services.get(endpoint.service_id)
+        if (
+            endpoint.private_dns_enabled
+            and service is not None
+            and service.private_dns_name
+            and (service.private_dns_state or "").lower() == "verified"
+        ):
+            vpc = self.vpcs.get(endpoint.vpc_id)
+            if vpc is None or (vpc.enable_dns_support and vpc.enable_dns_hostnames):
+                names[service.private_dns_name] = ips
+        return names
+
+    def routed(self, src_vpc: str, dst_vpc: str) -> bool:
+        """Same VPC, or an active peering between the two (routes both ways)."""
+        if src_vpc == dst_vpc:
+            return True
+        return any(
+            p.status == "active" and {p.requester_vpc_id, p.accepter_vpc_id} == {src_vpc, dst_vpc}
+            for p in self.peerings.values()
+        )
+
+    def service_allows(self, service: EndpointService, principal: str) -> bool:
+        """Allowed-principal match: ``*``, the exact ARN, or the principal's account root."""
+        if "*" in service.allowed_principals:
+            return True
+        if principal in service.allowed_principals:
+            return True
+        account = principal.split(":")[4] if principal.count(":") >= 5 else ""
+        return bool(account) and f"arn:aws:iam::{account}:root" in service.allowed_principals
+
+
+# --- persistence ---------------------------------------------------------------------------
+# The lab keeps its current topology on disk between commands (``lab break`` then ``lab
+# status``), so the model round-trips through plain JSON-able values.
+
+
+def to_plain(obj: object) -> object:
+    """Dataclasses, dicts, lists, tuples and sets -> JSON-able values (sets sorted)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, set):
+        return sorted(to_plain(v) for v in obj)  # type: ignore[type-var]
+    return obj
+
+
+def _from_plain(hint: object, value: object) -> object:
+    import dataclasses
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _from_plain(inner[0], value) if len(inner) == 1 else value
+    if origin is list:
+        return [_from_plain(args[0], v) for v in value]  # type: ignore[union-attr]
+    if origin is tuple:
+        return tuple(_from_plain(args[0], v) for v in value)  # type: ignore[union-attr]
+    if origin is set:
+        return {_from_plain(args[0], v) for v in value}  # type: ignore[union-attr]
+    if origin is dict:
+        return {k: _from_plain(args[1], v) for k, v in value.items()}  # type: ignore[union-attr]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{k: _from_plain(hints[k], v) for k, v in value.items()})  # type: ignore[union-attr]
+    return value
+
+
+def topology_from_plain(data: dict) -> Topology:
+    """Inverse of ``to_plain`` for a Topology."""
+    return _from_plain(Topology, data)  # type: ignore[return-value]

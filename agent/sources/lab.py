@@ -1,0 +1,862 @@
+"""Lab topology YAML -> Topology.
+
+The file's keys follow the Terraform resources users already write, grouped by resource type
+and keyed by the resource's name, each resource tagged with its account::
+
+    resources:
+      aws_instance:
+        client-1: {account: consumer, subnet_id: vpc-1-a, private_ip: 10.1.0.10,
+                   vpc_security_group_ids: [client-1]}
+
+References use the other resource's name (where Terraform would write
+``aws_subnet.vpc-1-a.id``). Loading is two passes: pydantic checks the shape of every resource
+(unknown keys, types), then ``_Builder`` resolves references and checks the layout (IP inside
+its subnet, no duplicate IPs, a listener forwards to a target group, ...). Every error names
+file, line and key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.errors import TopologyError
+from agent.model import (
+    Account,
+    Endpoint,
+    EndpointEni,
+    EndpointService,
+    HealthCheck,
+    Instance,
+    LabSettings,
+    Listener,
+    Nacl,
+    NaclEntry,
+    Nlb,
+    NlbNode,
+    Peering,
+    Rule,
+    SecurityGroup,
+    Subnet,
+    Target,
+    TargetGroup,
+    Topology,
+    Vpc,
+    normalize_protocol,
+    stable_id,
+)
+from agent.yamlsrc import Loc, Located, load_yaml, validate
+
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "configs" / "lab" / "reference.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Res(_Strict):
+    account: str
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+def _onoff(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"on", "true", "yes"}:
+        return True
+    if text in {"off", "false", "no"}:
+        return False
+    raise ValueError("expected on/off or true/false")
+
+
+class AccountSpec(_Strict):
+    id: str = Field(pattern=r"^\d{12}$")
+    role: Literal["consumer", "provider"]
+
+
+class VpcSpec(_Res):
+    cidr_block: str
+    enable_dns_support: bool = True
+    enable_dns_hostnames: bool = True
+
+
+class SubnetSpec(_Res):
+    vpc_id: str
+    cidr_block: str
+    availability_zone: str
+    availability_zone_id: str
+
+
+class PeeringSpec(_Res):
+    vpc_id: str
+    peer_vpc_id: str
+    peer_owner_id: str | None = None
+    auto_accept: bool = True
+    status: Literal["active", "pending-acceptance", "rejected", "deleted"] = "active"
+
+
+class SgSpec(_Res):
+    vpc_id: str
+    description: str = ""
+
+
+_PROTOCOLS = {"tcp", "udp", "icmp", "-1"}
+
+
+class SgRuleSpec(_Res):
+    type: Literal["ingress", "egress"]
+    security_group_id: str
+    protocol: str
+    from_port: int = Field(ge=-1, le=65535)
+    to_port: int = Field(ge=-1, le=65535)
+    cidr_blocks: list[str] = Field(default_factory=list)
+    source_security_group_id: str | None = None
+    prefix_list_ids: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _proto(cls, v: Any) -> str:
+        p = normalize_protocol(v)
+        if p not in _PROTOCOLS:
+            raise ValueError(f"protocol must be one of tcp, udp, icmp, -1 (got {v!r})")
+        return p
+
+
+class NaclEntrySpec(_Strict):
+    rule_no: int = Field(ge=1, le=32766)
+    action: Literal["allow", "deny"]
+    protocol: str
+    cidr_block: str
+    from_port: int = Field(default=0, ge=0, le=65535)
+    to_port: int = Field(default=65535, ge=0, le=65535)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _proto(cls, v: Any) -> str:
+        p = normalize_protocol(v)
+        if p not in _PROTOCOLS:
+            raise ValueError(f"protocol must be one of tcp, udp, icmp, -1 (got {v!r})")
+        return p
+
+
+class NaclSpec(_Res):
+    vpc_id: str
+    subnet_ids: list[str] = Field(default_factory=list)
+    ingress: list[NaclEntrySpec] = Field(default_factory=list)
+    egress: list[NaclEntrySpec] = Field(default_factory=list)
+
+
+class InstanceSpec(_Res):
+    subnet_id: str
+    private_ip: str
+    vpc_security_group_ids: list[str] = Field(default_factory=list)
+    #: lab extension: TCP ports the instance serves (the stand-in for the article's nginx)
+    services: list[int] = Field(default_factory=list)
+    ami: str | None = None
+    instance_type: str | None = None
+
+
+class EndpointServiceSpec(_Res):
+    network_load_balancer_arns: list[str]
+    acceptance_required: bool = True
+    allowed_principals: list[str] = Field(default_factory=list)
+    private_dns_name: str | None = None
+    #: lab extension: the domain verification state of the private DNS name
+    private_dns_name_verification: Literal["verified", "pendingVerification", "failed"] = "verified"
+
+
+class SubnetConfigSpec(_Strict):
+    subnet_id: str
+    ipv4: str
+
+
+class EndpointSpec(_Res):
+    vpc_id: str
+    service_name: str
+    vpc_endpoint_type: Literal["Interface"] = "Interface"
+    subnet_ids: list[str]
+    security_group_ids: list[str] = Field(default_factory=list)
+    private_dns_enabled: bool = False
+    subnet_configuration: list[SubnetConfigSpec] = Field(default_factory=list)
+    #: lab extension: the connection state on the provider's side; by default derived from
+    #: acceptance_required (and any aws_vpc_endpoint_connection_accepter)
+    state: str | None = None
+    #: lab extension: the principal that created the endpoint (default: consumer root)
+    requester: str | None = None
+
+
+class AccepterSpec(_Res):
+    vpc_endpoint_service_id: str
+    vpc_endpoint_id: str
+
+
+class SubnetMappingSpec(_Strict):
+    subnet_id: str
+    private_ipv4_address: str
+
+
+class LbSpec(_Res):
+    load_balancer_type: Literal["network"] = "network"
+    internal: bool = True
+    subnet_mapping: list[SubnetMappingSpec]
+    security_groups: list[str] | None = None
+    enforce_security_group_inbound_rules_on_private_link_traffic: bool = True
+    enable_cross_zone_load_balancing: bool = False
+
+    @field_validator("enforce_security_group_inbound_rules_on_private_link_traffic", mode="before")
+    @classmethod
+    def _enforce(cls, v: Any) -> bool:
+        return _onoff(v)
+
+
+class DefaultActionSpec(_Strict):
+    type: Literal["forward"] = "forward"
+    target_group_arn: str | None = None
+
+
+class ListenerSpec(_Res):
+    load_balancer_arn: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "TLS", "UDP", "TCP_UDP"] = "TCP"
+    default_action: DefaultActionSpec | None = None
+
+
+class HealthCheckSpec(_Strict):
+    protocol: Literal["TCP", "HTTP", "HTTPS"] = "TCP"
+    port: int | Literal["traffic-port"] = "traffic-port"
+    path: str = "/"
+    interval: int = Field(default=30, ge=5, le=300)
+    timeout: int = Field(default=10, ge=2, le=120)
+    healthy_threshold: int = Field(default=3, ge=2, le=10)
+    unhealthy_threshold: int = Field(default=3, ge=2, le=10)
+
+
+class TargetGroupSpec(_Res):
+    vpc_id: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "TLS", "UDP", "TCP_UDP"] = "TCP"
+    target_type: Literal["instance"] = "instance"
+    proxy_protocol_v2: bool = False
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
+
+
+class AttachmentSpec(_Res):
+    target_group_arn: str
+    target_id: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class Resources(_Strict):
+    aws_vpc: dict[str, VpcSpec] = Field(default_factory=dict)
+    aws_subnet: dict[str, SubnetSpec] = Field(default_factory=dict)
+    aws_vpc_peering_connection: dict[str, PeeringSpec] = Field(default_factory=dict)
+    aws_security_group: dict[str, SgSpec] = Field(default_factory=dict)
+    aws_security_group_rule: dict[str, SgRuleSpec] = Field(default_factory=dict)
+    aws_network_acl: dict[str, NaclSpec] = Field(default_factory=dict)
+    aws_instance: dict[str, InstanceSpec] = Field(default_factory=dict)
+    aws_vpc_endpoint_service: dict[str, EndpointServiceSpec] = Field(default_factory=dict)
+    aws_vpc_endpoint: dict[str, EndpointSpec] = Field(default_factory=dict)
+    aws_vpc_endpoint_connection_accepter: dict[str, AccepterSpec] = Field(default_factory=dict)
+    aws_lb: dict[str, LbSpec] = Field(default_factory=dict)
+    aws_lb_listener: dict[str, ListenerSpec] = Field(default_factory=dict)
+    aws_lb_target_group: dict[str, TargetGroupSpec] = Field(default_factory=dict)
+    aws_lb_target_group_attachment: dict[str, AttachmentSpec] = Field(default_factory=dict)
+
+
+class LabSpec(_Strict):
+    no_listener: Literal["timeout", "reset"] = "timeout"
+    endpoint_unavailable: Literal["timeout", "reset"] = "timeout"
+    no_target_in_az: Literal["timeout", "reset"] = "timeout"
+    nlb_preserves_isn: bool = True
+    health_check_interval_s: float = Field(default=1.0, gt=0, le=60)
+    health_check_threshold: int = Field(default=2, ge=1, le=10)
+
+
+class TopologySpec(_Strict):
+    region: str = "ap-northeast-1"
+    description: str = ""
+    accounts: dict[str, AccountSpec]
+    lab: LabSpec = Field(default_factory=LabSpec)
+    resources: Resources
+
+
+class _Builder:
+    """Second pass: resolve names to ids and check the layout, naming the offending key."""
+
+    def __init__(self, spec: TopologySpec, doc: Located) -> None:
+        self.spec = spec
+        self.doc = doc
+        self.r = spec.resources
+        self.t = Topology(region=spec.region, lab=LabSettings(**spec.lab.model_dump()))
+        self.t.source = doc.path
+        self.ids: dict[tuple[str, str], str] = {}
+        self.ips: dict[str, Loc] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def fail(self, loc: Loc, message: str) -> TopologyError:
+        line, col = self.doc.where(loc)
+        from agent.yamlsrc import dotted
+
+        return TopologyError(message, path=self.doc.path, line=line, col=col, key=dotted(loc))
+
+    def loc(self, kind: str, name: str, *rest: str | int) -> Loc:
+        return ("resources", kind, name, *rest)
+
+    def ref(self, kind: str, name: str, loc: Loc, what: str) -> str:
+        key = (kind, name)
+        if key not in self.ids:
+            known = ", ".join(sorted(n for k, n in self.ids if k == kind)) or "none"
+            raise self.fail(loc, f"unknown {what} {name!r} (known: {known})")
+        return self.ids[key]
+
+    def account(self, kind: str, name: str, account: str) -> str:
+        if account not in self.spec.accounts:
+            known = ", ".join(self.spec.accounts)
+            raise self.fail(
+                self.loc(kind, name, "account"), f"unknown account {account!r} (known: {known})"
+            )
+        return account
+
+    def same_account(self, kind: str, name: str, account: str, other_account: str, what: str):
+        if account != other_account:
+            raise self.fail(
+                self.loc(kind, name, "account"),
+                f"{kind} in account {account!r} cannot use {what} of account {other_account!r}",
+            )
+
+    def claim_ip(self, ip: str, loc: Loc, vpc_id: str) -> None:
+        key = f"{vpc_id}/{ip}"
+        if key in self.ips:
+            line, _ = self.doc.where(self.ips[key])
+            raise self.fail(loc, f"duplicate IP {ip} in the VPC (also used at line {line})")
+        self.ips[key] = loc
+
+    def in_subnet(self, ip: str, subnet: Subnet, loc: Loc) -> None:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            raise self.fail(loc, f"not an IP address: {ip!r}") from None
+        net = ipaddress.ip_network(subnet.cidr)
+        if addr not in net:
+            raise self.fail(loc, f"IP {ip} is outside its subnet {subnet.name} ({subnet.cidr})")
+        # AWS reserves the first four and the last address of every subnet
+        offset = int(addr) - int(net.network_address)
+        if offset < 4 or addr == net.broadcast_address:
+            raise self.fail(loc, f"IP {ip} is reserved by AWS in {subnet.cidr}")
+
+    def cidr(self, text: str, loc: Loc) -> str:
+        try:
+            return str(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            raise self.fail(loc, f"not a CIDR block: {exc}") from None
+
+    # -- passes ----------------------------------------------------------------------------
+    def build(self) -> Topology:
+        t = self.t
+        roles = [a.role for a in self.spec.accounts.values()]
+        for name, acc in self.spec.accounts.items():
+            t.accounts[name] = Account(name=name, id=acc.id, role=acc.role)
+        if "consumer" not in roles or "provider" not in roles:
+            raise self.fail(("accounts",), "need one account with role consumer and one provider")
+        t.visible_accounts = set(t.accounts)
+        self.vpcs()
+        self.subnets()
+        self.peerings()
+        self.security_groups()
+        self.instances()
+        self.sg_rules()
+        self.nacls()
+        self.nlbs()
+        self.target_groups()
+        self.listeners()
+        self.attachments()
+        self.services()
+        self.endpoints()
+        return t
+
+    def vpcs(self) -> None:
+        nets: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        for name, v in self.r.aws_vpc.items():
+            acc = self.account("aws_vpc", name, v.account)
+            cidr = self.cidr(v.cidr_block, self.loc("aws_vpc", name, "cidr_block"))
+            vid = stable_id("vpc", name)
+            self.ids[("aws_vpc", name)] = vid
+            self.t.vpcs[vid] = Vpc(
+                vid, name, acc, cidr, v.enable_dns_support, v.enable_dns_hostnames
+            )
+            nets.append((name, ipaddress.ip_network(cidr)))
+        for i, (a, na) in enumerate(nets):
+            for b, nb in nets[i + 1 :]:
+                if na.overlaps(nb) and self.routable(a, b):
+                    raise self.fail(
+                        self.loc("aws_vpc", b, "cidr_block"),
+                        f"CIDR overlaps VPC {a}; peered VPCs need distinct ranges",
+                    )
+
+    def routable(self, a: str, b: str) -> bool:
+        return any(
+            {p.vpc_id, p.peer_vpc_id} == {a, b} for p in self.r.aws_vpc_peering_connection.values()
+        )
+
+    def subnets(self) -> None:
+        for name, s in self.r.aws_subnet.items():
+            acc = self.account("aws_subnet", name, s.account)
+            vid = self.ref("aws_vpc", s.vpc_id, self.loc("aws_subnet", name, "vpc_id"), "VPC")
+            vpc = self.t.vpcs[vid]
+            self.same_account("aws_subnet", name, acc, vpc.account, "a VPC")
+            cidr = self.cidr(s.cidr_block, self.loc("aws_subnet", name, "cidr_block"))
+            if not ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network(vpc.cidr)):
+                raise self.fail(
+                    self.loc("aws_subnet", name, "cidr_block"),
+                    f"{cidr} is outside VPC {vpc.name} ({vpc.cidr})",
+                )
+            for other in self.t.subnets.values():
+                if other.vpc_id == vid and ipaddress.ip_network(other.cidr).overlaps(
+                    ipaddress.ip_network(cidr)
+                ):
+                    raise self.fail(
+                        self.loc("aws_subnet", name, "cidr_block"),
+                        f"{cidr} overlaps subnet {other.name} ({other.cidr})",
+                    )
+            sid = stable_id("subnet", name)
+            self.ids[("aws_subnet", name)] = sid
+            self.t.subnets[sid] = Subnet(
+                sid, name, acc, vid, cidr, s.availability_zone, s.availability_zone_id
+            )
+
+    def peerings(self) -> None:
+        for name, p in self.r.aws_vpc_peering_connection.items():
+            self.account("aws_vpc_peering_connection", name, p.account)
+            loc = self.loc("aws_vpc_peering_connection", name)
+            a = self.ref("aws_vpc", p.vpc_id, (*loc, "vpc_id"), "VPC")
+            b = self.ref("aws_vpc", p.peer_vpc_id, (*loc, "peer_vpc_id"), "VPC")
+            if a == b:
+                raise self.fail((*loc, "peer_vpc_id"), "a VPC cannot peer with itself")
+            pid = stable_id("pcx", name)
+            self.ids[("aws_vpc_peering_connection", name)] = pid
+            self.t.peerings[pid] = Peering(pid, name, a, b, p.status)
+
+    def security_groups(self) -> None:
+        for name, g in self.r.aws_security_group.items():
+            acc = self.account("aws_security_group", name, g.account)
+            vid = self.ref(
+                "aws_vpc", g.vpc_id, self.loc("aws_security_group", name, "vpc_id"), "VPC"
+            )
+            self.same_account("aws_security_group", name, acc, self.t.vpcs[vid].account, "a VPC")
+            gid = stable_id("sg", name)
+            self.ids[("aws_security_group", name)] = gid
+            self.t.security_groups[gid] = SecurityGroup(gid, name, acc, vid, [], g.description)
+
+    def sg_rules(self) -> None:
+        for name, r in self.r.aws_security_group_rule.items():
+            loc = self.loc("aws_security_group_rule", name)
+            self.account("aws_security_group_rule", name, r.account)
+            gid = self.ref(
+                "aws_security_group", r.security_group_id, (*loc, "security_group_id"), "SG"
+            )
+            sg = self.t.security_groups[gid]
+            self.same_account("aws_security_group_rule", name, r.account, sg.account, "an SG")
+            sources = (
+                bool(r.cidr_blocks) + bool(r.source_security_group_id) + bool(r.prefix_list_ids)
+            )
+            if sources != 1:
+                raise self.fail(
+                    loc,
+                    "a rule needs exactly one of cidr_blocks, source_security_group_id, "
+                    "prefix_list_ids",
+                )
+            if r.protocol in {"tcp", "udp"} and not 0 <= r.from_port <= r.to_port:
+                raise self.fail((*loc, "from_port"), "from_port must be <= to_port and >= 0")
+            cidrs = tuple(
+                self.cidr(c, (*loc, "cidr_blocks", i)) for i, c in enumerate(r.cidr_blocks)
+            )
+            ref = None
+            if r.source_security_group_id:
+                ref = self.ref(
+                    "aws_security_group",
+                    r.source_security_group_id,
+                    (*loc, "source_security_group_id"),
+                    "SG",
+                )
+                other = self.t.security_groups[ref]
+                if not self.t.routed(sg.vpc_id, other.vpc_id):
+                    raise self.fail(
+                        (*loc, "source_security_group_id"),
+                        f"SG {other.name} is in a VPC that is neither this one nor peered with "
+                        "it; an SG can only reference groups across a peering (an NLB SG "
+                        "cannot reference the consumer's SG across accounts)",
+                    )
+            proto = r.protocol
+            lo, hi = (r.from_port, r.to_port) if proto != "-1" else (0, 65535)
+            sg.rules.append(
+                Rule(
+                    id=name,
+                    direction=r.type,
+                    protocol=proto,
+                    from_port=lo,
+                    to_port=hi,
+                    cidrs=cidrs,
+                    sg_ref=ref,
+                    prefix_list=r.prefix_list_ids[0] if r.prefix_list_ids else None,
+                    description=r.description,
+                )
+            )
+
+    def instances(self) -> None:
+        for name, i in self.r.aws_instance.items():
+            loc = self.loc("aws_instance", name)
+            acc = self.account("aws_instance", name, i.account)
+            sid = self.ref("aws_subnet", i.subnet_id, (*loc, "subnet_id"), "subnet")
+            subnet = self.t.subnets[sid]
+            self.same_account("aws_instance", name, acc, subnet.account, "a subnet")
+            self.in_subnet(i.private_ip, subnet, (*loc, "private_ip"))
+            self.claim_ip(i.private_ip, (*loc, "private_ip"), subnet.vpc_id)
+            sgs = []
+            for n, g in enumerate(i.vpc_security_group_ids):
+                gid = self.ref("aws_security_group", g, (*loc, "vpc_security_group_ids", n), "SG")
+                if self.t.security_groups[gid].vpc_id != subnet.vpc_id:
+                    raise self.fail(
+                        (*loc, "vpc_security_group_ids", n), f"SG {g} belongs to another VPC"
+                    )
+                sgs.append(gid)
+            iid = stable_id("i", name)
+            self.ids[("aws_instance", name)] = iid
+            self.t.instances[iid] = Instance(
+                iid,
+                name,
+                acc,
+                sid,
+                i.private_ip,
+                sgs,
+                sorted(set(i.services)),
+                stable_id("eni", "instance", name),
+            )
+
+    def nacls(self) -> None:
+        claimed: dict[str, str] = {}
+        for name, n in self.r.aws_network_acl.items():
+            loc = self.loc("aws_network_acl", name)
+            acc = self.account("aws_network_acl", name, n.account)
+            vid = self.ref("aws_vpc", n.vpc_id, (*loc, "vpc_id"), "VPC")
+            subnet_ids = []
+            for k, s in enumerate(n.subnet_ids):
+                sid = self.ref("aws_subnet", s, (*loc, "subnet_ids", k), "subnet")
+                if self.t.subnets[sid].vpc_id != vid:
+                    raise self.fail((*loc, "subnet_ids", k), f"subnet {s} belongs to another VPC")
+                if sid in claimed:
+                    raise self.fail(
+                        (*loc, "subnet_ids", k),
+                        f"subnet {s} is already associated with NACL {claimed[sid]} "
+                        "(a subnet has exactly one NACL)",
+                    )
+                claimed[sid] = name
+                subnet_ids.append(sid)
+            entries = []
+            for egress, items in ((False, n.ingress), (True, n.egress)):
+                seen: set[int] = set()
+                for k, e in enumerate(items):
+                    eloc = (*loc, "egress" if egress else "ingress", k)
+                    if e.rule_no in seen:
+                        raise self.fail((*eloc, "rule_no"), f"duplicate rule_no {e.rule_no}")
+                    seen.add(e.rule_no)
+                    entries.append(
+                        NaclEntry(
+                            e.rule_no,
+                            egress,
+                            e.protocol,
+                            e.action,
+                            self.cidr(e.cidr_block, (*eloc, "cidr_block")),
+                            0 if e.protocol == "-1" else e.from_port,
+                            65535 if e.protocol == "-1" else e.to_port,
+                        )
+                    )
+            aid = stable_id("acl", name)
+            self.ids[("aws_network_acl", name)] = aid
+            self.t.nacls[aid] = Nacl(aid, name, acc, vid, subnet_ids, entries)
+        # every other subnet is on its VPC's default NACL, which allows everything
+        for vid, vpc in self.t.vpcs.items():
+            rest = [
+                sid for sid, s in self.t.subnets.items() if s.vpc_id == vid and sid not in claimed
+            ]
+            aid = stable_id("acl", vpc.name, "default")
+            entries = [
+                NaclEntry(100, False, "-1", "allow", "0.0.0.0/0"),
+                NaclEntry(100, True, "-1", "allow", "0.0.0.0/0"),
+            ]
+            self.t.nacls[aid] = Nacl(aid, f"{vpc.name}-default", vpc.account, vid, rest, entries)
+
+    def nlbs(self) -> None:
+        for name, lb in self.r.aws_lb.items():
+            loc = self.loc("aws_lb", name)
+            acc = self.account("aws_lb", name, lb.account)
+            nodes = []
+            vpc_ids = set()
+            azs = set()
+            for k, m in enumerate(lb.subnet_mapping):
+                mloc = (*loc, "subnet_mapping", k)
+                sid = self.ref("aws_subnet", m.subnet_id, (*mloc, "subnet_id"), "subnet")
+                subnet = self.t.subnets[sid]
+                if subnet.az in azs:
+                    raise self.fail(
+                        (*mloc, "subnet_id"), f"the NLB already has a subnet in {subnet.az}"
+                    )
+                azs.add(subnet.az)
+                self.same_account("aws_lb", name, acc, subnet.account, "a subnet")
+                self.in_subnet(m.private_ipv4_address, subnet, (*mloc, "private_ipv4_address"))
+                self.claim_ip(
+                    m.private_ipv4_address, (*mloc, "private_ipv4_address"), subnet.vpc_id
+                )
+                vpc_ids.add(subnet.vpc_id)
+                nodes.append(
+                    NlbNode(sid, m.private_ipv4_address, stable_id("eni", "nlb", name, sid))
+                )
+            if len(vpc_ids) != 1:
+                raise self.fail((*loc, "subnet_mapping"), "an NLB needs subnets of one VPC")
+            sgs = None
+            if lb.security_groups is not None:
+                sgs = [
+                    self.ref("aws_security_group", g, (*loc, "security_groups", k), "SG")
+                    for k, g in enumerate(lb.security_groups)
+                ]
+            acct = self.t.accounts[acc].id
+            arn = (
+                f"arn:aws:elasticloadbalancing:{self.t.region}:{acct}:loadbalancer/net/{name}/"
+                + stable_id("x", name, width=17)[3:]
+            )
+            self.ids[("aws_lb", name)] = arn
+            self.t.nlbs[arn] = Nlb(
+                arn,
+                name,
+                acc,
+                vpc_ids.pop(),
+                nodes,
+                sgs,
+                lb.enforce_security_group_inbound_rules_on_private_link_traffic,
+                lb.enable_cross_zone_load_balancing,
+            )
+
+    def target_groups(self) -> None:
+        for name, tg in self.r.aws_lb_target_group.items():
+            loc = self.loc("aws_lb_target_group", name)
+            acc = self.account("aws_lb_target_group", name, tg.account)
+            vid = self.ref("aws_vpc", tg.vpc_id, (*loc, "vpc_id"), "VPC")
+            hc = tg.health_check
+            acct = self.t.accounts[acc].id
+            arn = (
+                f"arn:aws:elasticloadbalancing:{self.t.region}:{acct}:targetgroup/{name}/"
+                + stable_id("x", "tg", name, width=17)[3:]
+            )
+            self.ids[("aws_lb_target_group", name)] = arn
+            self.t.target_groups[arn] = TargetGroup(
+                arn,
+                name,
+                acc,
+                vid,
+                tg.port,
+                tg.protocol,
+                HealthCheck(
+                    hc.protocol,
+                    None if hc.port == "traffic-port" else int(hc.port),
+                    hc.path,
+                    hc.interval,
+                    hc.timeout,
+                    hc.healthy_threshold,
+                    hc.unhealthy_threshold,
+                ),
+                tg.proxy_protocol_v2,
+            )
+
+    def listeners(self) -> None:
+        for name, li in self.r.aws_lb_listener.items():
+            loc = self.loc("aws_lb_listener", name)
+            self.account("aws_lb_listener", name, li.account)
+            arn_lb = self.ref("aws_lb", li.load_balancer_arn, (*loc, "load_balancer_arn"), "NLB")
+            if li.default_action is None or li.default_action.target_group_arn is None:
+                raise self.fail(
+                    (*loc, "default_action"),
+                    "listener without a target group: add default_action.target_group_arn",
+                )
+            tg_arn = self.ref(
+                "aws_lb_target_group",
+                li.default_action.target_group_arn,
+                (*loc, "default_action", "target_group_arn"),
+                "target group",
+            )
+            nlb = self.t.nlbs[arn_lb]
+            if self.t.target_groups[tg_arn].vpc_id != nlb.vpc_id:
+                raise self.fail(
+                    (*loc, "default_action", "target_group_arn"),
+                    "target group is in another VPC than the NLB",
+                )
+            if self.t.listener_for(arn_lb, li.port):
+                raise self.fail((*loc, "port"), f"the NLB already has a listener on {li.port}")
+            arn = (
+                arn_lb.replace(":loadbalancer/", ":listener/")
+                + "/"
+                + stable_id("x", name, width=17)[3:]
+            )
+            self.t.listeners[arn] = Listener(arn, arn_lb, li.port, li.protocol, tg_arn)
+
+    def attachments(self) -> None:
+        for name, a in self.r.aws_lb_target_group_attachment.items():
+            loc = self.loc("aws_lb_target_group_attachment", name)
+            self.account("aws_lb_target_group_attachment", name, a.account)
+            tg_arn = self.ref(
+                "aws_lb_target_group",
+                a.target_group_arn,
+                (*loc, "target_group_arn"),
+                "target group",
+            )
+            iid = self.ref("aws_instance", a.target_id, (*loc, "target_id"), "instance")
+            tg = self.t.target_groups[tg_arn]
+            inst = self.t.instances[iid]
+            if self.t.subnets[inst.subnet_id].vpc_id != tg.vpc_id:
+                raise self.fail((*loc, "target_id"), "instance is in another VPC")
+            if any(t.instance_id == iid and t.port == a.port for t in tg.targets):
+                raise self.fail((*loc, "target_id"), "target already registered on that port")
+            tg.targets.append(Target(iid, a.port))
+
+    def services(self) -> None:
+        for name, s in self.r.aws_vpc_endpoint_service.items():
+            loc = self.loc("aws_vpc_endpoint_service", name)
+            acc = self.account("aws_vpc_endpoint_service", name, s.account)
+            nlbs = [
+                self.ref("aws_lb", n, (*loc, "network_load_balancer_arns", k), "NLB")
+                for k, n in enumerate(s.network_load_balancer_arns)
+            ]
+            if not nlbs:
+                raise self.fail((*loc, "network_load_balancer_arns"), "needs an NLB")
+            for k, p in enumerate(s.allowed_principals):
+                if p != "*" and not p.startswith("arn:aws:iam::"):
+                    raise self.fail(
+                        (*loc, "allowed_principals", k),
+                        "a principal is '*' or an IAM ARN "
+                        "(arn:aws:iam::ACCOUNT:root|role/N|user/N)",
+                    )
+            sid = stable_id("vpce-svc", name)
+            self.ids[("aws_vpc_endpoint_service", name)] = sid
+            self.t.endpoint_services[sid] = EndpointService(
+                sid,
+                name,
+                acc,
+                nlbs,
+                s.acceptance_required,
+                list(s.allowed_principals),
+                s.private_dns_name,
+                s.private_dns_name_verification if s.private_dns_name else None,
+            )
+
+    def endpoints(self) -> None:
+        accepted = {}
+        for name, a in self.r.aws_vpc_endpoint_connection_accepter.items():
+            accepted[a.vpc_endpoint_id] = name
+        for name, e in self.r.aws_vpc_endpoint.items():
+            loc = self.loc("aws_vpc_endpoint", name)
+            acc = self.account("aws_vpc_endpoint", name, e.account)
+            vid = self.ref("aws_vpc", e.vpc_id, (*loc, "vpc_id"), "VPC")
+            svc = self.ref(
+                "aws_vpc_endpoint_service",
+                e.service_name,
+                (*loc, "service_name"),
+                "endpoint service",
+            )
+            service = self.t.endpoint_services[svc]
+            sgs = []
+            for k, g in enumerate(e.security_group_ids):
+                gid = self.ref("aws_security_group", g, (*loc, "security_group_ids", k), "SG")
+                if self.t.security_groups[gid].vpc_id != vid:
+                    raise self.fail((*loc, "security_group_ids", k), f"SG {g} is in another VPC")
+                sgs.append(gid)
+            fixed = {c.subnet_id: (k, c.ipv4) for k, c in enumerate(e.subnet_configuration)}
+            enis = []
+            azs = set()
+            for k, s in enumerate(e.subnet_ids):
+                sid = self.ref("aws_subnet", s, (*loc, "subnet_ids", k), "subnet")
+                subnet = self.t.subnets[sid]
+                if subnet.vpc_id != vid:
+                    raise self.fail((*loc, "subnet_ids", k), f"subnet {s} is in another VPC")
+                if subnet.az_id in azs:
+                    raise self.fail(
+                        (*loc, "subnet_ids", k), "one endpoint ENI per AZ: two subnets in one AZ"
+                    )
+                azs.add(subnet.az_id)
+                if s in fixed:
+                    n, ip = fixed.pop(s)
+                    iloc = (*loc, "subnet_configuration", n, "ipv4")
+                    self.in_subnet(ip, subnet, iloc)
+                else:
+                    ip = self.free_ip(subnet)
+                    iloc = (*loc, "subnet_ids", k)
+                self.claim_ip(ip, iloc, vid)
+                enis.append(EndpointEni(stable_id("eni", "vpce", name, sid), sid, ip))
+            for s, (n, _) in fixed.items():
+                raise self.fail(
+                    (*loc, "subnet_configuration", n, "subnet_id"),
+                    f"subnet {s} is not in subnet_ids",
+                )
+            consumer = self.t.accounts[acc]
+            requester = e.requester or consumer.root_arn
+            if e.state is not None:
+                state = self.state(e.state, (*loc, "state"))
+            elif not service.acceptance_required or name in accepted:
+                state = "available"
+            else:
+                state = "pendingAcceptance"
+            eid = stable_id("vpce", name)
+            self.ids[("aws_vpc_endpoint", name)] = eid
+            self.t.endpoints[eid] = Endpoint(
+                eid,
+                name,
+                acc,
+                vid,
+                svc,
+                sgs,
+                enis,
+                state,
+                e.private_dns_enabled,
+                requester,
+                stable_id("h", name, width=9)[3:],
+            )
+        for n in accepted.values():
+            a = self.r.aws_vpc_endpoint_connection_accepter[n]
+            loc = self.loc("aws_vpc_endpoint_connection_accepter", n)
+            self.ref("aws_vpc_endpoint", a.vpc_endpoint_id, (*loc, "vpc_endpoint_id"), "endpoint")
+            self.ref(
+                "aws_vpc_endpoint_service",
+                a.vpc_endpoint_service_id,
+                (*loc, "vpc_endpoint_service_id"),
+                "endpoint service",
+            )
+
+    def state(self, text: str, loc: Loc) -> str:
+        from agent.model import ENDPOINT_STATES
+
+        for s in ENDPOINT_STATES:
+            if s.lower() == text.lower():
+                return s
+        raise self.fail(
+            loc, f"unknown endpoint state {text!r} (one of {', '.join(ENDPOINT_STATES)})"
+        )
+
+    def free_ip(self, subnet: Subnet) -> str:
+        """First free address from .5 (deterministic; AWS would pick one at random)."""
+        net = ipaddress.ip_network(subnet.cidr)
+        for offset in range(5, net.num_addresses - 1):
+            ip = str(net.network_address + offset)
+            if f"{subnet.vpc_id}/{ip}" not in self.ips:
+                return ip
+        raise TopologyError(f"subnet {subnet.name} is full", path=self.doc.path)
+
+
+def load_topology(path: str | Path | None = None, text: str | None = None) -> Topology:
+    """Load and check a lab topology file (the reference topology when ``path`` is None)."""
+    doc = load_yaml(path or REFERENCE, text)
+    if not isinstance(doc.value, dict):
+        raise doc.error((), "a topology file is a mapping with accounts and resources")
+    spec = validate(TopologySpec, doc)
+    return _Builder(spec, doc).build()
