@@ -350,6 +350,9 @@ class Topology:
     listeners: dict[str, Listener] = field(default_factory=dict)
     target_groups: dict[str, TargetGroup] = field(default_factory=dict)
     lab: LabSettings = field(default_factory=LabSettings)
+    #: managed prefix list id -> its CIDRs, when read (a rule naming a list absent here cannot
+    #: be evaluated: the analysis says "not visible" instead of guessing)
+    prefix_lists: dict[str, list[str]] = field(default_factory=dict)
     #: account names whose configuration this topology was built from
     visible_accounts: set[str] = field(default_factory=set)
     #: where it came from, for messages ("configs/lab/reference.yaml", "snapshot:DIR")

@@ -139,6 +139,13 @@ class HopFinding(_Json):
     detail: str = ""
     ra_code: str = ""  # Reachability Analyzer code, when one matches
     fix: str = ""  # the smallest concrete fix for a denial
+    #: "forward" (client -> target), "return" (replies), "health" (NLB health checks)
+    direction: str = "forward"
+    #: the target instance's name for per-target hops ("" = the hop is on every flow)
+    target: str = ""
+    #: why this hop degrades the path without blocking every flow (fail-open, part of an
+    #: ephemeral range denied); "" = it does not
+    degraded: str = ""
 
 
 @dataclass

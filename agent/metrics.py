@@ -1,0 +1,402 @@
+"""Every Prometheus metric family of plprobe, in one place.
+
+``make_metrics(registry)`` builds the families into a registry the caller owns; nothing is
+registered at import time, so tests use a private ``CollectorRegistry`` and the daemon one of
+its own. The ``Metrics`` methods take the records of ``agent.results`` so no other module needs
+to know a metric name.
+
+Naming follows Prometheus conventions: ``plprobe_`` prefix, base units (seconds), ``_total``
+only on counters. Every label value comes from a bounded set:
+
+    path      path ids from the configuration (client side); from authenticated tokens on the
+              provider side, capped at ``max_seen_paths`` (the rest are counted as ``_other``)
+    probe     agent.results.PROBE_KINDS         result   agent.results.OUTCOMES
+    control   agent.controls.IDS                status   STATUSES
+    via       VIAS                              reason   REJECT_REASONS
+    source    EVIDENCE_SOURCES                  role     ROLES
+A value outside its set is a programming error and raises ``ValueError``: a typo must never turn
+into a new time series. There is never a per-probe label (probe ids live in the JSON API).
+
+Two choices the alert rules rely on (``deploy/prometheus/alerts.yml``):
+
+- ``plprobe_path_blocked{path,control}`` has **only the culprit's series**, value 1, while the
+  path is down; there is no series for a passing path, and the old culprit's series is removed
+  when the culprit changes. A down path always has exactly one culprit (``unknown`` when the
+  verdict names none), so ``plprobe_path_up == 0`` joins ``on(path) group_left(control)`` with
+  ``plprobe_path_blocked`` without a ``== 1`` filter and at most one series per path exists.
+- ``plprobe_probes_total`` is created at 0 for every (probe kind, result) of a path as soon as the
+  path is known, so ``increase()`` sees a path's first failure (a counter that appears at 1
+  loses its first increment in PromQL).
+
+``plprobe_probe_duration_seconds`` observes only probes that got through (``ok``): it answers
+"how long does the path take when it works"; failures are counted by result in
+``plprobe_probes_total`` and would otherwise pile up at the timeout and hide the latency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import disable_created_metrics as _disable_created_metrics
+
+from agent import __version__
+from agent.controls import IDS as CONTROL_IDS
+from agent.results import OUTCOMES, PROBE_KINDS, Observation, ProbeResult, Verdict
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "EVIDENCE_SOURCES",
+    "OTHER_PATH",
+    "REJECT_REASONS",
+    "RESPONDER_REASON_FIELDS",
+    "ROLES",
+    "STATUSES",
+    "VIAS",
+    "Metrics",
+    "make_metrics",
+]
+
+#: 1 ms .. 10 s, roughly 1-2.5-5 per decade: same-AZ connects are ~1 ms, timeouts are seconds
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+STATUSES: tuple[str, ...] = ("pass", "fail", "degraded", "unknown")
+VIAS: tuple[str, ...] = ("responder", "sniffer")
+REJECT_REASONS: tuple[str, ...] = ("malformed", "forged", "replayed", "over_limit", "timeout")
+EVIDENCE_SOURCES: tuple[str, ...] = ("provider_api", "snapshot", "aws")
+ROLES: tuple[str, ...] = ("client", "provider", "both")
+#: ``agent.observe.responder.ResponderCounters`` field -> rejection reason
+RESPONDER_REASON_FIELDS: Mapping[str, str] = {
+    "malformed": "malformed",
+    "forged": "forged",
+    "replayed": "replayed",
+    "over_limit": "over_limit",
+    "timeouts": "timeout",
+}
+#: provider-side path label for tokens beyond ``max_seen_paths`` distinct path ids
+OTHER_PATH = "_other"
+DEFAULT_MAX_SEEN_PATHS = 10_000
+
+
+def _check(kind: str, value: str, allowed: Iterable[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{kind} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+@dataclass
+class Metrics:
+    """The families of one registry, and the operations the agent performs on them."""
+
+    registry: CollectorRegistry
+    path_up: Gauge
+    path_status: Gauge
+    path_blocked: Gauge
+    path_degraded: Gauge
+    path_interval: Gauge
+    probe_duration: Histogram
+    probes: Counter
+    last_probe: Gauge
+    target_seen: Counter
+    responder_rejected: Counter
+    sniffer_packets: Counter
+    sniffer_dropped: Counter
+    build_info: Gauge
+    reload_ok: Gauge
+    reload_ok_time: Gauge
+    raw_fallback: Gauge
+    evidence_up: Gauge
+    probe_module_unknown: Counter
+    max_seen_paths: int = DEFAULT_MAX_SEEN_PATHS
+    #: path -> the culprit whose series exists (at most one per path)
+    _culprit: dict[str, str] = field(default_factory=dict)
+    _path_kinds: set[tuple[str, str]] = field(default_factory=set)
+    _seen_paths: set[str] = field(default_factory=set)
+    _responder_last: dict[str, int] = field(default_factory=dict)
+
+    # -- client side -----------------------------------------------------------------------
+
+    def add_path(
+        self, path: str, *, interval_s: float, probes: Iterable[str] = PROBE_KINDS
+    ) -> None:
+        """Declare a configured path: its interval, and its counters created at 0."""
+        self.path_interval.labels(path).set(interval_s)
+        for kind in probes:
+            self._known(path, _check("probe kind", kind, PROBE_KINDS))
+
+    def observe_result(self, result: ProbeResult) -> None:
+        """Count one probe result; time it when it got through; stamp the path's last probe."""
+        kind = _check("probe kind", result.probe, PROBE_KINDS)
+        outcome = _check("outcome", result.outcome, OUTCOMES)
+        self._known(result.path, kind)
+        self.probes.labels(result.path, kind, outcome).inc()
+        if outcome == "ok":
+            self.probe_duration.labels(result.path, kind).observe(max(result.duration_s, 0.0))
+        finished = result.started_at + result.duration_s if result.started_at else time.time()
+        self.last_probe.labels(result.path).set(finished)
+        if result.fallback or kind == "syn":
+            self.raw_fallback.labels(kind).set(1 if result.fallback else 0)
+
+    def _known(self, path: str, kind: str) -> None:
+        """Create a path's counters of one probe kind at 0, once."""
+        if (path, kind) in self._path_kinds:
+            return
+        self._path_kinds.add((path, kind))
+        for outcome in OUTCOMES:
+            self.probes.labels(path, kind, outcome)
+
+    def set_verdict(self, verdict: Verdict) -> None:
+        """Export a path's diagnosis: up, status, degraded and (while down) the culprit.
+
+        ``pass`` and ``degraded`` are up; ``fail`` is down with exactly one culprit series
+        (``blocked_at``, or ``unknown``); ``unknown`` (no evidence to decide) removes
+        ``path_up`` rather than claim either, and shows in ``path_status``.
+        """
+        path = verdict.path
+        status = _check("status", verdict.status, STATUSES)
+        for s in STATUSES:
+            self.path_status.labels(path, s).set(1 if s == status else 0)
+        self.path_degraded.labels(path).set(1 if status == "degraded" else 0)
+        if status == "unknown":
+            self._remove(self.path_up, path)
+        else:
+            self.path_up.labels(path).set(0 if status == "fail" else 1)
+        culprit = None
+        if status == "fail":
+            culprit = verdict.blocked_at or "unknown"
+            _check("control", culprit, CONTROL_IDS)
+        old = self._culprit.get(path)
+        if old is not None and old != culprit:
+            self._remove(self.path_blocked, path, old)
+            del self._culprit[path]
+        if culprit is not None:
+            self.path_blocked.labels(path, culprit).set(1)
+            self._culprit[path] = culprit
+
+    def forget_path(self, path: str) -> None:
+        """Remove every series of a path (removed from the configuration on reload)."""
+        for gauge in (self.path_up, self.path_degraded, self.path_interval, self.last_probe):
+            self._remove(gauge, path)
+        for status in STATUSES:
+            self._remove(self.path_status, path, status)
+        for control in CONTROL_IDS:
+            self._remove(self.path_blocked, path, control)
+        for kind in PROBE_KINDS:
+            self._remove(self.probe_duration, path, kind)
+            for outcome in OUTCOMES:
+                self._remove(self.probes, path, kind, outcome)
+        for via in VIAS:
+            self._remove(self.target_seen, path, via)
+        self._culprit.pop(path, None)
+        self._path_kinds -= {(path, kind) for kind in PROBE_KINDS}
+        self._seen_paths.discard(path)
+
+    # -- provider side ---------------------------------------------------------------------
+
+    def observe_observation(self, obs: Observation) -> None:
+        """Count a probe that arrived at this target, by the path id its token carried.
+
+        Observations without a path id (a SYN tag alone) cannot be joined with the client by
+        path and are not counted here. Path ids come from authenticated tokens, so only key
+        holders choose them; still, at most ``max_seen_paths`` distinct ids get a series.
+        """
+        if not obs.path:
+            return
+        via = _check("via", obs.via, VIAS)
+        path = obs.path
+        if path not in self._seen_paths:
+            if len(self._seen_paths) >= self.max_seen_paths:
+                path = OTHER_PATH
+            else:
+                self._seen_paths.add(path)
+                for v in VIAS:
+                    self.target_seen.labels(path, v)
+        self.target_seen.labels(path, via).inc()
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count responder input that was refused (never believed)."""
+        self.responder_rejected.labels(_check("reason", reason, REJECT_REASONS)).inc(count)
+
+    def sync_responder(self, counters: Mapping[str, int]) -> None:
+        """Carry a responder's plain counters (``ResponderCounters.as_dict()``) into counters.
+
+        Adds the increase since the previous call; a value lower than last time means a new
+        responder instance, whose whole value is then the increase.
+        """
+        for fname, reason in RESPONDER_REASON_FIELDS.items():
+            now = int(counters.get(fname, 0))
+            last = self._responder_last.get(fname, 0)
+            delta = now - last if now >= last else now
+            if delta:
+                self.reject(reason, delta)
+            self._responder_last[fname] = now
+
+    def count_sniffer(self, packets: int = 0, dropped: int = 0) -> None:
+        """Add the sniffer's packets matched by the BPF filter, and those the kernel dropped."""
+        if packets:
+            self.sniffer_packets.inc(packets)
+        if dropped:
+            self.sniffer_dropped.inc(dropped)
+
+    # -- self ------------------------------------------------------------------------------
+
+    def config_reloaded(self, ok: bool, when: float | None = None) -> None:
+        """Record a (re)load attempt; a failed one keeps the last success timestamp."""
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_ok_time.set(time.time() if when is None else when)
+
+    def set_raw_socket_fallback(self, probe: str, fell_back: bool) -> None:
+        self.raw_fallback.labels(_check("probe kind", probe, PROBE_KINDS)).set(
+            1 if fell_back else 0
+        )
+
+    def set_evidence_source(self, source: str, up: bool) -> None:
+        """Whether the last fetch from an evidence source succeeded."""
+        self.evidence_up.labels(_check("source", source, EVIDENCE_SOURCES)).set(1 if up else 0)
+
+    @staticmethod
+    def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
+        # prometheus-client's remove() ignores an absent series
+        metric.remove(*labels)
+
+
+def make_metrics(
+    registry: CollectorRegistry,
+    *,
+    role: str = "client",
+    version: str = __version__,
+    max_seen_paths: int = DEFAULT_MAX_SEEN_PATHS,
+) -> Metrics:
+    """Build every family into ``registry`` and create the known label values up front.
+
+    Also turns off prometheus-client's ``_created`` series (a process-wide switch): Prometheus
+    stores them as separate gauges in the text format, which would double every counter's
+    and histogram's series for no use.
+    """
+    _check("role", role, ROLES)
+    _disable_created_metrics()
+    r = registry
+    m = Metrics(
+        registry=r,
+        path_up=Gauge(
+            "plprobe_path_up",
+            "1 when the path passes (or is degraded), 0 when it fails.",
+            ["path"],
+            registry=r,
+        ),
+        path_status=Gauge(
+            "plprobe_path_status",
+            "The path's verdict status, one-hot.",
+            ["path", "status"],
+            registry=r,
+        ),
+        path_blocked=Gauge(
+            "plprobe_path_blocked",
+            "1 for the control that blocks the path (only the current culprit's series exists).",
+            ["path", "control"],
+            registry=r,
+        ),
+        path_degraded=Gauge(
+            "plprobe_path_degraded", "1 when the path passes only partly.", ["path"], registry=r
+        ),
+        path_interval=Gauge(
+            "plprobe_path_interval_seconds",
+            "Configured probe interval of the path.",
+            ["path"],
+            registry=r,
+        ),
+        probe_duration=Histogram(
+            "plprobe_probe_duration_seconds",
+            "Duration of probes that got through.",
+            ["path", "probe"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        ),
+        probes=Counter(
+            "plprobe_probes_total",
+            "Probes sent, by kind and client-side result.",
+            ["path", "probe", "result"],
+            registry=r,
+        ),
+        last_probe=Gauge(
+            "plprobe_last_probe_timestamp_seconds",
+            "When the path's last probe finished.",
+            ["path"],
+            registry=r,
+        ),
+        target_seen=Counter(
+            "plprobe_target_probes_seen_total",
+            "Authenticated probes that arrived at this target, by the path id in their token.",
+            ["path", "via"],
+            registry=r,
+        ),
+        responder_rejected=Counter(
+            "plprobe_responder_rejected_total",
+            "Responder input refused, by reason.",
+            ["reason"],
+            registry=r,
+        ),
+        sniffer_packets=Counter(
+            "plprobe_sniffer_packets_total", "Packets the sniffer's filter passed.", registry=r
+        ),
+        sniffer_dropped=Counter(
+            "plprobe_sniffer_dropped_total",
+            "Packets the kernel dropped before the sniffer read them.",
+            registry=r,
+        ),
+        build_info=Gauge(
+            "plprobe_build_info",
+            "Always 1; the version and role as labels.",
+            ["version", "role"],
+            registry=r,
+        ),
+        reload_ok=Gauge(
+            "plprobe_config_last_reload_successful",
+            "1 when the last configuration (re)load succeeded.",
+            registry=r,
+        ),
+        reload_ok_time=Gauge(
+            "plprobe_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            registry=r,
+        ),
+        raw_fallback=Gauge(
+            "plprobe_raw_socket_fallback",
+            "1 when a raw-socket probe kind fell back to a plain connect (no CAP_NET_RAW).",
+            ["probe"],
+            registry=r,
+        ),
+        evidence_up=Gauge(
+            "plprobe_evidence_source_up",
+            "1 when the last fetch from the evidence source succeeded.",
+            ["source"],
+            registry=r,
+        ),
+        probe_module_unknown=Counter(
+            "plprobe_probe_module_unknown_total",
+            "/probe requests naming a module that is not configured.",
+            registry=r,
+        ),
+        max_seen_paths=max_seen_paths,
+    )
+    m.build_info.labels(version, role).set(1)
+    for reason in REJECT_REASONS:
+        m.responder_rejected.labels(reason)
+    m.raw_fallback.labels("syn").set(0)
+    return m
