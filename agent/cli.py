@@ -21,7 +21,12 @@ from agent import __version__
 from agent.errors import PlprobeError
 
 #: modules with a ``register(subparsers)`` function, in the order they appear in --help
-COMMAND_MODULES: tuple[str, ...] = ("agent.lab.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent.probecmd",
+    "agent.observecmd",
+    "agent.explain",
+    "agent.lab.cli",
+)
 
 
 class _Parser(argparse.ArgumentParser):

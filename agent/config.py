@@ -12,6 +12,9 @@ committed, a key file (mode 0600) or an environment variable does not. ``insecur
 ``probe`` command prints it. ``load_config`` reads the key once, so a missing key file is an
 error at load time that points at the ``key_file`` line, not a surprise at the first probe.
 
+``agent_id`` may be left out: it then comes from ``$PLPROBE_AGENT_ID`` or the host name, so
+one provider config can serve every target.
+
 Path ids (DESIGN.md, stable: metric labels on both sides) are ``<agent_id>/<az_id>/<port>``,
 one per (endpoint ENI/AZ, port). They must be unique within one agent and, with the agent id,
 fit in a probe token (``agent.wire.TOKEN_STRINGS_MAX``); both are checked at load time.
@@ -22,14 +25,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from agent.errors import ConfigError
-from agent.results import PROBE_KINDS
-from agent.yamlsrc import Located, Loc, load_yaml, validate
+from agent.yamlsrc import Loc, Located, load_yaml, validate
 
 __all__ = [
     "AgentConfig",
@@ -47,6 +50,8 @@ __all__ = [
 
 #: default bind of the agent's HTTP API (DESIGN.md "Interfaces")
 DEFAULT_LISTEN = "0.0.0.0:9720"
+#: fills ``agent_id`` when the YAML leaves it out
+AGENT_ID_ENV = "PLPROBE_AGENT_ID"
 #: the responder's default port on provider targets
 DEFAULT_RESPONDER_PORT = 9721
 
@@ -245,8 +250,8 @@ class PathConfig(_Model):
     def provider_urls(self) -> tuple[str, ...] | None:
         if self.provider_url is None:
             return None
-        return (self.provider_url,) if isinstance(self.provider_url, str) else tuple(
-            self.provider_url
+        return (
+            (self.provider_url,) if isinstance(self.provider_url, str) else tuple(self.provider_url)
         )
 
 
@@ -400,6 +405,13 @@ def _check_path_ids(config: ClientConfig, doc: Located) -> None:
 # -------------------------------------------------------------------------------- loading
 
 
+def default_agent_id() -> str:
+    """``$PLPROBE_AGENT_ID``, else the host name (first label): for a config shared by many
+    targets (the lab starts one provider agent per target from one file)."""
+    value = os.environ.get(AGENT_ID_ENV) or socket.gethostname().split(".", 1)[0]
+    return value[:32]
+
+
 def _reject_inline_key(doc: Located) -> None:
     if isinstance(doc.value, dict):
         for name in ("key", "hmac_key", "secret"):
@@ -421,6 +433,8 @@ def parse_config(doc: Located) -> AgentConfig:
     if role not in _ROLES:
         loc: Loc = ("role",) if "role" in doc.value else ()
         raise doc.error(loc, f"role must be 'client' or 'provider' (got {role!r})")
+    if "agent_id" not in doc.value:
+        doc = Located({**doc.value, "agent_id": default_agent_id()}, doc.path, doc.marks)
     config = validate(_ROLES[role], doc)
     config._source = doc.path
     config._marks = doc.marks
@@ -467,9 +481,7 @@ def load_key(config: AgentConfig) -> bytes:
         assert config.key_env is not None  # the model validator guarantees one of the two
         value = os.environ.get(config.key_env)
         if value is None:
-            raise _key_error(
-                config, "key_env", f"environment variable {config.key_env} is not set"
-            )
+            raise _key_error(config, "key_env", f"environment variable {config.key_env} is not set")
         key = value.encode("utf-8").rstrip()
         where, what = "key_env", f"${config.key_env}"
     if len(key) < MIN_KEY_LEN:

@@ -181,6 +181,9 @@ class Instance:
     sg_ids: list[str] = field(default_factory=list)
     services: list[int] = field(default_factory=list)
     eni_id: str = ""
+    #: False when the source cannot know the listening ports (an AWS snapshot without the
+    #: ``plprobe:services`` tag): an empty ``services`` then means "unknown", not "nothing"
+    services_known: bool = True
 
 
 @dataclass

@@ -16,9 +16,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import secrets
 import socket
 import struct
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from agent.errors import ApplyError
 
 __all__ = [
     "ETH_P_ALL",
@@ -28,15 +33,18 @@ __all__ = [
     "SOL_PACKET",
     "BpfInsn",
     "SocketFactory",
+    "VethPair",
     "attach_bpf",
     "compile_bpf",
     "default_socket_factory",
     "fold16",
     "in_netns",
     "linktype_of",
+    "netns_exists",
     "packet_stats",
     "set_rcvbuf",
     "sum16",
+    "veth_pair",
 ]
 
 SO_ATTACH_FILTER = 26
@@ -182,3 +190,72 @@ def in_netns(name_or_path: str) -> Iterator[None]:
             _setns(home)
     finally:
         os.close(home)
+
+
+# --------------------------------------------------------------------------------------------
+# A two-namespace veth pair (tests and benchmarks of the raw-packet components)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VethPair:
+    """Two fresh namespaces joined by one veth: ``a`` (ip_a, if_a) <-> ``b`` (ip_b, if_b)."""
+
+    ns_a: str
+    ns_b: str
+    if_a: str
+    if_b: str
+    ip_a: str
+    ip_b: str
+
+    def run(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside namespace ``ns`` (blocking: setup code, never the agent loop)."""
+        return _run(["ip", "netns", "exec", ns, *argv], check=check)
+
+
+def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if check and proc.returncode != 0:
+        raise ApplyError(argv, proc.returncode, proc.stderr)
+    return proc
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(f"/var/run/netns/{name}")
+
+
+@contextlib.contextmanager
+def veth_pair(prefix: str = "rp") -> Iterator[VethPair]:
+    """Create two namespaces with unique names and a veth between them; always remove them.
+
+    Names carry a random suffix because other labs run concurrently on the same machine.
+    """
+    sfx = secrets.token_hex(3)
+    pair = VethPair(
+        ns_a=f"{prefix}a{sfx}",
+        ns_b=f"{prefix}b{sfx}",
+        if_a=f"{prefix}a{sfx}"[:15],
+        if_b=f"{prefix}b{sfx}"[:15],
+        ip_a="10.201.0.1",
+        ip_b="10.201.0.2",
+    )
+    created: list[str] = []
+    try:
+        for ns in (pair.ns_a, pair.ns_b):
+            _run(["ip", "netns", "add", ns])
+            created.append(ns)
+        _run(
+            ["ip", "link", "add", pair.if_a, "netns", pair.ns_a, "type", "veth",
+             "peer", "name", pair.if_b, "netns", pair.ns_b]
+        )  # fmt: skip
+        for ns, ifname, ip in (
+            (pair.ns_a, pair.if_a, pair.ip_a),
+            (pair.ns_b, pair.if_b, pair.ip_b),
+        ):
+            _run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifname])
+            _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        yield pair
+    finally:
+        for ns in created:
+            _run(["ip", "netns", "del", ns], check=False)

@@ -107,3 +107,27 @@ def test_a_store_needs_room_for_one(bad: int) -> None:
 def test_nan_since_is_rejected() -> None:
     with pytest.raises(ValueError):
         ObservationStore().since(float("nan"))
+
+
+def test_observations_older_than_the_ttl_expire_and_are_counted_apart_from_evictions() -> None:
+    now = [1000.0]
+    store = ObservationStore(ttl_s=60, clock=lambda: now[0])
+    store.append(obs(950.0))
+    store.append(obs(990.0))
+    now[0] = 1020.0
+    assert [o.seen_at for o in store.since(0).observations] == [990.0]
+    counters = store.counters
+    assert (counters.expired, counters.evicted) == (1, 0)
+
+
+def test_tail_returns_each_appended_observation_once_even_out_of_time_order() -> None:
+    store = ObservationStore()
+    store.append(obs(10.0, probe_id="a"))
+    first, cursor = store.tail()
+    store.append(obs(5.0, probe_id="late-sniffer-record"))
+    store.append(obs(11.0, probe_id="b"))
+    second, cursor = store.tail(cursor)
+    third, _ = store.tail(cursor)
+    assert [o.probe_id for o in first] == ["a"]
+    assert [o.probe_id for o in second] == ["late-sniffer-record", "b"]
+    assert third == []

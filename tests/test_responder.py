@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,7 +38,7 @@ MakeResponder = Callable[..., Awaitable[Responder]]
 
 
 @pytest.fixture
-async def make_responder() -> AsyncIterator[MakeResponder]:
+async def make_responder(caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeResponder]:
     started: list[Responder] = []
 
     async def make(**kwargs: object) -> Responder:
@@ -61,6 +62,8 @@ async def make_responder() -> AsyncIterator[MakeResponder]:
         for responder in started:
             await responder.stop()
         assert all(r.active_connections == 0 for r in started)
+        # nothing hostile or interrupted may surface as an error in the logs
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def token(path: str = "client-2/apne1-az4/9721", **over: object) -> Token:
@@ -80,10 +83,11 @@ async def exchange(
                 await asyncio.sleep(gap_s)
             writer.write(chunk)
             await writer.drain()
+        data = b""
         async with asyncio.timeout(5):
-            data = await reader.read(REPLY_MAX + 100)
-            while more := await reader.read(100):
-                data += more
+            with contextlib.suppress(ConnectionResetError):  # a reset is "no reply" too
+                while more := await reader.read(REPLY_MAX + 100):
+                    data += more
         return data, our_port
     finally:
         writer.close()
@@ -491,3 +495,38 @@ async def test_an_endpoint_id_too_long_for_a_reply_is_left_out_not_fatal(
 def test_a_responder_refuses_a_key_that_cannot_authenticate() -> None:
     with pytest.raises(ValueError):
         Responder(key=b"short", agent_id="target-1", store=ObservationStore())
+
+
+async def test_a_lone_carriage_return_is_malformed_but_not_taken_for_a_proxy_header(
+    make_responder: MakeResponder,
+) -> None:
+    responder = await make_responder(proxy_v2=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", responder.bound_port)
+    writer.write(b"\r\n")
+    writer.write_eof()
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
+    await settle(responder)
+    assert (responder.counters.malformed, responder.counters.proxy_unexpected) == (1, 0)
+
+
+async def test_no_single_byte_corruption_of_a_probe_gets_a_reply(
+    make_responder: MakeResponder,
+) -> None:
+    responder = await make_responder(proxy_v2=True, read_timeout=0.2)
+    tok = token()
+    header = build_proxy_v2("10.1.1.20", "10.2.1.5", 51000, 9721, vpce_id=VPCE, crc=False)
+    raw = bytearray(encode_token(tok, KEY))
+    answered = []
+    for i in range(len(raw)):
+        bad = bytearray(raw)
+        bad[i] ^= 0x5A
+        data, _ = await exchange(responder, header + bytes(bad))
+        answered += [i] if data else []
+    await settle(responder)
+    c = responder.counters
+    assert answered == []
+    # each corruption was refused for a reason: nothing was believed, nothing went uncounted
+    assert c.forged + c.malformed + c.timeouts == len(raw)
+    assert c.replied == 0

@@ -10,6 +10,7 @@ breaks only the flows whose port falls outside — the "intermittent" failure us
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass, field
 
 from agent.model import Nacl, NaclEntry
@@ -60,9 +61,7 @@ def _matches(entry: NaclEntry, peer_ip: str, protocol: str, port: int) -> bool:
         return False
 
 
-def evaluate_nacl(
-    nacl: Nacl, egress: bool, peer_ip: str, protocol: str, port: int
-) -> NaclDecision:
+def evaluate_nacl(nacl: Nacl, egress: bool, peer_ip: str, protocol: str, port: int) -> NaclDecision:
     """First matching entry in rule-number order decides; none matching = implicit deny."""
     checked: list[NaclEntry] = []
     for entry in nacl.ordered(egress):
@@ -96,7 +95,7 @@ def evaluate_nacl_range(
     denied: list[tuple[int, int]] = []
     first_denied: NaclDecision | None = None
     first: NaclDecision | None = None
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         d = evaluate_nacl(nacl, egress, peer_ip, protocol, a)
         first = first or d
         if not d.allowed:

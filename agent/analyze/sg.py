@@ -119,11 +119,15 @@ def evaluate_sg(
                 )
             if match is None:
                 unresolved.append(rule)
-            elif rule.sg_ref is not None and not refs_match:
-                if rule.sg_ref not in topology.security_groups or peer_ip in (
-                    topology.sg_member_ips(rule.sg_ref)
-                ):
-                    unusable.append(rule)
+            elif (
+                rule.sg_ref is not None
+                and not refs_match
+                and (
+                    rule.sg_ref not in topology.security_groups
+                    or peer_ip in topology.sg_member_ips(rule.sg_ref)
+                )
+            ):
+                unusable.append(rule)
     if unresolved or missing:
         what = [f"{r.id} ({r.prefix_list or r.sg_ref}: contents not visible)" for r in unresolved]
         what += [f"{g} (group not visible)" for g in missing]

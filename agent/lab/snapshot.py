@@ -30,7 +30,8 @@ from agent.model import (
     Topology,
     stable_id,
 )
-from agent.sources.aws_actions import BY_STEM, calls_for
+from agent.sources.aws_actions import BY_STEM, CALLS, calls_for
+from agent.sources.aws_snapshot import SERVICES_TAG
 
 #: account.json: who the directory belongs to (the describe-* outputs do not say the role)
 ACCOUNT_FILE = "account.json"
@@ -323,7 +324,7 @@ class _Renderer:
             "NetworkInterfaces": [eni] if i.eni_id else [],
             "SecurityGroups": groups,
             "SourceDestCheck": True,
-            "Tags": _tags(i.name),
+            "Tags": _tags(i.name) + _services_tag(i),
         }
 
     def instances(self) -> None:
@@ -432,9 +433,7 @@ class _Renderer:
         service = self.t.endpoint_services.get(ep.service_id)
         private = service.private_dns_name if service else None
         return [
-            {"DnsName": n, "HostedZoneId": "Z00000000000000000000"}
-            for n in names
-            if n != private
+            {"DnsName": n, "HostedZoneId": "Z00000000000000000000"} for n in names if n != private
         ]
 
     def endpoints(self) -> None:
@@ -659,6 +658,13 @@ class _Renderer:
         self.put("elbv2-describe-target-groups", {"TargetGroups": out})
 
 
+def _services_tag(i: Instance) -> list[dict[str, str]]:
+    """The listening ports, which no describe-* call reports (docs/SNAPSHOT.md)."""
+    if not i.services_known:
+        return []
+    return [{"Key": SERVICES_TAG, "Value": ",".join(str(p) for p in i.services)}]
+
+
 def _lb_suffix(nlb: Nlb) -> str:
     """``net/NAME/HASH`` from the ARN: what an NLB ENI's description names."""
     return nlb.id.split(":loadbalancer/", 1)[-1]
@@ -687,6 +693,15 @@ def render_snapshot(
     }
 
 
+def _clear(base: Path) -> None:
+    """Remove files an earlier snapshot wrote here, so no stale per-resource file remains."""
+    stale = [base / ACCOUNT_FILE]
+    for call in CALLS:
+        stale += [base / call.file] if call.per is None else list((base / call.stem).glob("*.json"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def write_snapshot(
     topology: Topology,
     out_dir: Path,
@@ -702,6 +717,7 @@ def write_snapshot(
     dirs = []
     for account, files in render_snapshot(topology, target_health).items():
         base = out_dir / account
+        _clear(base)
         for rel, body in files.items():
             path = base / rel
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,8 @@ OBSERVATIONS_PATH = "/v1/observations"
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 
-#: name -> callable returning that component's counters (e.g. ``lambda: responder.counters.as_dict()``)
+#: name -> callable returning that component's counters,
+#: e.g. ``{"responder": lambda: responder.counters.as_dict()}``
 CounterSources = Mapping[str, Callable[[], Mapping[str, int]]]
 
 

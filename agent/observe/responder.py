@@ -45,6 +45,7 @@ from agent.results import Observation
 from agent.wire import (
     AGENT_ID_MAX,
     PROXY_V2_MAX_LEN,
+    PROXY_V2_SIGNATURE,
     REPLY_MAX,
     VPCE_ID_MAX,
     ProxyHeader,
@@ -253,8 +254,11 @@ class Responder:
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
+            # Only stop() (or loop shutdown) cancels a connection task, and nobody awaits it:
+            # re-raising would make asyncio's stream callback log a spurious error (3.11).
             writer.transport.abort()
-            raise
+        except OSError:  # reset by the peer while we read or wrote: nothing to answer
+            writer.transport.abort()
         except Exception:  # a bug must not kill the server; it costs one connection
             log.exception("responder: unexpected error on a connection")
             writer.transport.abort()
@@ -387,10 +391,12 @@ class Responder:
                 headers: list[ProxyHeader] = []
                 used = 0
                 try:
-                    if self.proxy_v2 or is_proxy_v2_prefix(buf):
-                        if not self.proxy_v2:
-                            self.counters.proxy_unexpected += 1
-                            raise MalformedError("PROXY v2 header, but proxy_v2 is not configured")
+                    if not self.proxy_v2 and is_proxy_v2_prefix(buf):
+                        if len(buf) < len(PROXY_V2_SIGNATURE):
+                            raise TruncatedError("could still become a PROXY v2 signature")
+                        self.counters.proxy_unexpected += 1
+                        raise MalformedError("PROXY v2 header, but proxy_v2 is not configured")
+                    if self.proxy_v2:
                         headers, used = parse_proxy_stack(buf, max_len=self._proxy_max_len)
                         if headers and not counted_proxy:
                             counted_proxy = True

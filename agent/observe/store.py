@@ -6,6 +6,10 @@ The responder (an asyncio task) and the sniffer (which may run in its own thread
 burst of probes (or of hostile-but-authentic tokens) can never grow the agent without limit and
 a reader can tell from ``evicted`` that it may have missed something.
 
+Observations also expire after ``ttl_s`` (config ``observation_ttl``): evidence older than the
+client's correlation window is useless, and a quiet target should not hold a burst forever.
+Expiry drops from the oldest end on every append and read, and is counted apart from eviction.
+
 Reads are by time: ``since(t)`` returns observations with ``seen_at > t``, oldest first. A poller
 that remembers the last ``seen_at`` it received and asks again with it gets each observation once
 (timestamps are float seconds with sub-microsecond resolution, so two records sharing one exact
@@ -14,9 +18,12 @@ that remembers the last ``seen_at`` it received and asks again with it gets each
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from agent.results import Observation
@@ -32,7 +39,8 @@ class StoreCounters:
     """Monotonic counters (the metrics module turns them into ``_total`` series later)."""
 
     appended: int = 0
-    evicted: int = 0
+    evicted: int = 0  # dropped because the store was full
+    expired: int = 0  # dropped because older than ttl_s
     by_via_responder: int = 0
     by_via_sniffer: int = 0
 
@@ -53,10 +61,20 @@ class Page:
 class ObservationStore:
     """Append-only ring of observations, oldest evicted first."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        *,
+        ttl_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if ttl_s is not None and not ttl_s > 0:
+            raise ValueError("ttl_s must be positive (or None: keep until evicted)")
         self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
         self._items: deque[Observation] = deque()
         self._lock = threading.Lock()
         self._counters = StoreCounters()
@@ -68,6 +86,7 @@ class ObservationStore:
     def append(self, obs: Observation) -> None:
         """Record one observation; evicts (and counts) the oldest when full. Never blocks long."""
         with self._lock:
+            self._expire()
             if len(self._items) >= self.max_entries:
                 self._items.popleft()
                 self._counters.evicted += 1
@@ -89,6 +108,7 @@ class ObservationStore:
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
         with self._lock:
+            self._expire()
             hits = [o for o in self._items if o.seen_at > since]
         hits.sort(key=lambda o: o.seen_at)
         truncated = limit is not None and len(hits) > limit
@@ -104,6 +124,30 @@ class ObservationStore:
             truncated=truncated,
             next_since=hits[-1].seen_at if hits else None,
         )
+
+    def tail(self, cursor: int = 0) -> tuple[list[Observation], int]:
+        """Observations appended after ``cursor`` (a previous return value), in append order.
+
+        For consumers that must see each observation once whatever its ``seen_at`` (metrics):
+        the cursor counts appends, so a sniffer record stamped earlier than one already read is
+        not skipped. Records evicted or expired before the call are gone; the new cursor says
+        how far this call got.
+        """
+        with self._lock:
+            appended = self._counters.appended
+            fresh = min(max(appended - cursor, 0), len(self._items))
+            items = list(itertools.islice(reversed(self._items), fresh))[::-1]
+        return items, appended
+
+    def _expire(self) -> None:
+        """Drop expired observations from the old end (call with the lock held)."""
+        if self.ttl_s is None:
+            return
+        horizon = self._clock() - self.ttl_s
+        items = self._items
+        while items and items[0].seen_at < horizon:
+            items.popleft()
+            self._counters.expired += 1
 
     @property
     def counters(self) -> StoreCounters:

@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections.abc import Mapping
 
-from agent.probes.base import Prober, ProbeContext, ProbeTarget
+from agent.probes.base import ProbeContext, Prober, ProbeTarget
 
 __all__ = ["PROBERS", "ProbeContext", "ProbeTarget", "Prober", "get_prober"]
 

@@ -27,7 +27,7 @@ import aiohttp
 
 from agent import wire
 from agent.probes.base import ProbeContext, ProbeTarget
-from agent.probes.tcp import classify_oserror, make_token
+from agent.probes.tcp import classify_oserror, describe_oserror, make_token
 from agent.results import ProbeResult
 
 __all__ = ["SESSION_KEY", "make_session", "probe"]
@@ -142,7 +142,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
         if icmp is not None:
             result.icmp = icmp
             result.detail["icmp_inferred"] = True
-        result.error = f"connect: {exc.os_error.strerror or exc.os_error}"
+        result.error = f"connect: {describe_oserror(exc.os_error)}"
     except (aiohttp.ClientError, OSError) as exc:
         outcome, icmp = classify_oserror(exc) if isinstance(exc, OSError) else ("error", None)
         result.outcome = outcome

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
 import time
 
@@ -38,7 +39,7 @@ from agent.errors import ProbeError, TruncatedError, WireError
 from agent.probes.base import ProbeContext, ProbeTarget
 from agent.results import ProbeResult
 
-__all__ = ["classify_oserror", "probe", "reply_to_dict"]
+__all__ = ["classify_oserror", "describe_oserror", "probe", "reply_to_dict"]
 
 #: errno -> inferred ICMP destination-unreachable (type, code); see the module docstring
 _ICMP_BY_ERRNO: dict[int, tuple[int, int]] = {
@@ -65,6 +66,13 @@ def classify_oserror(exc: BaseException) -> tuple[str, tuple[int, int] | None]:
     if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
         return "timeout", None
     return "error", None
+
+
+def describe_oserror(exc: BaseException) -> str:
+    """``os.strerror`` when there is an errno (asyncio's messages bury it in prose)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 def reply_to_dict(reply: wire.Reply) -> dict[str, object]:
@@ -100,7 +108,9 @@ def make_token(target: ProbeTarget, ctx: ProbeContext) -> tuple[wire.Token, byte
 async def _address(target: ProbeTarget, deadline: float) -> tuple[int, str]:
     host = target.host
     try:
-        return (socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET), host
+        return (
+            socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        ), host
     except ValueError:
         pass
     loop = asyncio.get_running_loop()
@@ -213,7 +223,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
         if outcome == "timeout":
             result.error = f"no answer to {phase} within {ctx.timeout_s:g}s"
         else:
-            result.error = f"{phase}: {exc.strerror if isinstance(exc, OSError) else exc}"
+            result.error = f"{phase}: {describe_oserror(exc)}"
     finally:
         if sock is not None:
             sock.close()

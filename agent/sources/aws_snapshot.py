@@ -13,7 +13,8 @@ JSON, or JSON that is not the API's output shape, is a :class:`SourceError` nami
 
 What AWS cannot tell us is filled in the documented way (``docs/SNAPSHOT.md``): an
 endpoint's requester is its owner account's root; security group rules come back one per
-source (AWS's own granularity) with readable ids; instances' listening ports are unknown.
+source (AWS's own granularity) with readable ids; instances' listening ports come from
+the optional ``plprobe:services`` tag, else they are unknown (``services_known=False``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from agent.sources.aws_actions import BY_STEM, CALLS, ApiCall, resource_file_nam
 ACCOUNT_FILE = "account.json"
 #: AWS lists this "*" entry last in every NACL; the model's evaluation implies it
 NACL_DEFAULT_RULE = 32767
+#: optional instance tag: the TCP ports it serves ("80,443"); describe-* cannot tell
+SERVICES_TAG = "plprobe:services"
 
 
 @dataclass
@@ -92,8 +95,8 @@ def read_account_dir(path: Path, *, validate: bool = True) -> AccountDump:
     meta_path = path / ACCOUNT_FILE
     if not meta_path.is_file():
         raise SourceError(
-            f"{meta_path}: missing; write {{\"name\": …, \"id\": …, \"role\": "
-            f"\"consumer\"|\"provider\", \"region\": …}} (docs/SNAPSHOT.md)"
+            f'{meta_path}: missing; write {{"name": …, "id": …, "role": '
+            f'"consumer"|"provider", "region": …}} (docs/SNAPSHOT.md)'
         )
     meta = _read_json(meta_path)
     if not isinstance(meta, dict):
@@ -192,9 +195,11 @@ def _walk(shape: Any, value: Any, where: str, errors: list[str]) -> None:
     elif kind == "string":
         if not isinstance(value, str):
             errors.append(f"{where}: expected a string, got {type(value).__name__}")
-        elif shape.enum and value not in shape.enum and value.lower() not in {
-            e.lower() for e in shape.enum
-        }:
+        elif (
+            shape.enum
+            and value not in shape.enum
+            and value.lower() not in {e.lower() for e in shape.enum}
+        ):
             errors.append(f"{where}: {value!r} is not one of {', '.join(shape.enum)}")
     elif kind in ("integer", "long"):
         if not isinstance(value, int) or isinstance(value, bool):
@@ -208,9 +213,8 @@ def _walk(shape: Any, value: Any, where: str, errors: list[str]) -> None:
     elif kind == "timestamp":
         if not _is_timestamp(value):
             errors.append(f"{where}: expected an ISO-8601 timestamp, got {value!r}")
-    elif kind == "blob":
-        if not isinstance(value, str | bytes):
-            errors.append(f"{where}: expected base64 text")
+    elif kind == "blob" and not isinstance(value, str | bytes):
+        errors.append(f"{where}: expected base64 text")
 
 
 def _is_timestamp(value: Any) -> bool:
@@ -456,6 +460,9 @@ class _Parser:
                     key=lambda n: (n.get("Attachment") or {}).get("DeviceIndex", 0),
                 )
                 iid = i["InstanceId"]
+                tags = {t["Key"]: t.get("Value", "") for t in i.get("Tags") or []}
+                ports = tags.get(SERVICES_TAG)
+                services = sorted({int(p) for p in ports.split(",") if p.strip()}) if ports else []
                 self.t.instances[iid] = Instance(
                     iid,
                     _name(i, iid),
@@ -463,8 +470,9 @@ class _Parser:
                     i["SubnetId"],
                     i["PrivateIpAddress"],
                     [g["GroupId"] for g in i.get("SecurityGroups") or []],
-                    [],
+                    services,
                     nis[0]["NetworkInterfaceId"] if nis else "",
+                    services_known=ports is not None,
                 )
 
     def endpoints(self, d: AccountDump, body: Any) -> None:
@@ -495,9 +503,7 @@ class _Parser:
     def services(self, d: AccountDump, body: Any) -> None:
         for s in body["ServiceConfigurations"]:
             sid = s["ServiceId"]
-            perms_rel = BY_STEM["ec2-describe-vpc-endpoint-service-permissions"].resource_file(
-                sid
-            )
+            perms_rel = BY_STEM["ec2-describe-vpc-endpoint-service-permissions"].resource_file(sid)
             principals: list[str] = []
             perms = d.files.get(perms_rel)
             if perms is not None:

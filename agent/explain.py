@@ -1,0 +1,143 @@
+"""``plprobe explain``: static analysis only — no packets, the same verdict shape as ``check``.
+
+Reads a topology (the lab YAML with ``--topology``, or AWS-CLI snapshot directories, one per
+account, with ``--snapshot``), walks every AZ path from the client to the endpoint and prints
+one verdict per path. Exit 0 when every path passes, 1 when any fails, is degraded or cannot
+be verified from the configuration that was read, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from agent.analyze.path import flows, walk
+from agent.diagnose import describe, diagnose_static, rollup
+from agent.errors import ConfigError
+from agent.model import Topology
+from agent.results import Verdict
+
+_COLOURS = {"pass": "32", "fail": "31", "degraded": "33", "unknown": "35"}
+
+
+def explain(
+    topology: Topology,
+    client: str,
+    port: int,
+    endpoint: str | None = None,
+    *,
+    now: float | None = None,
+) -> list[Verdict]:
+    """One static verdict per AZ path (endpoint ENI) from ``client`` on ``port``."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} is outside 1-65535", key="--port")
+    stamp = time.time() if now is None else now
+    return [
+        diagnose_static(walk(topology, flow), path=flow.path_id, now=stamp)
+        for flow in flows(topology, client, port, endpoint)
+    ]
+
+
+def load(args: argparse.Namespace) -> Topology:
+    """The topology the flags name; the snapshot loader is imported only when used."""
+    if args.topology is not None:
+        from agent.sources.lab import load_topology
+
+        return load_topology(args.topology)
+    dirs = [Path(d) for d in args.snapshot]
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(f"not a directory: {d}", key="--snapshot")
+    from agent.sources.aws_snapshot import load_snapshot
+
+    return load_snapshot(dirs)
+
+
+def _blocking(verdict: Verdict) -> str:
+    if verdict.blocked_at is None or verdict.blocked_at == "unknown":
+        return ""
+    hop = next(
+        (f for f in verdict.findings if f.control == verdict.blocked_at and f.status == "denied"),
+        None,
+    )
+    return describe(hop) if hop is not None else ""
+
+
+def render_table(verdicts: list[Verdict], *, colour: bool) -> str:
+    """One row per path (status, blocked_at), then the rule and the fix indented below it."""
+    rows = [("PATH", "STATUS", "BLOCKED AT")] + [
+        (v.path, v.status, v.blocked_at or "-") for v in verdicts
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[i].ljust(widths[i]) for i in range(3)]
+        if n and colour:
+            code = _COLOURS.get(row[1], "0")
+            cells[1] = f"\033[{code}m{cells[1]}\033[0m"
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            continue
+        v = verdicts[n - 1]
+        rule = _blocking(v)
+        if rule:
+            lines.append(f"    rule: {rule}")
+        elif v.candidates and v.status != "pass":
+            lines.append(f"    candidates: {', '.join(v.candidates)}")
+        if v.status != "pass" and v.explanation and not (rule and v.status == "fail"):
+            lines.append(f"    why:  {v.explanation}")
+        if v.fix:
+            lines.append(f"    fix:  {v.fix}")
+    return "\n".join(lines)
+
+
+def render_json(verdicts: list[Verdict]) -> str:
+    return json.dumps(
+        {"status": rollup(verdicts), "verdicts": [v.to_json() for v in verdicts]}, indent=2
+    )
+
+
+def exit_code(verdicts: list[Verdict]) -> int:
+    return 0 if verdicts and all(v.status == "pass" for v in verdicts) else 1
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stream = out or sys.stdout
+    topology = load(args)
+    verdicts = explain(topology, args.client, args.port, args.endpoint)
+    if args.output == "json":
+        print(render_json(verdicts), file=stream)
+    else:
+        colour = stream.isatty() and not os.environ.get("NO_COLOR")
+        print(render_table(verdicts, colour=colour), file=stream)
+    return exit_code(verdicts)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "explain",
+        help="static analysis of a client's path through the endpoint (no packets)",
+        description="Walk every hop of the PrivateLink path on configuration alone and name "
+        "the control, the rule and the fix. Exit 0 when every path passes, 1 otherwise, "
+        "2 on bad input.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--snapshot",
+        metavar="DIR",
+        nargs="+",
+        action="extend",
+        help="AWS-CLI snapshot directories (one per account)",
+    )
+    src.add_argument("--topology", metavar="FILE", help="a lab topology YAML file")
+    p.add_argument("--from", dest="client", required=True, metavar="CLIENT",
+                   help="client instance name, id or private IP")  # fmt: skip
+    p.add_argument("--port", type=int, required=True, help="the service port")
+    p.add_argument("--endpoint", default=None, help="endpoint id or name (default: routable)")
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=run)

@@ -1,0 +1,121 @@
+"""The lab's stand-in for the article's nginx: answers HTTP on the target's service ports.
+
+Runs inside a target's namespace (``lab up`` starts one per instance with ``services``) and
+logs every request's source address as one JSON line, so a test can check what the target saw
+(the NLB's IP, not the client's). Connections that send nothing (TCP health checks) are not
+logged. Keep-alive is supported, so a test can hold one flow open across a rule edit.
+
+Hook for PROXY protocol v2: a request that starts with the v2 signature is logged with the
+raw header bytes (``proxy_v2`` as hex) and the rest is parsed as HTTP; decoding it is left to
+``agent.wire`` once target groups with ``proxy_protocol_v2`` are emulated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import TextIO
+
+PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+IDLE_TIMEOUT_S = 120.0
+MAX_HEAD = 16384
+
+
+class _Server:
+    def __init__(self, node: str, log: TextIO) -> None:
+        self.node = node
+        self.log = log
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        sock = writer.get_extra_info("sockname") or ("?", 0)
+        try:
+            while True:
+                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                proxy = b""
+                if head.startswith(PROXY_V2_SIG):
+                    length = int.from_bytes(head[14:16], "big")
+                    proxy, head = head[: 16 + length], head[16 + length :]
+                    if b"\r\n\r\n" not in head:
+                        async with asyncio.timeout(IDLE_TIMEOUT_S):
+                            head += await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split()
+                method, path, version = [*parts, "", "", ""][:3]
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+                }
+                entry = {
+                    "ts": time.time(),
+                    "node": self.node,
+                    "port": sock[1],
+                    "src": peer[0],
+                    "src_port": peer[1],
+                    "method": method,
+                    "path": path,
+                    "host": headers.get("host", ""),
+                }
+                if proxy:
+                    entry["proxy_v2"] = proxy.hex()
+                self.log.write(json.dumps(entry) + "\n")
+                self.log.flush()
+                body = f"{self.node}:{sock[1]} saw {peer[0]}:{peer[1]}\n".encode()
+                keep = version == "HTTP/1.1" and headers.get("connection", "") != "close"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    + f"Content-Length: {len(body)}\r\n".encode()
+                    + (b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
+                    + b"\r\n"
+                    + body
+                )
+                await writer.drain()
+                if not keep:
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def serve(node: str, ports: list[int], log_path: Path, ready: Path | None) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with open(log_path, "a", buffering=1) as log:  # noqa: ASYNC230 - once, at startup
+        server = _Server(node, log)
+        servers = [
+            await asyncio.start_server(server.handle, "0.0.0.0", port, limit=MAX_HEAD)
+            for port in ports
+        ]
+        if ready is not None:
+            ready.write_text("ready\n")  # noqa: ASYNC240 - once, at startup
+        await stop.wait()
+        for s in servers:
+            s.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--port", type=int, action="append", required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--ready", type=Path)
+    args = parser.parse_args()
+    asyncio.run(serve(args.node, args.port, args.log, args.ready))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,929 @@
+"""Topology -> LabPlan: namespaces, veths, routes and nftables rulesets, as plain data.
+
+Pure and deterministic: no root, no I/O, same topology -> same plan. ``plprobe lab render``
+prints it so the lab can be reviewed; ``agent.lab.lab`` applies it.
+
+Layout (DESIGN.md "The lab"):
+
+* one namespace per instance (``client-1``), per endpoint ENI (``<endpoint>-<az>``), per NLB
+  node (``<nlb>-<az>``) and one router per VPC (``router-<vpc>``); the namespace is
+  ``pl-<lab>-<node>``;
+* every ENI is ``eth0`` in its namespace, a veth to its VPC router, with its IP as a /32 and
+  the subnet's ``.1`` as gateway; the router has a /32 route per ENI. There is no shared
+  bridge, so even same-subnet traffic crosses the router, where the controls are;
+* security groups and NACLs live in the router's ``forward`` hook, keyed by the veth that
+  leads to each ENI (never in the ENI's own namespace: AF_PACKET sends bypass the sender's
+  output hook and sniffers see packets before the receiver's input hook). Order in the
+  ``forward`` chain: PrivateLink legs, NACLs (stateless, also cut established flows),
+  ``ct state established,related accept``, then the source ENI's SG egress and the
+  destination ENI's SG ingress (``return`` on allow, ``drop`` at the end: silent);
+* peered VPCs (active peering only) get a router-to-router veth with routes for each other's
+  CIDR; every router has ``blackhole default``, so unrouted traffic disappears silently;
+* the endpoint ENI namespace DNATs ``eni_ip:*`` (TCP) to the NLB node in the same AZ id,
+  keeping the client source, and sends it back to its router, which policy-routes packets
+  arriving from an ENI veth over the endpoint's "PrivateLink link" to the provider router.
+  Replies coming back over that link are policy-routed by source (the NLB node IP) to the
+  ENI namespace, whose conntrack un-DNATs them. The ENI <-> link legs inside the consumer
+  router are AWS's backbone: no SG or NACL applies to them again;
+* the provider router sees NLB SG ingress (client source; skipped for PrivateLink traffic
+  when the enforce flag is off), NLB SG egress and target SG ingress as three forward checks;
+  the NLB node's own ruleset comes from ``agent.lab.nlbnat``.
+
+NACLs apply to traffic crossing the subnet boundary: ``nacl_<subnet>_in`` on the way into one
+of the subnet's veths from anywhere outside the subnet (including a PrivateLink link on the
+provider side), ``nacl_<subnet>_out`` on the way out of them; intra-subnet traffic is exempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from agent.errors import RenderError
+from agent.lab import nlbnat
+from agent.model import Endpoint, Instance, Nacl, Rule, Subnet, Topology
+
+TABLE = "plprobe"
+STATE_ROOT = Path("/run/plprobe/lab")
+NETNS_ETC = Path("/etc/netns")
+LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,12}$")
+DEFAULT_NAME = "plprobe"
+
+_ROUTER_SYSCTLS = (
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv4.conf.all.send_redirects=0",
+    "net.ipv4.conf.default.send_redirects=0",
+)
+
+
+def check_lab_name(name: str) -> str:
+    """Lab names are short and dash-free so ``pl-<name>-`` prefixes never overlap."""
+    if not LAB_NAME_RE.match(name):
+        raise RenderError(f"lab name {name!r}: use 1-12 characters a-z and 0-9 (no dashes)")
+    return name
+
+
+def ns_prefix(lab: str) -> str:
+    return f"pl-{lab}-"
+
+
+def ns_name(lab: str, node: str) -> str:
+    return f"{ns_prefix(lab)}{node}"
+
+
+def state_dir(lab: str) -> Path:
+    return STATE_ROOT / lab
+
+
+def _ifname(prefix: str, lab: str, link_id: str) -> str:
+    """Interface names are <= 15 characters: derive them from a hash of (lab, link)."""
+    return prefix + hashlib.sha256(f"{lab}\0{link_id}".encode()).hexdigest()[:9]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
+
+
+def _ident(text: str) -> str:
+    """An nft identifier (chain/set name) from a human name."""
+    return re.sub(r"[^A-Za-z0-9_]+", "_", text)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One namespace of the lab."""
+
+    name: str
+    ns: str
+    kind: str  # "instance" | "endpoint-eni" | "nlb-node" | "router"
+    role: str  # "client" | "target" | "instance" | "endpoint" | "nlb" | "router"
+    account: str
+    vpc: str
+    vpc_id: str
+    ip: str = ""
+    subnet_id: str = ""
+    subnet: str = ""
+    az: str = ""
+    az_id: str = ""
+    #: AWS id of what this node stands for: instance id, ENI id, NLB node ENI id, VPC id
+    resource: str = ""
+    #: endpoint id (endpoint ENIs) or NLB id (NLB nodes)
+    owner: str = ""
+    #: the router-side interface of this ENI's veth
+    veth: str = ""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair; ``id`` is readable (``eni:client-1``, ``peer:<pcx>``, ``pl:<vpce>``)."""
+
+    id: str
+    a_ns: str
+    a_if: str
+    b_ns: str
+    b_if: str
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A lab daemon: ``python -m module *args`` inside ``node``'s namespace."""
+
+    node: str
+    kind: str  # "httpd" | "healthd"
+    module: str
+    args: tuple[str, ...]
+    #: written as JSON to ``config_path`` before the process starts
+    config: dict | None = None
+    config_path: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.node}.{self.kind}"
+
+
+@dataclass
+class LabPlan:
+    name: str
+    nodes: list[Node] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    #: namespace -> sysctl assignments, applied before links are created
+    sysctls: dict[str, list[str]] = field(default_factory=dict)
+    #: namespace -> ``ip`` argv lists (without ``ip -n NS``), in order
+    ip: dict[str, list[list[str]]] = field(default_factory=dict)
+    #: namespace -> nft ruleset text (``table ip plprobe``, replacing the previous one)
+    nft: dict[str, str] = field(default_factory=dict)
+    #: absolute path -> content (per-namespace hosts/resolv.conf under /etc/netns)
+    files: dict[str, str] = field(default_factory=dict)
+    processes: list[ProcessSpec] = field(default_factory=list)
+    #: ids of the endpoints that exist in the lab
+    endpoints: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name or n.ns == name:
+                return n
+        raise KeyError(name)
+
+    def root_commands(self) -> list[list[str]]:
+        """``ip`` commands run in the root namespace (they only create netns and veths)."""
+        cmds = [["netns", "add", n.ns] for n in self.nodes]
+        return cmds
+
+    def link_commands(self) -> list[list[str]]:
+        return [
+            ["link", "add", lk.a_if, "netns", lk.a_ns, "type", "veth", *_peer(lk)]
+            for lk in self.links
+        ]
+
+    def structure(self) -> dict:
+        """What a re-render cannot change in place (a difference means: rebuild the lab)."""
+        return {
+            "nodes": [{**asdict(n), "role": ""} for n in self.nodes],
+            "links": [asdict(lk) for lk in self.links],
+            "sysctls": self.sysctls,
+            "ip": self.ip,
+        }
+
+    def to_plain(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_plain(cls, data: dict) -> LabPlan:
+        return cls(
+            name=data["name"],
+            nodes=[Node(**n) for n in data["nodes"]],
+            links=[Link(**lk) for lk in data["links"]],
+            sysctls=data["sysctls"],
+            ip=data["ip"],
+            nft=data["nft"],
+            files=data["files"],
+            processes=[ProcessSpec(**{**p, "args": tuple(p["args"])}) for p in data["processes"]],
+            endpoints=list(data["endpoints"]),
+            warnings=list(data["warnings"]),
+        )
+
+    def text(self) -> str:
+        """A reviewable listing of everything the plan does."""
+        out = [f"# lab {self.name}: {len(self.nodes)} namespaces, {len(self.links)} veth pairs"]
+        for w in self.warnings:
+            out.append(f"# warning: {w}")
+        out.append("\n## namespaces")
+        for n in self.nodes:
+            ip = f" {n.ip}" if n.ip else ""
+            out.append(f"{n.ns:40} {n.kind:13} {n.role:9} {n.account:10}{ip}")
+        out.append("\n## ip (root namespace)")
+        out += ["ip " + " ".join(c) for c in self.root_commands() + self.link_commands()]
+        for ns, cmds in self.ip.items():
+            out.append(f"\n## ip -n {ns}")
+            if self.sysctls.get(ns):
+                out.append(f"# sysctl -w {' '.join(self.sysctls[ns])}")
+            out += ["ip " + " ".join(c) for c in cmds]
+        for ns, text in self.nft.items():
+            out.append(f"\n## nft -n {ns}\n{text.rstrip()}")
+        for path, text in self.files.items():
+            out.append(f"\n## file {path}\n{text.rstrip()}")
+        for p in self.processes:
+            out.append(f"\n## process {p.key}: python -m {p.module} {' '.join(p.args)}")
+        return "\n".join(out) + "\n"
+
+
+def _peer(lk: Link) -> list[str]:
+    return ["peer", "name", lk.b_if, "netns", lk.b_ns]
+
+
+# --- which endpoints exist ----------------------------------------------------------------
+
+
+def creatable_endpoints(topology: Topology) -> tuple[list[str], list[str]]:
+    """Endpoints AWS would let the consumer create now, and a warning for each refusal."""
+    ok: list[str] = []
+    warnings: list[str] = []
+    for ep in sorted(topology.endpoints.values(), key=lambda e: e.name):
+        svc = topology.endpoint_services.get(ep.service_id)
+        if svc is None:
+            ok.append(ep.id)  # provider side not visible: nothing to refuse with
+            continue
+        requester = ep.requester or _consumer_root(topology, ep)
+        if topology.service_allows(svc, requester):
+            ok.append(ep.id)
+        else:
+            warnings.append(
+                f"endpoint {ep.name}: AWS would refuse CreateVpcEndpoint "
+                f"({requester} is not an allowed principal of service {svc.name}); "
+                "the lab renders it without that endpoint (no ENI, no DNS name)"
+            )
+    return ok, warnings
+
+
+def _consumer_root(topology: Topology, ep: Endpoint) -> str:
+    acct = topology.accounts.get(ep.account)
+    return acct.root_arn if acct else ""
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    topo: Topology
+    lab: str
+    state: Path
+    endpoints: list[str]
+    nodes: list[Node] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: router node name per VPC id
+    routers: dict[str, Node] = field(default_factory=dict)
+    #: router ns -> ip commands
+    router_ip: dict[str, list[list[str]]] = field(default_factory=dict)
+    link_net: int = 0
+
+    def next_link_net(self) -> tuple[str, str]:
+        self.link_net += 1
+        if self.link_net > 250:
+            raise RenderError("more than 250 router-to-router links")
+        return f"169.254.{self.link_net}.1", f"169.254.{self.link_net}.2"
+
+
+def render(
+    topology: Topology,
+    lab: str = DEFAULT_NAME,
+    *,
+    endpoints: list[str] | None = None,
+    state: Path | None = None,
+) -> LabPlan:
+    """The complete plan for ``topology``; ``endpoints`` = ids of existing endpoints.
+
+    Without ``endpoints`` the plan is the one of ``lab up``: endpoints whose requester the
+    service does not allow are left out, with a warning.
+    """
+    check_lab_name(lab)
+    warnings: list[str] = []
+    if endpoints is None:
+        endpoints, warnings = creatable_endpoints(topology)
+    ctx = _Ctx(
+        topo=topology,
+        lab=lab,
+        state=state or state_dir(lab),
+        endpoints=[e for e in endpoints if e in topology.endpoints],
+        warnings=list(warnings),
+    )
+    _check(ctx)
+    _routers(ctx)
+    eni_nodes = _enis(ctx)
+    _peerings(ctx)
+    pl_links = _privatelink(ctx)
+    plan = LabPlan(name=lab, warnings=ctx.warnings, endpoints=sorted(ctx.endpoints))
+    plan.nodes = ctx.nodes
+    plan.links = ctx.links
+    for node in ctx.nodes:
+        if node.kind == "router":
+            plan.sysctls[node.ns] = list(_ROUTER_SYSCTLS)
+            plan.ip[node.ns] = ctx.router_ip[node.ns]
+        else:
+            if node.kind in ("endpoint-eni", "nlb-node"):
+                plan.sysctls[node.ns] = list(_ROUTER_SYSCTLS)
+            plan.ip[node.ns] = _eni_ip_commands(ctx, node)
+    for vpc_id, router in sorted(ctx.routers.items(), key=lambda kv: kv[1].name):
+        plan.nft[router.ns] = _router_ruleset(ctx, vpc_id, eni_nodes, pl_links)
+    for node in eni_nodes:
+        if node.kind == "endpoint-eni":
+            plan.nft[node.ns] = _endpoint_ruleset(ctx, node)
+    nlb_configs = _nlb_configs(ctx, eni_nodes)
+    for node in eni_nodes:
+        if node.kind == "nlb-node":
+            cfg = nlb_configs[node.name]
+            plan.nft[node.ns] = nlbnat.ruleset(cfg, None)
+            plan.processes.append(
+                ProcessSpec(
+                    node=node.name,
+                    kind="healthd",
+                    module="agent.lab.healthd",
+                    args=(
+                        "--config",
+                        str(ctx.state / "config" / f"{node.name}.healthd.json"),
+                        "--state",
+                        str(ctx.state / "health" / f"{node.name}.json"),
+                    ),
+                    config=cfg.to_plain(),
+                    config_path=str(ctx.state / "config" / f"{node.name}.healthd.json"),
+                )
+            )
+    for node in eni_nodes:
+        if node.kind != "instance":
+            continue
+        plan.files[str(NETNS_ETC / node.ns / "hosts")] = _hosts(ctx, node)
+        plan.files[str(NETNS_ETC / node.ns / "resolv.conf")] = (
+            "# plprobe lab: names resolve from /etc/hosts only; no nameserver is reachable\n"
+            "options timeout:1 attempts:1\n"
+        )
+        inst = topology.instances[node.resource]
+        if inst.services:
+            args: list[str] = ["--node", node.name]
+            args += ["--log", str(ctx.state / "logs" / f"{node.name}.requests.jsonl")]
+            args += ["--ready", str(ctx.state / "run" / f"{node.name}.httpd.ready")]
+            for port in sorted(set(inst.services)):
+                args += ["--port", str(port)]
+            plan.processes.append(
+                ProcessSpec(
+                    node=node.name, kind="httpd", module="agent.lab.httpd", args=tuple(args)
+                )
+            )
+    return plan
+
+
+def _check(ctx: _Ctx) -> None:
+    topo = ctx.topo
+    for ep_id in ctx.endpoints:
+        ep = topo.endpoints[ep_id]
+        svc = topo.endpoint_services.get(ep.service_id)
+        nlb = topo.nlb_of_service(svc) if svc else None
+        if nlb is None:
+            continue
+        consumer = _reachable_cidrs(topo, ep.vpc_id)
+        provider = ipaddress.ip_network(topo.vpcs[nlb.vpc_id].cidr)
+        for cidr in consumer:
+            if ipaddress.ip_network(cidr).overlaps(provider):
+                raise RenderError(
+                    f"endpoint {ep.name}: consumer CIDR {cidr} overlaps the provider VPC "
+                    f"{topo.vpcs[nlb.vpc_id].name} ({provider}); the lab routes PrivateLink "
+                    "replies by address and needs them disjoint"
+                )
+    for subnet in topo.subnets.values():
+        gw = _gateway(subnet)
+        for inst in topo.instances.values():
+            if inst.ip == gw:
+                raise RenderError(
+                    f"instance {inst.name}: {inst.ip} is the subnet's router address "
+                    "(AWS reserves the first four addresses of a subnet)"
+                )
+
+
+def _gateway(subnet: Subnet) -> str:
+    return str(ipaddress.ip_network(subnet.cidr).network_address + 1)
+
+
+def _reachable_cidrs(topo: Topology, vpc_id: str) -> list[str]:
+    """The VPC's CIDR and its active peers': every source that can reach an ENI in it."""
+    out = [topo.vpcs[vpc_id].cidr]
+    for other in sorted(topo.vpcs.values(), key=lambda v: v.name):
+        if other.id != vpc_id and topo.routed(vpc_id, other.id):
+            out.append(other.cidr)
+    return out
+
+
+def _routers(ctx: _Ctx) -> None:
+    for vpc in sorted(ctx.topo.vpcs.values(), key=lambda v: v.name):
+        name = f"router-{_slug(vpc.name)}"
+        node = Node(
+            name=name,
+            ns=ns_name(ctx.lab, name),
+            kind="router",
+            role="router",
+            account=vpc.account,
+            vpc=vpc.name,
+            vpc_id=vpc.id,
+            resource=vpc.id,
+        )
+        ctx.routers[vpc.id] = node
+        ctx.router_ip[node.ns] = [["link", "set", "lo", "up"]]
+
+
+def _enis(ctx: _Ctx) -> list[Node]:
+    topo = ctx.topo
+    consumer = {a.name for a in topo.accounts.values() if a.role == "consumer"}
+    target_ids = {t.instance_id for tg in topo.target_groups.values() for t in tg.targets}
+    pending: list[tuple[str, str, str, str, str, str, str]] = []
+    # (name, kind, role, account, subnet_id, ip, resource, owner)
+    for inst in sorted(topo.instances.values(), key=lambda i: i.name):
+        role = (
+            "client"
+            if inst.account in consumer
+            else ("target" if inst.id in target_ids else "instance")
+        )
+        pending.append((_slug(inst.name), "instance", role, inst.subnet_id, inst.ip, inst.id, ""))
+    for ep_id in sorted(ctx.endpoints, key=lambda e: topo.endpoints[e].name):
+        ep = topo.endpoints[ep_id]
+        for eni in ep.enis:
+            az = topo.subnets[eni.subnet_id].az
+            name = f"{_slug(ep.name)}-{_slug(az)}"
+            pending.append((name, "endpoint-eni", "endpoint", eni.subnet_id, eni.ip, eni.id, ep.id))
+    for nlb in sorted(topo.nlbs.values(), key=lambda n: n.name):
+        for nn in nlb.nodes:
+            az = topo.subnets[nn.subnet_id].az
+            name = f"{_slug(nlb.name)}-{_slug(az)}"
+            pending.append((name, "nlb-node", "nlb", nn.subnet_id, nn.ip, nn.eni_id, nlb.id))
+    seen: set[str] = {r.name for r in ctx.routers.values()}
+    out: list[Node] = []
+    for name, kind, role, subnet_id, ip, resource, owner in pending:
+        if name in seen:
+            raise RenderError(f"two lab nodes would be named {name!r}; rename one resource")
+        seen.add(name)
+        subnet = topo.subnets[subnet_id]
+        vpc = topo.vpcs[subnet.vpc_id]
+        router = ctx.routers[vpc.id]
+        veth = _ifname("v", ctx.lab, f"eni:{name}")
+        node = Node(
+            name=name,
+            ns=ns_name(ctx.lab, name),
+            kind=kind,
+            role=role,
+            account=subnet.account,
+            vpc=vpc.name,
+            vpc_id=vpc.id,
+            ip=ip,
+            subnet_id=subnet.id,
+            subnet=subnet.name,
+            az=subnet.az,
+            az_id=subnet.az_id,
+            resource=resource,
+            owner=owner,
+            veth=veth,
+        )
+        out.append(node)
+        ctx.links.append(Link(f"eni:{name}", node.ns, "eth0", router.ns, veth))
+        gw = _gateway(subnet)
+        ctx.router_ip[router.ns] += [
+            ["link", "set", veth, "up"],
+            ["addr", "add", f"{gw}/32", "dev", veth],
+            ["route", "add", f"{ip}/32", "dev", veth],
+        ]
+    ctx.nodes.extend(sorted(ctx.routers.values(), key=lambda n: n.name))
+    ctx.nodes.extend(out)
+    return out
+
+
+def _eni_ip_commands(ctx: _Ctx, node: Node) -> list[list[str]]:
+    gw = _gateway(ctx.topo.subnets[node.subnet_id])
+    return [
+        ["link", "set", "lo", "up"],
+        ["link", "set", "eth0", "up"],
+        ["addr", "add", f"{node.ip}/32", "dev", "eth0"],
+        ["route", "add", gw, "dev", "eth0", "scope", "link"],
+        ["route", "add", "default", "via", gw, "dev", "eth0"],
+    ]
+
+
+def _peerings(ctx: _Ctx) -> None:
+    topo = ctx.topo
+    for pcx in sorted(topo.peerings.values(), key=lambda p: p.name):
+        if pcx.status.lower() != "active":
+            continue
+        if pcx.requester_vpc_id not in ctx.routers or pcx.accepter_vpc_id not in ctx.routers:
+            continue
+        ra, rb = ctx.routers[pcx.requester_vpc_id], ctx.routers[pcx.accepter_vpc_id]
+        ia, ib = (
+            _ifname("p", ctx.lab, f"peer:{pcx.id}:a"),
+            _ifname("p", ctx.lab, f"peer:{pcx.id}:b"),
+        )
+        ctx.links.append(Link(f"peer:{pcx.name}", ra.ns, ia, rb.ns, ib))
+        a_ip, b_ip = ctx.next_link_net()
+        for router, ifn, mine, peer, other in (
+            (ra, ia, a_ip, b_ip, rb),
+            (rb, ib, b_ip, a_ip, ra),
+        ):
+            ctx.router_ip[router.ns] += [
+                ["link", "set", ifn, "up"],
+                ["addr", "add", f"{mine}/30", "dev", ifn],
+                ["route", "add", topo.vpcs[other.vpc_id].cidr, "via", peer, "dev", ifn],
+            ]
+
+
+@dataclass(frozen=True)
+class _PlLink:
+    endpoint_id: str
+    consumer_router: str
+    consumer_if: str
+    provider_router: str
+    provider_if: str
+    nlb_ips: tuple[str, ...]
+
+
+def _privatelink(ctx: _Ctx) -> list[_PlLink]:
+    """One link per existing endpoint between its VPC router and its NLB's VPC router."""
+    topo = ctx.topo
+    out: list[_PlLink] = []
+    table = 100
+    for ep_id in sorted(ctx.endpoints, key=lambda e: topo.endpoints[e].name):
+        ep = topo.endpoints[ep_id]
+        svc = topo.endpoint_services.get(ep.service_id)
+        nlb = topo.nlb_of_service(svc) if svc else None
+        if nlb is None or not nlb.nodes:
+            ctx.warnings.append(f"endpoint {ep.name}: no NLB behind its service; the ENI drops")
+            continue
+        rc, rp = ctx.routers[ep.vpc_id], ctx.routers[nlb.vpc_id]
+        ic, ip_ = _ifname("l", ctx.lab, f"pl:{ep.id}:c"), _ifname("l", ctx.lab, f"pl:{ep.id}:p")
+        ctx.links.append(Link(f"pl:{ep.name}", rc.ns, ic, rp.ns, ip_))
+        c_ip, p_ip = ctx.next_link_net()
+        nlb_ips = tuple(n.ip for n in nlb.nodes)
+        out.append(_PlLink(ep.id, rc.ns, ic, rp.ns, ip_, nlb_ips))
+        cmds = ctx.router_ip[rc.ns]
+        cmds += [["link", "set", ic, "up"], ["addr", "add", f"{c_ip}/30", "dev", ic]]
+        # ENI -> provider: only packets arriving from this endpoint's ENI veths
+        table += 1
+        eni_nodes = [n for n in ctx.nodes if n.owner == ep.id and n.kind == "endpoint-eni"]
+        for n in eni_nodes:
+            cmds.append(["rule", "add", "iif", n.veth, "lookup", str(table), "priority", "1000"])
+        for nip in nlb_ips:
+            cmds.append(["route", "add", f"{nip}/32", "via", p_ip, "dev", ic, "table", str(table)])
+        # provider -> ENI: replies by source NLB node IP to the ENI of the same AZ id
+        for n in eni_nodes:
+            node_ip = _nlb_ip_for_az(topo, nlb.id, n.az_id)
+            if node_ip is None:
+                continue
+            table += 1
+            cmds.append(f"rule add iif {ic} from {node_ip} lookup {table} priority 1001".split())
+            cmds.append(f"route add default via {n.ip} dev {n.veth} onlink table {table}".split())
+        pcmds = ctx.router_ip[rp.ns]
+        pcmds += [["link", "set", ip_, "up"], ["addr", "add", f"{p_ip}/30", "dev", ip_]]
+        table += 1
+        for nn in nlb.nodes:
+            nlb_node = next(n for n in ctx.nodes if n.owner == nlb.id and n.ip == nn.ip)
+            pcmds.append(
+                ["rule", "add", "iif", nlb_node.veth, "lookup", str(table), "priority", "1000"]
+            )
+        for cidr in _reachable_cidrs(topo, ep.vpc_id):
+            pcmds.append(["route", "add", cidr, "via", c_ip, "dev", ip_, "table", str(table)])
+    for router in ctx.routers.values():
+        ctx.router_ip[router.ns].append(["route", "add", "blackhole", "default"])
+    return out
+
+
+def _nlb_ip_for_az(topo: Topology, nlb_id: str, az_id: str) -> str | None:
+    for nn in topo.nlbs[nlb_id].nodes:
+        if topo.subnets[nn.subnet_id].az_id == az_id:
+            return nn.ip
+    return None
+
+
+# --- router nftables ----------------------------------------------------------------------
+
+
+def _q(names: list[str]) -> str:
+    if len(names) == 1:
+        return f'"{names[0]}"'
+    return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
+
+
+def _addr(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else "{ " + ", ".join(values) + " }"
+
+
+def _proto_ports(protocol: str, from_port: int, to_port: int) -> str:
+    if protocol == "-1":
+        return ""
+    if protocol in ("tcp", "udp"):
+        if from_port <= 0 and to_port >= 65535:
+            return f"meta l4proto {protocol}"
+        ports = str(from_port) if from_port == to_port else f"{from_port}-{to_port}"
+        return f"meta l4proto {protocol} th dport {ports}"
+    if protocol == "icmp":
+        return "meta l4proto icmp"
+    return f"meta l4proto {protocol}"
+
+
+def _comment(text: str) -> str:
+    text = text.replace('"', "'")[:120]
+    return f'comment "{text}"'
+
+
+class _Sets:
+    """SG references render to named sets of member IPs (``sg_<name>``)."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.used: dict[str, str] = {}
+        names = [g.name for g in topo.security_groups.values()]
+        self.names = {
+            g.id: _ident(f"sg_{g.name}" if names.count(g.name) == 1 else f"sg_{g.name}_{g.id}")
+            for g in topo.security_groups.values()
+        }
+
+    def ref(self, sg_id: str) -> str:
+        name = self.names.get(sg_id) or _ident(f"sg_{sg_id}")
+        self.used[sg_id] = name
+        return name
+
+    def render(self) -> list[str]:
+        out = []
+        for sg_id, name in sorted(self.used.items(), key=lambda kv: kv[1]):
+            ips = self.topo.sg_member_ips(sg_id)
+            elems = f" elements = {{ {', '.join(ips)} }};" if ips else ""
+            out.append(f"  set {name} {{ type ipv4_addr; flags interval;{elems} }}")
+        return out
+
+
+def _sg_chain(
+    ctx: _Ctx, sets: _Sets, chain: str, sg_ids: list[str], egress: bool, prelude: list[str]
+) -> list[str]:
+    topo = ctx.topo
+    lines = [f"  chain {chain} {{", *(f"    {p}" for p in prelude)]
+    field_ = "daddr" if egress else "saddr"
+    for sg_id in sg_ids:
+        sg = topo.security_groups.get(sg_id)
+        if sg is None:
+            continue
+        for rule in sg.egress() if egress else sg.ingress():
+            lines += [f"    {r}" for r in _sg_rule(ctx, sets, sg.name, rule, field_)]
+    lines += ["    drop", "  }"]
+    return lines
+
+
+def _sg_rule(ctx: _Ctx, sets: _Sets, sg_name: str, rule: Rule, field_: str) -> list[str]:
+    pp = _proto_ports(rule.protocol, rule.from_port, rule.to_port)
+    com = _comment(f"{sg_name}: {rule.id}")
+    matches: list[str] = []
+    if rule.cidrs:
+        matches.append(f"ip {field_} {_addr(list(rule.cidrs))}")
+    if rule.sg_ref:
+        matches.append(f"ip {field_} @{sets.ref(rule.sg_ref)}")
+    if rule.prefix_list:
+        ctx.warnings.append(f"{sg_name}: rule {rule.id}: prefix lists are not emulated (no match)")
+    return [" ".join(x for x in (m, pp, "return", com) if x) for m in matches]
+
+
+def _nacl_chain(
+    ctx: _Ctx, nacl: Nacl, chain: str, subnet_ifs: list[str], egress: bool
+) -> list[str]:
+    field_ = "daddr" if egress else "saddr"
+    other = "oifname" if egress else "iifname"
+    lines = [f"  chain {chain} {{", f"    {other} {_q(subnet_ifs)} return"]
+    for e in nacl.ordered(egress):
+        match = "" if e.cidr in ("0.0.0.0/0",) else f"ip {field_} {e.cidr}"
+        pp = _proto_ports(e.protocol, e.from_port, e.to_port)
+        verdict = "return" if e.action == "allow" else "drop"
+        com = _comment(f"{nacl.name} #{e.rule_number} {e.action}")
+        lines.append("    " + " ".join(x for x in (match, pp, verdict, com) if x))
+    lines += ['    drop comment "NACL final deny"', "  }"]
+    return lines
+
+
+def _router_ruleset(ctx: _Ctx, vpc_id: str, enis: list[Node], pls: list[_PlLink]) -> str:
+    topo = ctx.topo
+    router = ctx.routers[vpc_id]
+    sets = _Sets(topo)
+    local = [n for n in enis if n.vpc_id == vpc_id]
+    chains: list[str] = []
+    fwd: list[str] = []
+    # PrivateLink legs
+    for pl in pls:
+        if pl.consumer_router == router.ns:
+            ep_ifs = [n.veth for n in local if n.owner == pl.endpoint_id]
+            if ep_ifs:
+                fwd.append(
+                    f"iifname {_q(ep_ifs)} oifname {_q([pl.consumer_if])} accept "
+                    + _comment("PrivateLink: endpoint ENI to provider")
+                )
+                fwd.append(
+                    f"iifname {_q([pl.consumer_if])} oifname {_q(ep_ifs)} accept "
+                    + _comment("PrivateLink: provider replies to the endpoint ENI")
+                )
+            fwd.append(f'iifname "{pl.consumer_if}" drop')
+        if pl.provider_router == router.ns:
+            fwd.append(
+                f'iifname "{pl.provider_if}" ip daddr != {_addr(list(pl.nlb_ips))} drop '
+                + _comment("PrivateLink reaches the NLB only")
+            )
+    # NACLs (stateless: before conntrack)
+    by_subnet: dict[str, list[Node]] = {}
+    for n in local:
+        by_subnet.setdefault(n.subnet_id, []).append(n)
+    for subnet_id, members in sorted(by_subnet.items(), key=lambda kv: topo.subnets[kv[0]].name):
+        nacl = topo.nacl_of_subnet(subnet_id)
+        if nacl is None:
+            continue
+        ifs = sorted(n.veth for n in members)
+        base = _ident(f"nacl_{topo.subnets[subnet_id].name}")
+        fwd.append(f"iifname {_q(ifs)} jump {base}_out")
+        fwd.append(f"oifname {_q(ifs)} jump {base}_in")
+        chains += _nacl_chain(ctx, nacl, f"{base}_out", ifs, egress=True)
+        chains += _nacl_chain(ctx, nacl, f"{base}_in", ifs, egress=False)
+    fwd.append("ct state established,related accept")
+    # SGs (stateful): egress of the source ENI, then ingress of the destination ENI
+    for n in local:
+        chain = _ident(n.name)
+        if n.kind == "instance":
+            sg_ids = topo.instances[n.resource].sg_ids
+            fwd.append(f'iifname "{n.veth}" jump eg_{chain}')
+            fwd.append(f'oifname "{n.veth}" jump in_{chain}')
+            chains += _sg_chain(ctx, sets, f"eg_{chain}", sg_ids, True, [])
+            chains += _sg_chain(ctx, sets, f"in_{chain}", sg_ids, False, [])
+        elif n.kind == "endpoint-eni":
+            # egress rules of an endpoint SG are irrelevant: the endpoint never initiates
+            sg_ids = topo.endpoints[n.owner].sg_ids
+            fwd.append(f'oifname "{n.veth}" jump in_{chain}')
+            chains += _sg_chain(ctx, sets, f"in_{chain}", sg_ids, False, [])
+        elif n.kind == "nlb-node":
+            nlb = topo.nlbs[n.owner]
+            if nlb.sg_ids is None:
+                continue  # created without security groups: nothing to check
+            fwd.append(f'iifname "{n.veth}" jump eg_{chain}')
+            fwd.append(f'oifname "{n.veth}" jump in_{chain}')
+            prelude: list[str] = []
+            pl_ifs = [pl.provider_if for pl in pls if pl.provider_router == router.ns]
+            if not nlb.enforce_sg_inbound_on_privatelink and pl_ifs:
+                prelude.append(
+                    f"iifname {_q(pl_ifs)} return "
+                    + _comment("enforce_security_group_inbound_rules_on_private_link_traffic off")
+                )
+            chains += _sg_chain(ctx, sets, f"eg_{chain}", nlb.sg_ids, True, [])
+            chains += _sg_chain(ctx, sets, f"in_{chain}", nlb.sg_ids, False, prelude)
+    lines = [
+        f"table ip {TABLE} {{}}",
+        f"delete table ip {TABLE}",
+        f"table ip {TABLE} {{",
+        *sets.render(),
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy accept;",
+        *(f"    {r}" for r in fwd),
+        "  }",
+        *chains,
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- endpoint ENI and NLB nodes -----------------------------------------------------------
+
+
+def _endpoint_ruleset(ctx: _Ctx, node: Node) -> str:
+    topo = ctx.topo
+    ep = topo.endpoints[node.owner]
+    svc = topo.endpoint_services.get(ep.service_id)
+    nlb = topo.nlb_of_service(svc) if svc else None
+    target = _nlb_ip_for_az(topo, nlb.id, node.az_id) if nlb else None
+    pre: list[str] = []
+    inp = ["ct state established,related accept", 'iif "lo" accept']
+    if not ep.is_available():
+        if topo.lab.endpoint_unavailable == "reset":
+            inp.append(f"meta l4proto tcp reject with tcp reset {_comment(f'endpoint {ep.state}')}")
+    elif target is None:
+        ctx.warnings.append(
+            f"endpoint {ep.name}: no NLB node in {node.az} ({node.az_id}); "
+            "the ENI there drops (VPCE_SERVICE_NOT_INSTALLED_IN_AZ)"
+        )
+    else:
+        pre.append(
+            f"ip daddr {node.ip} meta l4proto tcp dnat ip to {target} "
+            + _comment(f"PrivateLink to NLB node in {node.az_id}")
+        )
+    lines = [
+        f"table ip {TABLE} {{}}",
+        f"delete table ip {TABLE}",
+        f"table ip {TABLE} {{",
+        "  chain prerouting {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        *(f"    {r}" for r in pre),
+        "  }",
+        "  chain input {",
+        "    type filter hook input priority filter; policy drop;",
+        *(f"    {r}" for r in inp),
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy drop;",
+        "    ct status dnat accept",
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _nlb_configs(ctx: _Ctx, enis: list[Node]) -> dict[str, nlbnat.NodeConfig]:
+    topo = ctx.topo
+    out: dict[str, nlbnat.NodeConfig] = {}
+    for node in enis:
+        if node.kind != "nlb-node":
+            continue
+        nlb = topo.nlbs[node.owner]
+        node_azs = {topo.subnets[n.subnet_id].az_id for n in nlb.nodes}
+        listeners: list[nlbnat.NatListener] = []
+        checked: dict[str, nlbnat.NatTarget] = {}
+        for li in topo.listeners_of(nlb.id):
+            if li.protocol.upper() not in ("TCP", "TCP_UDP"):
+                ctx.warnings.append(
+                    f"NLB {nlb.name} listener {li.port}/{li.protocol}: only TCP is emulated"
+                )
+            tg = topo.target_groups.get(li.target_group_id or "")
+            cands: list[nlbnat.NatTarget] = []
+            if tg is not None:
+                if tg.proxy_protocol_v2:
+                    ctx.warnings.append(
+                        f"target group {tg.name}: proxy_protocol_v2 is not emulated yet; "
+                        "the NLB forwards without a PROXY header"
+                    )
+                for t in tg.targets:
+                    inst = topo.instances.get(t.instance_id)
+                    if inst is None:
+                        continue
+                    sub = topo.subnets[inst.subnet_id]
+                    nt = nlbnat.NatTarget(
+                        tg_id=tg.id,
+                        tg_name=tg.name,
+                        instance_id=inst.id,
+                        instance=inst.name,
+                        ip=inst.ip,
+                        port=tg.target_port(t),
+                        health_port=tg.health_port(t),
+                        hc_protocol=tg.health_check.protocol.upper(),
+                        hc_path=tg.health_check.path,
+                        az=sub.az,
+                        az_id=sub.az_id,
+                    )
+                    checked[f"{tg.id}|{nt.key}"] = nt
+                    in_az = sub.az_id == node.az_id
+                    if (nlb.cross_zone and sub.az_id in node_azs) or in_az:
+                        cands.append(nt)
+            listeners.append(
+                nlbnat.NatListener(
+                    port=li.port,
+                    tg_id=tg.id if tg else None,
+                    proxy_v2=bool(tg and tg.proxy_protocol_v2),
+                    candidates=tuple(cands),
+                )
+            )
+        out[node.name] = nlbnat.NodeConfig(
+            node=node.name,
+            nlb_id=nlb.id,
+            nlb=nlb.name,
+            ip=node.ip,
+            az=node.az,
+            az_id=node.az_id,
+            no_listener=topo.lab.no_listener,
+            no_target_in_az=topo.lab.no_target_in_az,
+            interval_s=topo.lab.health_check_interval_s,
+            threshold=topo.lab.health_check_threshold,
+            listeners=tuple(listeners),
+            checked=tuple(checked[k] for k in sorted(checked)),
+        )
+    return out
+
+
+# --- DNS ----------------------------------------------------------------------------------
+
+
+def _hosts(ctx: _Ctx, node: Node) -> str:
+    """Regional and zonal names are public DNS names; private DNS only inside the VPC."""
+    topo = ctx.topo
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines.append(f"{node.ip}\t{node.name}")
+    vpc = topo.vpcs[node.vpc_id]
+    if vpc.enable_dns_support:
+        for ep_id in sorted(ctx.endpoints, key=lambda e: topo.endpoints[e].name):
+            ep = topo.endpoints[ep_id]
+            svc = topo.endpoint_services.get(ep.service_id)
+            private = svc.private_dns_name if svc else None
+            for name, ips in topo.endpoint_dns_names(ep).items():
+                if name == private and ep.vpc_id != node.vpc_id:
+                    continue
+                lines += [f"{ip}\t{name}" for ip in ips]
+    return "\n".join(lines) + "\n"
+
+
+def instance_of_node(topology: Topology, node: Node) -> Instance | None:
+    return topology.instances.get(node.resource) if node.kind == "instance" else None
