@@ -10,6 +10,8 @@
     GET /v1/observations     provider role: agent/observe/api.py's handler
     GET /probe?target=T&module=M
                              blackbox-exporter compatible: one probe, its own registry
+    POST /-/reload           re-read the configuration file (the daemon's reload path, the same
+                             as SIGHUP): 200 on success, 500 with the error (old config kept)
 
 ``/v1/*`` takes ``?path=ID`` (repeatable) to filter, and needs ``Authorization: Bearer TOKEN``
 when the configuration sets a token (401 with a JSON error otherwise; constant-time compare).
@@ -131,6 +133,8 @@ class ApiDeps:
         default_factory=dict
     )
     probe_fn: ProbeFn | None = None
+    #: the daemon's reload (``POST /-/reload``): returns (ok, message); None: 404
+    reload_fn: Callable[[], Awaitable[tuple[bool, str]]] | None = None
     config_loaded: bool = False
     #: set after the first round (the provider role sets it when its listeners are up)
     first_round_done: bool = False
@@ -206,7 +210,8 @@ async def _bearer_auth(
 ) -> web.StreamResponse:
     """Require the configured bearer token on /v1/*; other endpoints stay open (scrapers)."""
     token = request.app[DEPS_KEY].config.token
-    if token and (request.path == "/v1" or request.path.startswith("/v1/")):
+    guarded = request.path == "/v1" or request.path.startswith(("/v1/", "/-/"))
+    if token and guarded:
         scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), token.encode()
@@ -361,6 +366,17 @@ async def _probe(request: web.Request) -> web.Response:
     return await _expose(request, _probe_registry(success, duration, outcome, verdict))
 
 
+# -- /-/reload -----------------------------------------------------------------------------
+
+
+async def _reload(request: web.Request) -> web.Response:
+    deps = request.app[DEPS_KEY]
+    if deps.reload_fn is None:
+        return web.Response(status=404, text="this agent does not reload its configuration\n")
+    ok, message = await deps.reload_fn()
+    return web.Response(status=200 if ok else 500, text=message.rstrip("\n") + "\n")
+
+
 # -- app and server ------------------------------------------------------------------------
 
 
@@ -377,6 +393,7 @@ def build_app(deps: ApiDeps) -> web.Application:
             web.get("/v1/evidence", _evidence),
             web.get("/v1/verdicts", _verdicts),
             web.get("/probe", _probe),
+            web.post("/-/reload", _reload),
         ]
     )
     app.add_routes(_observation_routes(deps))

@@ -162,6 +162,9 @@ class ConfigSources(_Model):
 
     snapshot_dirs: list[str] = Field(default_factory=list)
     aws: AwsSource | None = None
+    #: seconds between re-reads of the configuration view by the daemon (agent/views.py);
+    #: slower than probing: configuration changes rarely and live reads cost API calls
+    refresh_interval: Seconds = 300.0
 
 
 def _probe_kinds(value: list[str]) -> list[str]:

@@ -90,6 +90,9 @@ class ProviderAgent:
     """The provider role's resources: store, responder, sniffer, API; started and stopped as one.
 
     ``responder_port`` / ``api_listen`` override the configuration (tests bind port 0).
+    The daemon (``plprobe run``) passes its own ``registry``/``metrics`` and ``serve_api=False``:
+    it serves one API for both roles (with ``/-/reload``) from ``store`` and
+    ``counter_sources()``, and keeps the store across a provider restart on reload.
     """
 
     def __init__(
@@ -100,14 +103,19 @@ class ProviderAgent:
         responder_port: int | None = None,
         api_listen: str | None = None,
         out: TextIO | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics: Any = None,
+        store: ObservationStore | None = None,
+        serve_api: bool = True,
     ) -> None:
         self.config = config
         self.key = key
         self.out = out
-        self.store = ObservationStore(
+        self.store = store or ObservationStore(
             max_entries=config.max_observations, ttl_s=config.observation_ttl
         )
-        self.registry = CollectorRegistry()
+        self.registry = registry or CollectorRegistry()
+        self._serve_api = serve_api
         self.responder: Responder | None = None
         self.sniffer: Any = None
         self.sniffer_error: str | None = None
@@ -115,7 +123,7 @@ class ProviderAgent:
         self._responder_port = responder_port
         self._api_listen = api_listen or config.listen
         self._stack = contextlib.AsyncExitStack()
-        self._metrics: Any = None
+        self._metrics: Any = metrics
 
     def _say(self, line: str) -> None:
         if self.out is not None:
@@ -166,7 +174,8 @@ class ProviderAgent:
             self._say("responder disabled")
 
         await self._start_sniffer()
-        await self._start_api()
+        if self._serve_api:
+            await self._start_api()
         self._stack.push_async_callback(self._cancel_task, self._start_metrics_sync())
 
     async def stop(self) -> None:
@@ -230,6 +239,10 @@ class ProviderAgent:
         except (PlprobeError, OSError) as exc:
             log.warning("sniffer did not stop cleanly: %s", exc)
 
+    def counter_sources(self) -> dict[str, Callable[[], dict[str, int]]]:
+        """Plain counters of the responder and sniffer, for ``/v1/observations``."""
+        return self._counter_sources()
+
     def _counter_sources(self) -> dict[str, Callable[[], dict[str, int]]]:
         sources: dict[str, Callable[[], dict[str, int]]] = {}
         if self.responder is not None:
@@ -245,12 +258,10 @@ class ProviderAgent:
     async def _start_api(self) -> None:
         from agent.api import ApiConfig, ApiDeps, ApiServer, build_app
 
-        try:
+        if self._metrics is None:
             from agent.metrics import make_metrics
 
             self._metrics = make_metrics(self.registry, role="provider")
-        except ImportError:  # pragma: no cover - metrics.py is part of the tree
-            self._metrics = None
         host, port = parse_listen(self._api_listen)
         deps = ApiDeps(
             registry=self.registry,

@@ -398,8 +398,13 @@ async def run_round(
     key: bytes,
     provider: ObservationSource | None = None,
     check_raw: Callable[[], bool] = raw_allowed,
+    semaphore: asyncio.Semaphore | None = None,
 ) -> RoundResult:
-    """Run one round of probes for every configured path and correlate with the provider."""
+    """Run one round of probes for every configured path and correlate with the provider.
+
+    ``semaphore`` bounds probes in flight across rounds that run at once (the daemon runs
+    one round per endpoint on its own schedule and shares one); default: ``concurrency``.
+    """
     started = time.time()
     raw = check_raw() if any("syn" in p.probes for p in config.paths) else False
     base = ProbeContext(
@@ -418,7 +423,7 @@ async def run_round(
             contexts[id(p)] = dataclasses.replace(base, timeout_s=s.timeout, retries=s.retries)
         return contexts[id(p)]
 
-    sem = asyncio.Semaphore(config.concurrency)
+    sem = semaphore or asyncio.Semaphore(config.concurrency)
     async with contextlib.AsyncExitStack() as stack:
         if any("http" in p.probes for p in config.paths):
             from agent.probes.http import SESSION_KEY, make_session

@@ -1,0 +1,193 @@
+"""``plprobe check --config FILE [--snapshot DIR ...] [--aws] [--output table|json]``.
+
+One probe round plus diagnosis: which control blocked each path, which rule, the fix.
+
+    exit 0  every path passes
+    exit 1  any path fails, is degraded or cannot be decided (unknown)
+    exit 2  bad input: the config, a provider config, a missing snapshot directory or a
+            malformed snapshot (``agent/cli.py`` turns ConfigError/SourceError into 2)
+
+The configuration view: ``--snapshot`` directories (one per account) or ``--aws`` (live,
+read-only, the consumer side), else the config's ``config_sources``, else packets alone. The
+round and the view's read run concurrently. A snapshot that cannot be read is bad input; a live
+AWS read that fails is not (the network, not the user): the verdicts then rest on packets
+alone and the output says so.
+
+Table output: one row per path (status, stage, blocked at), then the rule and the fix indented
+below it; colour only on a terminal (and never with ``NO_COLOR``). JSON:
+``{"status", "verdicts": [...], "evidence": [...], "view", "notes", "provider_error"}`` with
+the stable Verdict field names (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from agent.config import ClientConfig, load_config, load_key
+from agent.diagnose import describe
+from agent.errors import ConfigError, SourceError
+from agent.pipeline import Diagnosis, SelfIdentity, diagnose_round, imds_instance_id, self_identity
+from agent.results import Verdict
+from agent.runner import ObservationSource, RoundResult, run_round
+from agent.views import ConfigView, ViewSource, load_once, source_for
+
+__all__ = ["check", "check_command", "exit_code", "register", "render_table"]
+
+_COLOURS = {"pass": "32", "fail": "31", "degraded": "33", "unknown": "35"}
+INSECURE_NOTE = "WARNING: insecure: true - probe tokens and replies are NOT authenticated"
+
+
+async def check(
+    config: ClientConfig,
+    key: bytes,
+    *,
+    source: ViewSource | None,
+    me: SelfIdentity | None = None,
+    provider: ObservationSource | None = None,
+) -> tuple[Diagnosis, RoundResult]:
+    """Probe once and read the view at the same time, then diagnose every path."""
+    instance_id: asyncio.Future[str | None] | None = None
+    if me is None and source is not None and source.kind == "aws":
+        instance_id = asyncio.ensure_future(asyncio.to_thread(imds_instance_id))
+    round_, view = await asyncio.gather(
+        run_round(config, key=key, provider=provider), load_once(source)
+    )
+    if me is None:
+        me = self_identity(config.agent_id, instance_id=await instance_id if instance_id else None)
+    return diagnose_round(round_, view, me), round_
+
+
+def exit_code(diagnosis: Diagnosis) -> int:
+    return 0 if diagnosis.all_pass else 1
+
+
+def _rule(v: Verdict) -> str:
+    if not v.blocked_at or v.blocked_at == "unknown":
+        return ""
+    hop = next(
+        (f for f in v.findings if f.control == v.blocked_at and f.status == "denied"), None
+    )
+    return describe(hop) if hop is not None else ""
+
+
+def render_table(diagnosis: Diagnosis, *, colour: bool, notes: Sequence[str] = ()) -> str:
+    """One row per path, with the rule, the candidates, why, and the fix below it."""
+    verdicts = diagnosis.verdicts
+    header = ("PATH", "STATUS", "STAGE", "BLOCKED AT")
+    rows = [header] + [(v.path, v.status, v.stage, v.blocked_at or "-") for v in verdicts]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines: list[str] = []
+    for n, row in enumerate(rows):
+        cells = [row[i].ljust(widths[i]) for i in range(len(header))]
+        if n and colour:
+            cells[1] = f"\033[{_COLOURS.get(row[1], '0')}m{cells[1]}\033[0m"
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            continue
+        v = verdicts[n - 1]
+        if v.status == "pass":
+            continue
+        rule = _rule(v)
+        if rule:
+            lines.append(f"    rule: {rule}")
+        elif v.candidates:
+            lines.append(f"    candidates: {', '.join(v.candidates)}")
+        if v.explanation:
+            lines.append(f"    why:  {v.explanation}")
+        if v.fix:
+            lines.append(f"    fix:  {v.fix}")
+    tail = [f"status: {diagnosis.status}", diagnosis.view.note(), *notes]
+    tail += [f"{p}: configuration not used: {why}" for p, why in diagnosis.notes.items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(dict.fromkeys(tail)) + "\n"
+
+
+def render_json(diagnosis: Diagnosis, round_: RoundResult) -> str:
+    body: dict[str, Any] = diagnosis.to_json()
+    body["provider_error"] = round_.provider_error
+    body["insecure"] = round_.insecure
+    return json.dumps(body, indent=2)
+
+
+def _client_config(path: str) -> ClientConfig:
+    config = load_config(path)
+    if not isinstance(config, ClientConfig):
+        line, col = config._marks.get(("role",), (None, None))
+        raise ConfigError(
+            "plprobe check needs role: client (this is a provider config)",
+            path=config.source,
+            line=line,
+            col=col,
+            key="role",
+        )
+    return config
+
+
+def check_command(
+    config_path: str,
+    *,
+    snapshot: Sequence[str] | None = None,
+    aws: bool = False,
+    output: str = "table",
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    me: SelfIdentity | None = None,
+    provider: ObservationSource | None = None,
+) -> int:
+    """Load, probe, diagnose, print; returns the exit code (module docstring)."""
+    stream = out or sys.stdout
+    errs = err or sys.stderr
+    config = _client_config(config_path)
+    key = load_key(config)
+    source = source_for(config, snapshot_dirs=snapshot, aws=aws)
+    diagnosis, round_ = asyncio.run(check(config, key, source=source, me=me, provider=provider))
+    view: ConfigView = diagnosis.view
+    if view.error and view.kind == "snapshot":
+        raise SourceError(f"cannot read the configuration view: {view.error}")
+    notes: list[str] = []
+    if round_.insecure:
+        notes.append(INSECURE_NOTE)
+        print(INSECURE_NOTE, file=errs)
+    if round_.provider_error:
+        notes.append(f"provider: {round_.provider_error}")
+    if view.error:
+        print(f"plprobe check: {view.note()}", file=errs)
+    if output == "json":
+        print(render_json(diagnosis, round_), file=stream)
+    else:
+        colour = stream.isatty() and not os.environ.get("NO_COLOR")
+        stream.write(render_table(diagnosis, colour=colour, notes=notes))
+    return exit_code(diagnosis)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``check`` to the ``plprobe`` command (agent/cli.py calls this)."""
+    p = subparsers.add_parser(
+        "check",
+        help="one probe round plus diagnosis: the control, the rule and the fix per path",
+        description="Probe every configured path once and diagnose it with the configuration "
+        "view (snapshot directories, live AWS, or the config's config_sources). Exit 0 when "
+        "every path passes, 1 when any fails, is degraded or unknown, 2 on bad input.",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="client agent config")
+    p.add_argument(
+        "--snapshot",
+        metavar="DIR",
+        nargs="+",
+        action="extend",
+        default=None,
+        help="AWS-CLI snapshot directories, one per account (overrides config_sources)",
+    )
+    p.add_argument(
+        "--aws", action="store_true", help="read the consumer account live (read-only)"
+    )
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p.set_defaults(
+        func=lambda args: check_command(
+            args.config, snapshot=args.snapshot, aws=args.aws, output=args.output
+        )
+    )

@@ -1,0 +1,647 @@
+"""``plprobe run``: the agent as a daemon, for either role, with signals and reload.
+
+Layers, as uvicorn's: ``agent/runcmd.py`` parses flags and loads the file once; ``Daemon``
+holds the state; ``serve()`` = startup -> wait for a stop -> shutdown, every resource on one
+``AsyncExitStack`` so teardown mirrors setup (only what started is stopped, in reverse order).
+
+**Signals** belong to the daemon (the API server is embedded with ``handle_signals=False``):
+SIGTERM/SIGINT set the stop event (a second one cancels at once); the whole stop is bounded
+(schedules cancelled, API shutdown 0.5 s, each provider component 0.8 s) to stay within the
+2 s an orchestrator grants. SIGHUP and ``POST /-/reload`` call the same ``reload()``, serialised
+by one lock: the file is decoded into a *new* config (unknown keys rejected, the key re-read);
+a bad one keeps the old config running, sets ``plprobe_config_last_reload_successful 0`` and
+logs the error; a good one is swapped in: removed paths are forgotten (metrics, API, logs),
+new ones added, the schedules restarted.
+
+**Client role.** One schedule per configured endpoint (``paths[]`` entry, which covers its AZs
+and ports): a first round within ``first_jitter_s`` of start, then every ``interval`` (the
+path's override, else the client's) +/- ``jitter`` so endpoints do not probe in lock-step.
+Rounds of different endpoints overlap; probes in flight are bounded daemon-wide by one
+semaphore (``concurrency``). Each round has an explicit budget (DNS + connect attempts +
+provider fetch + one interval); an overrun is cancelled and logged. After a round:
+``agent.pipeline`` diagnoses it with the current configuration view (``agent.views``, its own
+slower refresh with backoff), and the results, evidence and verdicts are published to the API
+holder and to the metrics; one log line per verdict *change* (``agent.logs``).
+``/healthz/ready`` turns 200 once every endpoint has had its first round.
+
+**Provider role.** ``agent.observecmd.ProviderAgent`` (responder, sniffer when enabled and
+permitted — without CAP_NET_RAW it logs and continues — and the observation store) with this
+daemon's registry and API; its metric sync exports ``plprobe_target_probes_seen_total{path}``
+from the path id in each authenticated token, the same label the client uses, so Prometheus
+joins both sides. Ready once the listeners are up.
+
+Nothing here assumes the host: the bind address comes from ``listen`` (or ``--listen``), so
+the same Daemon runs on EC2, in ECS, or inside a lab namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from agent.api import ApiConfig, ApiDeps, ApiServer, ProbeModule, ProbeReport, build_app
+from agent.config import (
+    AgentConfig,
+    ClientConfig,
+    PathConfig,
+    ProviderConfig,
+    load_config,
+    load_key,
+    path_id,
+)
+from agent.errors import ConfigError, PlprobeError
+from agent.logs import VerdictLog, setup_logging
+from agent.metrics import Metrics, make_metrics
+from agent.observe.store import ObservationStore
+from agent.observecmd import ProviderAgent, parse_listen
+from agent.pipeline import SelfIdentity, diagnose_round, imds_instance_id, self_identity
+from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
+from agent.runner import ObservationSource, RoundResult, raw_allowed, run_round
+from agent.views import ViewKeeper, source_for
+
+__all__ = ["Daemon", "declared_paths", "parse_target"]
+
+log = logging.getLogger(__name__)
+
+#: the API's graceful shutdown, and how long cancelled rounds get to unwind
+API_SHUTDOWN_S = 0.5
+TASK_CANCEL_S = 0.5
+#: how long start-up waits for the first configuration view before probing anyway
+FIRST_VIEW_WAIT_S = 10.0
+#: runner slack per prober call (agent.runner._GRACE_S)
+_GRACE_S = 0.5
+_CONNECTING = ("syn", "tcp", "http")
+
+
+def declared_paths(config: ClientConfig) -> dict[str, PathConfig]:
+    """Path ids known from the config alone (AZ ids x ports) -> their endpoint entry.
+
+    Endpoints configured only by a regional name get their ids from DNS at run time.
+    """
+    out: dict[str, PathConfig] = {}
+    for p in config.paths:
+        for az in sorted(set(p.expected_ips) | set(p.zonal)):
+            for port in p.ports:
+                out[path_id(config.agent_id, az, port)] = p
+    return out
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` -> (host, port); ``ValueError`` otherwise (HTTP 400)."""
+    host, sep, port = target.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("target must be HOST:PORT")
+    return host, int(port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def round_budget(config: ClientConfig, path: PathConfig) -> float:
+    """The most one endpoint's round may take before it is cut off (explicit, derived)."""
+    s = config.for_path(path)
+    dns = s.timeout + _GRACE_S
+    connect = s.timeout * (1 + s.retries) + _GRACE_S
+    fetch = max(config.timeout, 1.0) + 1.0
+    return dns + connect + config.provider_delay + fetch + s.interval
+
+
+def _read_token(config: AgentConfig) -> str | None:
+    if config.api_token_file is None:
+        return None
+    path = config.resolve_file(config.api_token_file)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read api token file {path}: {exc}", path=config.source, key="api_token_file"
+        ) from exc
+    if not token:
+        raise ConfigError(f"api token file {path} is empty", path=config.source, key="api_token_file")
+    return token
+
+
+def _modules(config: AgentConfig) -> dict[str, ProbeModule]:
+    """``/probe`` modules: each probe kind, and each endpoint by its ``name``."""
+    modules = {kind: ProbeModule(kind, kind) for kind in PROBE_KINDS}
+    if isinstance(config, ClientConfig):
+        for p in config.paths:
+            if p.name in modules:
+                continue
+            kind = next((k for k in p.probes if k in _CONNECTING), p.probes[0])
+            timeout = config.for_path(p).timeout + _GRACE_S
+            modules[p.name] = ProbeModule(p.name, kind, timeout_s=timeout)
+    return modules
+
+
+class Daemon:
+    """One agent process: API, metrics, and the client schedules or the provider listeners."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        key: bytes,
+        *,
+        listen: str | None = None,
+        out: TextIO | None = None,
+        registry: CollectorRegistry | None = None,
+        provider: ObservationSource | None = None,
+        me: SelfIdentity | None = None,
+        check_raw: Callable[[], bool] = raw_allowed,
+        handle_signals: bool = True,
+        jitter: float = 0.1,
+        first_jitter_s: float = 1.0,
+        responder_port: int | None = None,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.listen = listen or config.listen
+        self.out = out
+        self.registry = registry or CollectorRegistry()
+        self.metrics: Metrics = make_metrics(self.registry, role=config.role)
+        self.provider = provider
+        self.check_raw = check_raw
+        self.handle_signals = handle_signals
+        self.jitter = jitter
+        self.first_jitter_s = first_jitter_s
+        self.responder_port = responder_port
+        self._me = me
+        self.deps = ApiDeps(registry=self.registry, metrics=self.metrics)
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.api_addresses: list[tuple[str, int]] = []
+        self.reloads = 0
+        self._reload_lock = asyncio.Lock()
+        self._hup_tasks: set[asyncio.Task[Any]] = set()
+        self._main: asyncio.Task[Any] | None = None
+        self._signals = 0
+        # client role
+        self._schedules: dict[int, asyncio.Task[None]] = {}
+        self._sem = asyncio.Semaphore(config.concurrency if isinstance(config, ClientConfig) else 1)
+        self._keeper: ViewKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+        self._owner: dict[str, PathConfig] = {}
+        self._refs: dict[str, PathRef] = {}
+        self._first_pending: set[int] = set()
+        self._vlog = VerdictLog()
+        # provider role
+        self._agent: ProviderAgent | None = None
+        self._store: ObservationStore | None = None
+
+    def _say(self, line: str) -> None:
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Start, run until a stop signal (or ``stop()``), stop everything; returns 0."""
+        self._main = asyncio.current_task()
+        async with contextlib.AsyncExitStack() as stack:
+            if self.handle_signals:
+                self._install_signals(stack)
+            await self._startup(stack)
+            self._say("plprobe run: ready" if self.deps.ready else "plprobe run: started")
+            await self.stop_event.wait()
+            self._say("plprobe run: stopping")
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def _startup(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        self.metrics.config_reloaded(True)
+        self.deps.config = self._api_config(cfg)
+        self.deps.reload_fn = self.reload
+        self.deps.config_loaded = True
+        if isinstance(cfg, ClientConfig):
+            self.deps.probe_fn = self._probe
+        else:
+            self._store = ObservationStore(
+                max_entries=cfg.max_observations, ttl_s=cfg.observation_ttl
+            )
+            self.deps.observations = self._store
+            self.deps.observation_counters = self._live_counters()
+        host, port = parse_listen(self.listen)
+        server = ApiServer(
+            build_app(self.deps), host=host, port=port, shutdown_timeout=API_SHUTDOWN_S
+        )
+        self.api_addresses = await server.start()
+        stack.push_async_callback(server.stop)
+        who = f"plprobe run: agent {cfg.agent_id} ({cfg.role})"
+        self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
+        for h, p in self.api_addresses:
+            self._say(f"plprobe run: API on http://{f'[{h}]' if ':' in h else h}:{p}")
+        if isinstance(cfg, ClientConfig):
+            stack.push_async_callback(self._stop_client)
+            await self._start_client(cfg)
+        else:
+            stack.push_async_callback(self._stop_provider)
+            await self._start_provider(cfg, self.key)
+            self._set_ready()
+        stack.push_async_callback(self._cancel_hups)
+
+    def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        handlers = {
+            signal.SIGTERM: self._on_stop_signal,
+            signal.SIGINT: self._on_stop_signal,
+            signal.SIGHUP: self._on_hup,
+        }
+        for sig, fn in handlers.items():
+            try:
+                loop.add_signal_handler(sig, fn)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                continue
+            stack.callback(loop.remove_signal_handler, sig)
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stop requested")
+            self.stop_event.set()
+        elif self._main is not None:  # a second signal: do not wait for anything
+            self._main.cancel()
+
+    def _on_hup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="plprobe-reload")
+        self._hup_tasks.add(task)
+        task.add_done_callback(self._hup_tasks.discard)
+
+    async def _cancel_hups(self) -> None:
+        await _cancel_all(list(self._hup_tasks))
+
+    def _set_ready(self) -> None:
+        self.deps.first_round_done = True
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("ready")
+
+    def _api_config(self, config: AgentConfig) -> ApiConfig:
+        host, port = parse_listen(self.listen)
+        return ApiConfig(
+            host=host,
+            port=port,
+            token=_read_token(config),
+            modules=_modules(config),
+            agent_id=config.agent_id,
+        )
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file (SIGHUP, ``POST /-/reload``); keep the old one if bad."""
+        async with self._reload_lock:
+            source = self.config.source
+            try:
+                if source is None:
+                    raise ConfigError("the configuration did not come from a file")
+                new = await asyncio.to_thread(load_config, source)
+                key = load_key(new)
+                if new.role != self.config.role:
+                    raise ConfigError(
+                        f"role cannot change on reload ({self.config.role} -> {new.role}); "
+                        "restart the agent",
+                        path=source,
+                        key="role",
+                    )
+                await self._apply(new, key)
+            except PlprobeError as exc:
+                self.metrics.config_reloaded(False)
+                log.error(
+                    "reload failed, keeping the running configuration: %s",
+                    exc,
+                    extra={"fields": {"event": "reload", "ok": False}},
+                )
+                return False, f"reload failed: {exc}"
+            self.reloads += 1
+            self.metrics.config_reloaded(True)
+            log.info(
+                "configuration reloaded from %s",
+                source,
+                extra={"fields": {"event": "reload", "ok": True}},
+            )
+            return True, "configuration reloaded"
+
+    async def _apply(self, new: AgentConfig, key: bytes) -> None:
+        """Swap in a validated config; raises (keeping the old one) if it cannot be applied."""
+        if new.listen != self.config.listen and self.listen == self.config.listen:
+            log.warning("listen changed to %s: takes effect after a restart", new.listen)
+        api = self._api_config(new)  # may raise (token file): before anything changes
+        if isinstance(new, ClientConfig):
+            view_source = source_for(new)  # may raise (missing snapshot dir)
+            await self._swap_client(new, key, view_source)
+        else:
+            assert isinstance(new, ProviderConfig)
+            await self._swap_provider(new, key)
+        if new.log_format != self.config.log_format:
+            setup_logging(new.log_format)
+        self.config, self.key = new, key
+        self.deps.config = api
+
+    # -- client role ------------------------------------------------------------------------
+
+    async def _start_client(self, config: ClientConfig) -> None:
+        self._sem = asyncio.Semaphore(config.concurrency)
+        await self._start_view(source_for(config), config)
+        self._start_schedules(config, self.key)
+
+    async def _start_view(self, source: Any, config: ClientConfig) -> None:
+        keeper = ViewKeeper(
+            source,
+            interval_s=config.config_sources.refresh_interval,
+            on_refresh=self.metrics.set_evidence_source,
+        )
+        self._keeper = keeper
+        if source is None:
+            return
+        if self._me is None and source.kind == "aws":
+            instance_id = await asyncio.to_thread(imds_instance_id)
+            self._me = self_identity(config.agent_id, instance_id=instance_id)
+        first = asyncio.create_task(keeper.refresh())
+        done, _ = await asyncio.wait({first}, timeout=FIRST_VIEW_WAIT_S)
+        if not done:
+            log.warning(
+                "configuration view %s not read within %.0fs: probing without it for now",
+                source.description,
+                FIRST_VIEW_WAIT_S,
+            )
+        keeper.next_due = time.time() + (keeper.interval_s if done else 0.0)
+        self._keeper_task = asyncio.create_task(self._keep_view(keeper, first))
+
+    @staticmethod
+    async def _keep_view(keeper: ViewKeeper, first: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(Exception):
+            await first
+        await keeper.run()
+
+    def _identity(self) -> SelfIdentity:
+        return self._me or self_identity(self.config.agent_id)
+
+    def _start_schedules(self, config: ClientConfig, key: bytes) -> None:
+        declared = declared_paths(config)
+        for pid, pc in declared.items():
+            self.metrics.add_path(
+                pid, interval_s=config.for_path(pc).interval, probes=pc.probes
+            )
+            self._owner[pid] = pc
+        self._first_pending = set(range(len(config.paths)))
+        for i, pc in enumerate(config.paths):
+            self._schedules[i] = asyncio.create_task(
+                self._schedule(config, i, pc, key), name=f"plprobe-path-{pc.name}"
+            )
+
+    async def _stop_schedules(self) -> None:
+        tasks = list(self._schedules.values())
+        self._schedules.clear()
+        await _cancel_all(tasks)
+
+    async def _stop_client(self) -> None:
+        await self._stop_schedules()
+        if self._keeper_task is not None:
+            await _cancel_all([self._keeper_task])
+            self._keeper_task = None
+
+    async def _swap_client(self, new: ClientConfig, key: bytes, view_source: Any) -> None:
+        old = self.config
+        assert isinstance(old, ClientConfig)
+        await self._stop_schedules()
+        keep = {pid for pid, pc in self._owner.items() if pc in new.paths}
+        keep |= set(declared_paths(new))
+        for pid in sorted(set(self._owner) - keep):
+            self._forget(pid)
+        if self._keeper is None or view_source != self._keeper.source or (
+            new.config_sources.refresh_interval != old.config_sources.refresh_interval
+        ):
+            if self._keeper_task is not None:
+                await _cancel_all([self._keeper_task])
+                self._keeper_task = None
+            await self._start_view(view_source, new)
+        if new.concurrency != old.concurrency:
+            self._sem = asyncio.Semaphore(new.concurrency)
+        self._start_schedules(new, key)
+
+    def _forget(self, pid: str) -> None:
+        self.metrics.forget_path(pid)
+        self._owner.pop(pid, None)
+        self._refs.pop(pid, None)
+        self._vlog.forget(pid)
+        self.deps.results = {k: v for k, v in self.deps.results.items() if k != pid}
+        self.deps.evidence = {k: v for k, v in self.deps.evidence.items() if k != pid}
+        self.deps.verdicts = {k: v for k, v in self.deps.verdicts.items() if k != pid}
+        log.info("path %s removed from the configuration", pid)
+
+    async def _schedule(self, config: ClientConfig, index: int, pc: PathConfig, key: bytes) -> None:
+        """Probe one endpoint forever: first round after a short jitter, then every interval."""
+        loop = asyncio.get_running_loop()
+        settings = config.for_path(pc)
+        sub = config.model_copy(update={"paths": [pc]})
+        budget = round_budget(config, pc)
+        await asyncio.sleep(random.uniform(0, min(self.first_jitter_s, settings.interval)))
+        while True:
+            started = loop.time()
+            await self._round(sub, pc, key, budget)
+            if index in self._first_pending:
+                self._first_pending.discard(index)
+                if not self._first_pending:
+                    self._set_ready()
+            spread = 1 + random.uniform(-self.jitter, self.jitter)
+            await asyncio.sleep(max(0.0, started + settings.interval * spread - loop.time()))
+
+    async def _round(
+        self, sub: ClientConfig, pc: PathConfig, key: bytes, budget: float
+    ) -> RoundResult | None:
+        try:
+            async with asyncio.timeout(budget):
+                result = await run_round(
+                    sub,
+                    key=key,
+                    provider=self.provider,
+                    check_raw=self.check_raw,
+                    semaphore=self._sem,
+                )
+        except TimeoutError:
+            log.warning("round of %s overran its %.1fs budget and was cancelled", pc.name, budget)
+            return None
+        except PlprobeError as exc:
+            log.warning("round of %s could not run: %s", pc.name, exc)
+            return None
+        self._publish(result, pc)
+        return result
+
+    def _publish(self, result: RoundResult, pc: PathConfig) -> None:
+        """Diagnose a round and hand everything to metrics, the API holder and the log."""
+        config = self.config
+        assert isinstance(config, ClientConfig)
+        view = self._keeper.view if self._keeper is not None else None
+        diagnosis = diagnose_round(result, view, self._identity())
+        interval = config.for_path(pc).interval
+        for ref in result.paths:
+            self._refs[ref.id] = ref
+            if ref.id not in self._owner:
+                self._owner[ref.id] = pc
+                self.metrics.add_path(ref.id, interval_s=interval, probes=pc.probes)
+        by_path: dict[str, list[ProbeResult]] = {}
+        for r in result.results:
+            by_path.setdefault(r.path, []).append(r)
+            try:
+                self.metrics.observe_result(r)
+            except ValueError as exc:  # an outcome outside the catalogue: a bug, not a crash
+                log.error("cannot export result of %s: %s", r.path, exc)
+        verdicts: dict[str, Verdict] = {}
+        for v in diagnosis.verdicts:
+            verdicts[v.path] = v
+            try:
+                self.metrics.set_verdict(v)
+            except ValueError as exc:
+                log.error("cannot export verdict of %s: %s", v.path, exc)
+        if self.provider is not None or config.for_path(pc).provider_urls:
+            fetched = result.observations is not None and not result.provider_error
+            self.metrics.set_evidence_source("provider_api", fetched)
+        evidence: dict[str, PathEvidence] = {e.path: e for e in diagnosis.evidence}
+        self.deps.results = {**self.deps.results, **by_path}
+        self.deps.evidence = {**self.deps.evidence, **evidence}
+        self.deps.verdicts = {**self.deps.verdicts, **verdicts}
+        self._vlog.update(diagnosis.verdicts)
+
+    # -- /probe (blackbox multi-target) -----------------------------------------------------
+
+    async def _probe(self, target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
+        """One probe of ``target`` (host:port) with ``module`` (a kind or an endpoint name)."""
+        from agent.probes.base import ProbeContext, ProbeTarget
+        from agent.runner import _run_probe
+
+        config = self.config
+        assert isinstance(config, ClientConfig)
+        host, port = parse_target(target)
+        kind = module.prober
+        ref = self._known_ref(host, port)
+        owner = self._owner.get(ref.id) if ref else None
+        named = next((p for p in config.paths if p.name == module.name), None)
+        pc = named or owner
+        if ref is None:
+            az = "probe"
+            ref = PathRef(
+                id=path_id(config.agent_id, az, port),
+                agent=config.agent_id,
+                name=host,
+                ip=host if _is_ip(host) else None,
+                port=port,
+            )
+        ctx = ProbeContext(
+            agent_id=config.agent_id,
+            key=self.key,
+            insecure=config.insecure,
+            timeout_s=timeout_s,
+            retries=0,
+            raw_allowed=False,
+        )
+        responder = pc is not None and port in pc.responder_ports
+        if kind == "dns":
+            expected = tuple(sorted(set(pc.expected_ips.values()))) if pc else ()
+            dns_ref = replace(ref, ip=None, name=host)
+            probe_target = ProbeTarget(path=dns_ref, expected_ips=expected)
+        else:
+            probe_target = ProbeTarget(
+                path=ref,
+                responder=responder,
+                http_path=pc.http_path if pc else "/",
+                http_host=pc.http_host if pc else None,
+            )
+        result = await _run_probe(kind, probe_target, ctx, asyncio.Semaphore(1), False)
+        verdict = self.deps.verdicts.get(ref.id) if result.outcome != "ok" else None
+        return ProbeReport(result=result, verdict=verdict)
+
+    def _known_ref(self, host: str, port: int) -> PathRef | None:
+        for ref in self._refs.values():
+            if ref.port == port and host in (ref.ip, ref.name):
+                return ref
+        return None
+
+    # -- provider role ----------------------------------------------------------------------
+
+    def _live_counters(self) -> Mapping[str, Callable[[], Mapping[str, int]]]:
+        """Counter sources that follow the current ProviderAgent across reloads."""
+
+        def source(name: str) -> Callable[[], Mapping[str, int]]:
+            def read() -> Mapping[str, int]:
+                agent = self._agent
+                fn = agent.counter_sources().get(name) if agent is not None else None
+                return fn() if fn is not None else {}
+
+            return read
+
+        return {name: source(name) for name in ("responder", "sniffer")}
+
+    async def _start_provider(self, config: ProviderConfig, key: bytes) -> None:
+        assert self._store is not None
+        agent = ProviderAgent(
+            config,
+            key,
+            responder_port=self.responder_port,
+            out=self.out,
+            registry=self.registry,
+            metrics=self.metrics,
+            store=self._store,
+            serve_api=False,
+        )
+        await agent.start()
+        self._agent = agent
+        if agent.sniffer_error:
+            log.warning("sniffer not running: %s (continuing with the responder)", agent.sniffer_error)
+
+    async def _stop_provider(self) -> None:
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            await agent.stop()
+
+    async def _swap_provider(self, new: ProviderConfig, key: bytes) -> None:
+        old = self.config
+        assert isinstance(old, ProviderConfig)
+        same = (
+            new.responder == old.responder
+            and new.sniffer == old.sniffer
+            and new.agent_id == old.agent_id
+            and new.insecure == old.insecure
+            and new.expected_endpoint_ids == old.expected_endpoint_ids
+            and key == self.key
+        )
+        if same:
+            return
+        await self._stop_provider()
+        try:
+            await self._start_provider(new, key)
+        except PlprobeError:
+            log.error("the new provider configuration cannot start; restarting the old one")
+            await self._start_provider(old, self.key)
+            raise
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=TASK_CANCEL_S)
+
+
+def default_out() -> TextIO:
+    return sys.stdout
