@@ -69,9 +69,7 @@ def exit_code(diagnosis: Diagnosis) -> int:
 def _rule(v: Verdict) -> str:
     if not v.blocked_at or v.blocked_at == "unknown":
         return ""
-    hop = next(
-        (f for f in v.findings if f.control == v.blocked_at and f.status == "denied"), None
-    )
+    hop = next((f for f in v.findings if f.control == v.blocked_at and f.status == "denied"), None)
     return describe(hop) if hop is not None else ""
 
 
@@ -174,7 +172,8 @@ def register(subparsers: Any) -> None:
         "every path passes, 1 when any fails, is degraded or unknown, 2 on bad input.",
     )
     p.add_argument("--config", required=True, metavar="FILE", help="client agent config")
-    p.add_argument(
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
         "--snapshot",
         metavar="DIR",
         nargs="+",
@@ -182,7 +181,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="AWS-CLI snapshot directories, one per account (overrides config_sources)",
     )
-    p.add_argument(
+    src.add_argument(
         "--aws", action="store_true", help="read the consumer account live (read-only)"
     )
     p.add_argument("--output", choices=("table", "json"), default="table")

@@ -22,9 +22,11 @@ from agent.errors import PlprobeError
 
 #: modules with a ``register(subparsers)`` function, in the order they appear in --help
 COMMAND_MODULES: tuple[str, ...] = (
-    "agent.probecmd",
-    "agent.observecmd",
+    "agent.checkcmd",
     "agent.explain",
+    "agent.probecmd",
+    "agent.runcmd",
+    "agent.observecmd",
     "agent.lab.cli",
 )
 

@@ -87,11 +87,12 @@ _CONNECTING = ("syn", "tcp", "http")
 def declared_paths(config: ClientConfig) -> dict[str, PathConfig]:
     """Path ids known from the config alone (AZ ids x ports) -> their endpoint entry.
 
+    As the runner plans them: the ``expected_ips`` AZs when given, else the ``zonal`` ones.
     Endpoints configured only by a regional name get their ids from DNS at run time.
     """
     out: dict[str, PathConfig] = {}
     for p in config.paths:
-        for az in sorted(set(p.expected_ips) | set(p.zonal)):
+        for az in sorted(p.expected_ips or p.zonal):
             for port in p.ports:
                 out[path_id(config.agent_id, az, port)] = p
     return out
@@ -135,7 +136,9 @@ def _read_token(config: AgentConfig) -> str | None:
             f"cannot read api token file {path}: {exc}", path=config.source, key="api_token_file"
         ) from exc
     if not token:
-        raise ConfigError(f"api token file {path} is empty", path=config.source, key="api_token_file")
+        raise ConfigError(
+            f"api token file {path} is empty", path=config.source, key="api_token_file"
+        )
     return token
 
 
@@ -400,9 +403,7 @@ class Daemon:
     def _start_schedules(self, config: ClientConfig, key: bytes) -> None:
         declared = declared_paths(config)
         for pid, pc in declared.items():
-            self.metrics.add_path(
-                pid, interval_s=config.for_path(pc).interval, probes=pc.probes
-            )
+            self.metrics.add_path(pid, interval_s=config.for_path(pc).interval, probes=pc.probes)
             self._owner[pid] = pc
         self._first_pending = set(range(len(config.paths)))
         for i, pc in enumerate(config.paths):
@@ -429,8 +430,10 @@ class Daemon:
         keep |= set(declared_paths(new))
         for pid in sorted(set(self._owner) - keep):
             self._forget(pid)
-        if self._keeper is None or view_source != self._keeper.source or (
-            new.config_sources.refresh_interval != old.config_sources.refresh_interval
+        if (
+            self._keeper is None
+            or view_source != self._keeper.source
+            or (new.config_sources.refresh_interval != old.config_sources.refresh_interval)
         ):
             if self._keeper_task is not None:
                 await _cancel_all([self._keeper_task])
@@ -607,7 +610,9 @@ class Daemon:
         await agent.start()
         self._agent = agent
         if agent.sniffer_error:
-            log.warning("sniffer not running: %s (continuing with the responder)", agent.sniffer_error)
+            log.warning(
+                "sniffer not running: %s (continuing with the responder)", agent.sniffer_error
+            )
 
     async def _stop_provider(self) -> None:
         agent, self._agent = self._agent, None

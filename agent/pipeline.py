@@ -134,9 +134,7 @@ def _find_client(topology: Topology, me: SelfIdentity, dest_ip: str | None) -> t
     return (inst.name, inst.ip) if inst is not None else (ip, ip)
 
 
-def _find_endpoint(
-    topology: Topology, ref: PathRef
-) -> tuple[Endpoint, EndpointEni | None] | None:
+def _find_endpoint(topology: Topology, ref: PathRef) -> tuple[Endpoint, EndpointEni | None] | None:
     if ref.ip:
         for ep in topology.endpoints.values():
             for eni in ep.enis:

@@ -1041,7 +1041,13 @@ class _Walker:
         self, hop: str, control: str, sg_ids: list[str], d: SgDecision, *, fix: str
     ) -> HopFinding:
         resource = sgs_label(self.t, sg_ids)
-        checked = [f"{r.id}: {r.direction} {r.port_text()} {_peer(self.t, r)}" for r in d.checked]
+        # snapshot-derived rule ids already spell out the rule; do not say it twice
+        checked = [
+            r.id
+            if r.port_text() in r.id
+            else f"{r.id}: {r.direction} {r.port_text()} {_peer(self.t, r)}"
+            for r in d.checked
+        ]
         if d.allowed:
             assert d.rule is not None
             return HopFinding(

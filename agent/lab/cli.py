@@ -1,6 +1,8 @@
 """``plprobe lab ...``: flags only; every command calls the ``Lab`` API.
 
-    lab up [--topology FILE] [--name NAME]      build (default: the reference topology)
+    lab up [--topology FILE] [--name NAME] [--with-agents]
+                                                build (default: the reference topology);
+                                                --with-agents: a provider agent per target
     lab down [--name NAME] [--all]              remove everything (idempotent, crash leftovers too)
     lab status [--name NAME] [--output table|json]
     lab break CONTROL [--client NAME] [--name NAME]
@@ -9,6 +11,10 @@
     lab exec NODE [--name NAME] -- CMD...       exit with the command's code
     lab snapshot DIR [--name NAME]              AWS-shaped describe-* JSON per account
     lab render [--topology FILE] [--name NAME]  print the plan (no root needed)
+    lab probe [--client NAME] [--output table|json]   one probe round inside each client node
+    lab check [--client NAME] [--output table|json]   check inside each client node: verdicts
+                                                (both agents' evidence, both accounts'
+                                                snapshots; exit 0/1/2 like check)
 
 Progress lines go to stderr; results to stdout. Missing root/netns: exit 2.
 """
@@ -43,8 +49,56 @@ def _load(path: str | None):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    _lab(args).up(_load(args.topology))
+    lab = _lab(args)
+    lab.up(_load(args.topology))
+    if args.with_agents:
+        try:
+            lab.start_agents()
+        except BaseException:
+            lab.down()
+            raise
     return 0
+
+
+def _print_runs(runs: list, output: str, key: str) -> int:
+    """Table: each client's output under a heading. JSON: one object keyed by client."""
+    from agent.lab.lab import _answer
+
+    code = max((r.returncode for r in runs), default=0)
+    if output == "json":
+        body = {r.client: _answer(r)[key] for r in runs}
+        print(json.dumps({"clients": body}, indent=2))
+        return code
+    for r in runs:
+        if r.stderr.strip():
+            print(r.stderr.rstrip(), file=sys.stderr)
+    return code
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.lab.agents import probe_clients
+
+    lab = _lab(args)
+    capture = args.output == "json"
+    runs = []
+    for client in [args.client] if args.client else [c.name for c in lab.original.clients()]:
+        if not capture:
+            print(f"== {client} ==", flush=True)
+        runs += probe_clients(lab, client, output=args.output, capture=capture)
+    return _print_runs(runs, args.output, "round")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.lab.agents import check_clients
+
+    lab = _lab(args)
+    capture = args.output == "json"
+    runs = []
+    for client in [args.client] if args.client else [c.name for c in lab.original.clients()]:
+        if not capture:
+            print(f"== {client} ==", flush=True)
+        runs += check_clients(lab, client, output=args.output, capture=capture)
+    return _print_runs(runs, args.output, "check")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -165,6 +219,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = add("up", cmd_up, "build the lab")
     p.add_argument("--topology", help="topology YAML (default: the reference topology)")
+    p.add_argument(
+        "--with-agents",
+        action="store_true",
+        help="also start a provider agent (plprobe observe) on every target",
+    )
     p = add("down", cmd_down, "remove the lab")
     p.add_argument("--all", action="store_true", help="remove every lab on this machine")
     p = add("status", cmd_status, "nodes, endpoint state, target health")
@@ -180,5 +239,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p = add("snapshot", cmd_snapshot, "write AWS-shaped describe-* JSON for both accounts")
     p.add_argument("dir")
+    p = add("probe", cmd_probe, "one probe round inside each client node, with provider evidence")
+    p.add_argument("--client", help="only this client (default: every client)")
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p = add("check", cmd_check, "check inside each client node: verdicts with both accounts' view")
+    p.add_argument("--client", help="only this client (default: every client)")
+    p.add_argument("--output", choices=("table", "json"), default="table")
     p = add("render", cmd_render, "print the plan without applying it (no root needed)")
     p.add_argument("--topology", help="topology YAML (default: the reference topology)")

@@ -6,6 +6,14 @@ namespace. Every ``interval_s`` it checks each registered target of the node's l
 node's own IP, so the checks cross the VPC router like any other packet and obey the NLB SG
 egress, the target SG ingress and the NACLs (AWS-FACTS.md: common mistakes 2 and 3).
 
+Target groups with ``proxy_protocol_v2``: AWS's health-check connections carry a PROXY v2
+header without client information, so every check to such a target starts with a LOCAL
+header (``0x20``, TCP4 family with the check's own addresses, which the receiver ignores, and
+a CRC32C TLV; no endpoint id). The exact TLVs AWS puts on a LOCAL header are not documented.
+A service that cannot parse the header fails HTTP checks (it answers the header with an error,
+not 200-399) — AWS-FACTS.md common mistake 7; a TCP check only needs the connect, so it
+passes whatever the service makes of the header.
+
 ``threshold`` consecutive results flip a target between ``healthy`` and ``unhealthy``
 (``initial`` before the first flip). When the healthy set changes, the node's whole ruleset
 is replaced with one ``nft -f -`` transaction (``agent.lab.nlbnat.ruleset``; fail open when
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.lab import nlbnat
+from agent.wire import build_proxy_v2
 
 log = logging.getLogger("plprobe.lab.healthd")
 NFT_TIMEOUT_S = 10.0
@@ -44,6 +53,12 @@ def _key(t: nlbnat.NatTarget) -> str:
     return f"{t.tg_id}|{t.key}"
 
 
+def local_header(writer: asyncio.StreamWriter, t: nlbnat.NatTarget) -> bytes:
+    """The LOCAL PROXY v2 header of a health check: no client, the check's own addresses."""
+    src = writer.get_extra_info("sockname") or (t.ip, 0)
+    return build_proxy_v2(src[0], t.ip, src[1], t.health_port, command="LOCAL")
+
+
 async def check_target(
     t: nlbnat.NatTarget,
     source_ip: str,
@@ -56,6 +71,9 @@ async def check_target(
                 t.ip, t.health_port, local_addr=(source_ip, 0)
             )
             try:
+                if t.proxy_v2:
+                    writer.write(local_header(writer, t))
+                    await writer.drain()
                 if t.hc_protocol in ("HTTP", "HTTPS"):
                     writer.write(
                         f"GET {t.hc_path} HTTP/1.1\r\nHost: {t.ip}\r\n"

@@ -5,9 +5,11 @@ logs every request's source address as one JSON line, so a test can check what t
 (the NLB's IP, not the client's). Connections that send nothing (TCP health checks) are not
 logged. Keep-alive is supported, so a test can hold one flow open across a rule edit.
 
-Hook for PROXY protocol v2: a request that starts with the v2 signature is logged with the
-raw header bytes (``proxy_v2`` as hex) and the rest is parsed as HTTP; decoding it is left to
-``agent.wire`` once target groups with ``proxy_protocol_v2`` are emulated.
+PROXY protocol v2: a connection that starts with v2 header(s) (the NLB's, from
+``agent.lab.ppproxy``, or a LOCAL one from the health checker) has them read by their declared
+length and logged with its first request as raw bytes (``proxy_v2``, hex of every header in
+order); decoding is left to ``agent.wire`` in whoever reads the log. The signature itself
+begins with ``\r\n\r\n``, so headers are read before looking for the end of an HTTP head.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ IDLE_TIMEOUT_S = 120.0
 MAX_HEAD = 16384
 
 
+async def _read_proxy_rest(reader: asyncio.StreamReader, start: bytes) -> bytes:
+    """The rest of a PROXY v2 header whose first bytes are ``start``; ValueError if not one."""
+    fixed = start + await reader.readexactly(16 - len(start))
+    if not fixed.startswith(PROXY_V2_SIG):
+        raise ValueError("not a PROXY v2 header")
+    return fixed + await reader.readexactly(int.from_bytes(fixed[14:16], "big"))
+
+
 class _Server:
     def __init__(self, node: str, log: TextIO) -> None:
         self.node = node
@@ -34,17 +44,16 @@ class _Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         sock = writer.get_extra_info("sockname") or ("?", 0)
+        first = True
         try:
             while True:
+                proxy = b""
                 async with asyncio.timeout(IDLE_TIMEOUT_S):
                     head = await reader.readuntil(b"\r\n\r\n")
-                proxy = b""
-                if head.startswith(PROXY_V2_SIG):
-                    length = int.from_bytes(head[14:16], "big")
-                    proxy, head = head[: 16 + length], head[16 + length :]
-                    if b"\r\n\r\n" not in head:
-                        async with asyncio.timeout(IDLE_TIMEOUT_S):
-                            head += await reader.readuntil(b"\r\n\r\n")
+                    while first and head == PROXY_V2_SIG[:4]:
+                        proxy += await _read_proxy_rest(reader, head)
+                        head = await reader.readuntil(b"\r\n\r\n")
+                first = False
                 lines = head.decode("latin-1").split("\r\n")
                 parts = lines[0].split()
                 method, path, version = [*parts, "", "", ""][:3]
@@ -78,7 +87,7 @@ class _Server:
                 await writer.drain()
                 if not keep:
                     break
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             pass
         except ConnectionError:
             pass

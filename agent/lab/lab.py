@@ -41,9 +41,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from agent.errors import LabError, PrivilegeError
 from agent.lab import faults, nlbnat
@@ -456,12 +457,21 @@ class Lab:
         timeout: float = 30.0,
         *,
         input: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside ``node``'s namespace (its hosts file applies); capture output."""
+        """Run ``argv`` inside ``node``'s namespace (its hosts file applies); capture output.
+
+        ``env`` adds variables to the lab's environment (e.g. the agents' ``PLPROBE_KEY``).
+        """
         cmd = ["ip", "netns", "exec", self.ns(node), *argv]
         try:
             return subprocess.run(
-                cmd, input=input, capture_output=True, text=True, timeout=timeout, env=self._env()
+                cmd,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**self._env(), **(env or {})},
             )
         except subprocess.TimeoutExpired as exc:
             raise LabError(
@@ -470,10 +480,21 @@ class Lab:
         except OSError as exc:
             raise LabError(f"lab exec {node}: {exc}") from exc
 
-    def spawn(self, node: str, argv: Sequence[str], **popen: object) -> subprocess.Popen:
-        """Start ``argv`` in the background inside ``node``; ``down`` kills it."""
+    def spawn(
+        self,
+        node: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        **popen: object,
+    ) -> subprocess.Popen:
+        """Start ``argv`` in the background inside ``node``; ``down`` kills it.
+
+        ``env`` adds variables to the lab's environment (which carries the lab's mark).
+        """
         cmd = ["ip", "netns", "exec", self.ns(node), *argv]
-        proc = subprocess.Popen(cmd, env=self._env(), **popen)  # type: ignore[call-overload]
+        full_env = {**self._env(), **(env or {})}
+        proc = subprocess.Popen(cmd, env=full_env, **popen)  # type: ignore[call-overload]
         self._children[proc.pid] = proc
         return proc
 
@@ -488,6 +509,36 @@ class Lab:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError) as exc:
             raise LabError(f"httpcheck in {node}: {proc.stdout} {proc.stderr}") from exc
+
+    # --- agents (agent/lab/agents.py) -------------------------------------------------------
+    def start_agents(self) -> list[str]:
+        """A provider agent in every provider node (shared lab key); returns the nodes started."""
+        from agent.lab import agents
+
+        return agents.start_agents(self, self.progress)
+
+    def stop_agents(self, nodes: Sequence[str] | None = None) -> list[str]:
+        """Stop provider agents (all, by default: rounds then run without provider evidence)."""
+        from agent.lab import agents
+
+        return agents.stop_agents(self, nodes)
+
+    def probe(self, client: str | None = None, **options: Any) -> dict[str, dict]:
+        """One probe round per client (inside its node): client -> ``{"round": ...}`` JSON."""
+        from agent.lab import agents
+
+        runs = agents.probe_clients(self, client, output="json", **options)
+        return {r.client: _answer(r) for r in runs}
+
+    def check(self, client: str | None = None, **options: Any) -> dict[str, dict]:
+        """``check`` per client (inside its node): client -> ``{"exit", "check", "levels"}``.
+
+        ``options``: ``levels`` (subset of ``agents.LEVELS``), ``timeout``, ``retries``.
+        """
+        from agent.lab import agents
+
+        runs = agents.check_clients(self, client, output="json", **options)
+        return {r.client: _answer(r) for r in runs}
 
     # --- health and status ----------------------------------------------------------------
     def _health_files(self) -> dict[str, dict]:
@@ -611,6 +662,16 @@ class Lab:
             "processes": procs,
             "warnings": plan.warnings,
         }
+
+
+def _answer(run: Any) -> dict:
+    """The JSON a client helper printed, or LabError with what it said instead."""
+    if run.data is None:
+        raise LabError(
+            f"the round in {run.client} failed (exit {run.returncode}): "
+            f"{(run.stderr or run.stdout).strip()[-800:]}"
+        )
+    return run.data
 
 
 def _batch(cmds: list[list[str]]) -> str:

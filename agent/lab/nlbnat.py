@@ -15,11 +15,12 @@ candidates (AWS-FACTS.md); when there is no candidate at all, the listener behav
 
 Traffic to a port without a listener behaves as ``no_listener`` says.
 
-Hook for PROXY protocol v2: listeners whose target group has ``proxy_protocol_v2`` are marked
-``proxy_v2`` in the config. Today they are DNATed like the others (no header is added, and the
-renderer warns); the intended implementation replaces the DNAT rule of such a listener by a
-REDIRECT to a userspace proxy in this namespace that prepends
-``agent.wire.build_proxy_v2(...)`` and connects to the chosen target from the node's IP.
+PROXY protocol v2: listeners whose target group has ``proxy_protocol_v2`` are marked
+``proxy_v2``. A header can only be prepended by something that owns the byte stream, so such a
+listener is not DNATed: its traffic is REDIRECTed to ``agent.lab.ppproxy`` in this namespace
+(one port per listener, ``proxy_ports``), which picks a target with the same
+``active_targets`` selection, connects from the node's IP, writes the header and pipes.
+Nothing changes for listeners without PROXY v2: their rules are the same bytes as before.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class NatTarget:
     hc_path: str
     az: str
     az_id: str
+    #: the target group has proxy_protocol_v2: health checks start with a LOCAL header
+    proxy_v2: bool = False
 
     @property
     def key(self) -> str:
@@ -109,6 +112,27 @@ def active_targets(config: NodeConfig, healthy: set[str] | None) -> dict[int, li
     return out
 
 
+PROXY_PORT_BASE = 64000
+"""Where the node's PROXY v2 proxy listens (one port per PROXY listener, upwards from here,
+skipping the node's listener ports). Only redirected traffic reaches these ports: the input
+chain accepts them for ``ct status dnat`` alone, so nobody can connect to them directly."""
+
+
+def proxy_ports(config: NodeConfig) -> dict[int, int]:
+    """Listener port -> the port of this node's PROXY v2 proxy that serves it."""
+    taken = {li.port for li in config.listeners}
+    out: dict[int, int] = {}
+    port = PROXY_PORT_BASE
+    for li in sorted(config.listeners, key=lambda x: x.port):
+        if not li.proxy_v2 or li.port in out:
+            continue
+        while port in taken:
+            port += 1
+        out[li.port] = port
+        taken.add(port)
+    return out
+
+
 def _action(kind: str) -> str:
     return "reject with tcp reset" if kind == "reset" else "drop"
 
@@ -116,8 +140,16 @@ def _action(kind: str) -> str:
 def ruleset(config: NodeConfig, healthy: set[str] | None) -> str:
     """The complete ``table ip plprobe`` of the node, replacing any previous one atomically."""
     active = active_targets(config, healthy)
+    proxied = proxy_ports(config)
     pre: list[str] = []
     for port, targets in sorted(active.items()):
+        if port in proxied:
+            # the proxy chooses among the same active targets (it reads the health state)
+            pre.append(
+                f"ip daddr {config.ip} tcp dport {port} redirect to :{proxied[port]}"
+                ' comment "PROXY v2: to agent.lab.ppproxy"'
+            )
+            continue
         elems = ", ".join(f"{i} : {t.ip} . {t.port}" for i, t in enumerate(targets))
         pre.append(
             f"ip daddr {config.ip} tcp dport {port} "
@@ -125,6 +157,13 @@ def ruleset(config: NodeConfig, healthy: set[str] | None) -> str:
         )
     no_target_ports = sorted(li.port for li in config.listeners if li.port not in active)
     inp = ["ct state established,related accept", 'iif "lo" accept']
+    redirected = sorted(proxied[p] for p in active if p in proxied)
+    if redirected:
+        ports = ", ".join(str(p) for p in redirected)
+        inp.append(
+            f"tcp dport {{ {ports} }} ct status dnat accept"
+            ' comment "PROXY v2 listeners, redirected to the proxy"'
+        )
     if no_target_ports:
         ports = ", ".join(str(p) for p in no_target_ports)
         inp.append(

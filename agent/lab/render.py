@@ -27,7 +27,10 @@ Layout (DESIGN.md "The lab"):
   router are AWS's backbone: no SG or NACL applies to them again;
 * the provider router sees NLB SG ingress (client source; skipped for PrivateLink traffic
   when the enforce flag is off), NLB SG egress and target SG ingress as three forward checks;
-  the NLB node's own ruleset comes from ``agent.lab.nlbnat``.
+  the NLB node's own ruleset comes from ``agent.lab.nlbnat``;
+* a listener whose target group has ``proxy_protocol_v2`` is redirected to a userspace proxy
+  in the NLB node (``agent.lab.ppproxy``, one daemon per node that has such a listener) that
+  prepends AWS's PROXY v2 header; the health checker then opens its checks with a LOCAL header.
 
 NACLs apply to traffic crossing the subnet boundary: ``nacl_<subnet>_in`` on the way into one
 of the subnet's veths from anywhere outside the subnet (including a PrivateLink link on the
@@ -43,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.errors import RenderError
-from agent.lab import nlbnat
+from agent.lab import nlbnat, ppproxy
 from agent.model import Endpoint, Instance, Nacl, Rule, Subnet, Topology
 
 TABLE = "plprobe"
@@ -134,7 +137,7 @@ class ProcessSpec:
     """A lab daemon: ``python -m module *args`` inside ``node``'s namespace."""
 
     node: str
-    kind: str  # "httpd" | "healthd"
+    kind: str  # "httpd" | "healthd" | "ppproxy"
     module: str
     args: tuple[str, ...]
     #: written as JSON to ``config_path`` before the process starts
@@ -355,6 +358,8 @@ def render(
                     config_path=str(ctx.state / "config" / f"{node.name}.healthd.json"),
                 )
             )
+            if nlbnat.proxy_ports(cfg):
+                plan.processes.append(_ppproxy_spec(ctx, node, cfg))
     for node in eni_nodes:
         if node.kind != "instance":
             continue
@@ -852,11 +857,6 @@ def _nlb_configs(ctx: _Ctx, enis: list[Node]) -> dict[str, nlbnat.NodeConfig]:
             tg = topo.target_groups.get(li.target_group_id or "")
             cands: list[nlbnat.NatTarget] = []
             if tg is not None:
-                if tg.proxy_protocol_v2:
-                    ctx.warnings.append(
-                        f"target group {tg.name}: proxy_protocol_v2 is not emulated yet; "
-                        "the NLB forwards without a PROXY header"
-                    )
                 for t in tg.targets:
                     inst = topo.instances.get(t.instance_id)
                     if inst is None:
@@ -874,6 +874,7 @@ def _nlb_configs(ctx: _Ctx, enis: list[Node]) -> dict[str, nlbnat.NodeConfig]:
                         hc_path=tg.health_check.path,
                         az=sub.az,
                         az_id=sub.az_id,
+                        proxy_v2=tg.proxy_protocol_v2,
                     )
                     checked[f"{tg.id}|{nt.key}"] = nt
                     in_az = sub.az_id == node.az_id
@@ -902,6 +903,59 @@ def _nlb_configs(ctx: _Ctx, enis: list[Node]) -> dict[str, nlbnat.NodeConfig]:
             checked=tuple(checked[k] for k in sorted(checked)),
         )
     return out
+
+
+def _eni_routes(ctx: _Ctx, node: Node) -> tuple[ppproxy.EniRoute, ...]:
+    """The endpoint ENIs that DNAT to NLB node ``node``, and the consumer CIDRs behind each.
+
+    The PROXY v2 proxy recovers the header's destination (the ENI IP) from the client's
+    source by these CIDRs: the key the lab's PrivateLink reply routing already uses.
+    """
+    topo = ctx.topo
+    out: list[ppproxy.EniRoute] = []
+    for ep_id in sorted(ctx.endpoints, key=lambda e: topo.endpoints[e].name):
+        ep = topo.endpoints[ep_id]
+        svc = topo.endpoint_services.get(ep.service_id)
+        nlb = topo.nlb_of_service(svc) if svc else None
+        if nlb is None or nlb.id != node.owner:
+            continue
+        for eni in ep.enis:
+            if _nlb_ip_for_az(topo, nlb.id, topo.subnets[eni.subnet_id].az_id) == node.ip:
+                cidrs = tuple(_reachable_cidrs(topo, ep.vpc_id))
+                out.append(ppproxy.EniRoute(endpoint_id=ep.id, eni_ip=eni.ip, cidrs=cidrs))
+    for i, a in enumerate(out):
+        for b in out[i + 1 :]:
+            if any(
+                ipaddress.ip_network(x).overlaps(ipaddress.ip_network(y))
+                for x in a.cidrs
+                for y in b.cidrs
+            ):
+                ctx.warnings.append(
+                    f"NLB node {node.name}: endpoints {a.endpoint_id} and {b.endpoint_id} are "
+                    "reached from overlapping consumer CIDRs; the lab cannot tell their "
+                    "traffic apart (PROXY v2 destination and reply routing follow the first)"
+                )
+    return tuple(out)
+
+
+def _ppproxy_spec(ctx: _Ctx, node: Node, cfg: nlbnat.NodeConfig) -> ProcessSpec:
+    pcfg = ppproxy.ProxyConfig.for_node(cfg, _eni_routes(ctx, node))
+    config_path = str(ctx.state / "config" / f"{node.name}.ppproxy.json")
+    return ProcessSpec(
+        node=node.name,
+        kind="ppproxy",
+        module="agent.lab.ppproxy",
+        args=(
+            "--config",
+            config_path,
+            "--health",
+            str(ctx.state / "health" / f"{node.name}.json"),
+            "--ready",
+            str(ctx.state / "run" / f"{node.name}.ppproxy.ready"),
+        ),
+        config=pcfg.to_plain(),
+        config_path=config_path,
+    )
 
 
 # --- DNS ----------------------------------------------------------------------------------

@@ -1,0 +1,603 @@
+"""The agents in the lab: provider agents on the targets, client rounds inside client nodes.
+
+``plprobe lab up --with-agents`` / ``Lab.start_agents()`` starts one provider agent
+(``plprobe observe --config configs/lab/provider.yaml``) inside each provider instance's
+namespace, with ``PLPROBE_AGENT_ID=<instance name>`` and the lab's HMAC key in ``PLPROBE_KEY``.
+The key is generated once per lab and kept in ``<state dir>/agents/key`` (mode 0600), so every
+agent of the lab — and every later ``lab probe``/``lab check`` — shares it.
+
+How provider evidence reaches a client round (the one design decision here)
+---------------------------------------------------------------------------
+As on AWS, a client namespace has no route to the provider VPC, and neither has the root
+namespace. So ``lab probe``/``lab check`` run the round in a helper process *inside the client
+namespace* (``python -m agent.lab.agents run ...``: real packets from the client's address),
+and that helper fetches each provider agent's ``/v1/observations`` through
+``NamespaceObservationSource``: a tiny ``ip netns exec <target ns> python -S -c <urllib GET>``
+per target, run concurrently after the round. ``ip netns exec`` only needs root and
+``/run/netns``, which any namespace of this machine shares; the agent's API is reached on
+127.0.0.1 inside its own namespace, so nothing is opened between the VPCs and the lab's
+isolation (what the probes test) is untouched. A target whose agent does not answer is a
+partial failure (its "no" cannot be trusted: runner semantics); none answering makes the
+provider evidence unavailable, with the reason, as a real client agent would report it.
+
+The configuration view is what ``plprobe lab snapshot`` writes: ``write_snapshot(topology,
+<state dir>/snapshot, target_health)`` — one AWS-CLI-shaped directory per account, refreshed
+before every ``lab check`` so it carries the health checker's current view.
+
+Client configs: the shipped ``configs/lab/<client>.yaml`` when its endpoint names, ENI IPs and
+ports are the lab's (they are for the reference topology: ids are deterministic), else one
+generated from the topology of ``lab up`` into ``<state dir>/agents/<client>.yaml``.
+
+Evidence levels (for the fault matrix and ``bench/diagnosis_accuracy.py``): one round, then
+diagnosis with ``full`` (provider observations + both accounts' snapshots), ``client``
+(client packets + the consumer snapshot) and ``packets`` (client packets alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from agent.errors import LabError, PlprobeError, ProbeError
+from agent.results import Observation
+
+if TYPE_CHECKING:
+    from agent.lab.lab import Lab
+    from agent.model import Topology
+
+__all__ = [
+    "LEVELS",
+    "ClientRun",
+    "NamespaceObservationSource",
+    "agents_running",
+    "check_clients",
+    "client_config_path",
+    "ensure_key",
+    "generated_client_config",
+    "main",
+    "probe_clients",
+    "start_agents",
+    "stop_agents",
+    "write_lab_snapshot",
+]
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PROVIDER_CONFIG = REPO / "configs" / "lab" / "provider.yaml"
+SHIPPED_CONFIGS = REPO / "configs" / "lab"
+KEY_ENV = "PLPROBE_KEY"
+AGENT_ID_ENV = "PLPROBE_AGENT_ID"
+#: the provider agent's API port inside each target namespace (configs/lab/provider.yaml)
+API_PORT = 9720
+#: evidence levels, most evidence first
+LEVELS: tuple[str, ...] = ("full", "client", "packets")
+START_TIMEOUT_S = 10.0
+FETCH_TIMEOUT_S = 3.0
+#: the helper process runs a whole round: probes, provider fetch, snapshot read
+RUN_TIMEOUT_S = 60.0
+_READY_LINE = "observations API on"
+
+_FETCH_SCRIPT = (
+    "import sys, urllib.request\n"
+    "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:\n"
+    "    sys.stdout.write(r.read().decode())\n"
+)
+
+
+# --- state: key, pidfiles, configs -------------------------------------------------------
+
+
+def _agents_dir(lab: Lab) -> Path:
+    return lab.dir / "agents"
+
+
+def ensure_key(lab: Lab) -> str:
+    """The lab's shared HMAC key (base64 of 32 random bytes), created once, mode 0600."""
+    path = _agents_dir(lab) / "key"
+    with contextlib.suppress(FileNotFoundError):
+        key = path.read_text().strip()
+        if key:
+            return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key
+
+
+def _provider_nodes(topology: Topology) -> list[str]:
+    """Provider-account instances: where a provider agent runs (registered or not)."""
+    provider = {a.name for a in topology.accounts.values() if a.role == "provider"}
+    return sorted(i.name for i in topology.instances.values() if i.account in provider)
+
+
+def _pidfile(lab: Lab, node: str) -> Path:
+    return _agents_dir(lab) / f"{node}.pid"
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _pid(lab: Lab, node: str) -> int | None:
+    try:
+        pid = int(_pidfile(lab, node).read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def agents_enabled(lab: Lab) -> bool:
+    """Were agents started (``--with-agents``) and not stopped since?"""
+    return (_agents_dir(lab) / "enabled").exists()
+
+
+def agents_running(lab: Lab) -> dict[str, bool]:
+    """Provider node -> is its agent process alive."""
+    return {n: _pid(lab, n) is not None for n in _provider_nodes(lab.original)}
+
+
+def _key_env(lab: Lab) -> dict[str, str]:
+    return {KEY_ENV: ensure_key(lab)}
+
+
+def start_agents(lab: Lab, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Start a provider agent in every provider node that has none running; idempotent.
+
+    Returns the nodes where an agent was started. Waits until each agent's API listens
+    (its log says so), or raises LabError with the log's tail.
+    """
+    say = progress or (lambda line: None)
+    lab.plan()  # raises when the lab is not up
+    env = _key_env(lab)
+    _agents_dir(lab).mkdir(parents=True, exist_ok=True)
+    (_agents_dir(lab) / "enabled").touch()
+    started: list[tuple[str, subprocess.Popen, Path]] = []
+    for node in _provider_nodes(lab.original):
+        if _pid(lab, node) is not None:
+            continue
+        log = lab.dir / "logs" / f"agent-{node}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "agent", "observe", "--config", str(PROVIDER_CONFIG)]
+        with open(log, "w") as fh:
+            proc = lab.spawn(
+                node,
+                argv,
+                env={**env, AGENT_ID_ENV: node},
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _pidfile(lab, node).write_text(str(proc.pid))
+        started.append((node, proc, log))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for node, proc, log in started:
+        while _READY_LINE not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"provider agent on {node} did not start: {log.read_text()[-600:]}")
+            time.sleep(0.02)
+    if started:
+        say(f"lab agents: provider agent on {', '.join(n for n, _, _ in started)}")
+    return [n for n, _, _ in started]
+
+
+def stop_agents(lab: Lab, nodes: Sequence[str] | None = None) -> list[str]:
+    """Stop provider agents (all by default; then ``lab probe`` no longer restarts them)."""
+    which = list(nodes) if nodes is not None else _provider_nodes(lab.original)
+    if nodes is None:
+        (_agents_dir(lab) / "enabled").unlink(missing_ok=True)
+    stopped = []
+    for node in which:
+        pid = _pid(lab, node)
+        _pidfile(lab, node).unlink(missing_ok=True)
+        if pid is None:
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + 2.0
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not _alive(pid):
+                break
+        stopped.append(node)
+    return stopped
+
+
+def _endpoint_paths(topology: Topology) -> list[dict[str, Any]]:
+    """One client-config path per endpoint: regional + zonal names, ENI IPs, listener ports."""
+    out = []
+    for ep in sorted(topology.endpoints.values(), key=lambda e: e.name):
+        names = topology.endpoint_dns_names(ep)
+        zonal: dict[str, str] = {}
+        expected: dict[str, str] = {}
+        for eni in ep.enis:
+            subnet = topology.subnets[eni.subnet_id]
+            zonal[subnet.az_id] = next(n for n, ips in names.items() if f"-{subnet.az}." in n)
+            expected[subnet.az_id] = eni.ip
+        regional = min(names, key=len)
+        svc = topology.endpoint_services.get(ep.service_id)
+        nlb = topology.nlb_of_service(svc) if svc else None
+        ports = sorted({li.port for li in topology.listeners_of(nlb.id)}) if nlb else [80]
+        out.append(
+            {
+                "name": ep.name,
+                "regional": regional,
+                "zonal": dict(sorted(zonal.items())),
+                "expected_ips": dict(sorted(expected.items())),
+                "ports": ports,
+                "probes": ["dns", "tcp", "syn", "http"],
+            }
+        )
+    return out
+
+
+def generated_client_config(topology: Topology, client: str) -> dict[str, Any]:
+    """A client agent config for ``client`` in ``topology`` (the shape of the shipped ones)."""
+    return {
+        "role": "client",
+        "agent_id": client,
+        "listen": "0.0.0.0:9720",
+        "key_env": KEY_ENV,
+        "log_format": "text",
+        "interval": 10,
+        "timeout": 1,
+        "retries": 1,
+        "concurrency": 32,
+        "provider_delay": 0.2,
+        "paths": _endpoint_paths(topology),
+    }
+
+
+def _matches(shipped: Path, topology: Topology) -> bool:
+    """Does the shipped config probe exactly the lab's endpoint names, IPs and ports?"""
+    try:
+        data = yaml.safe_load(shipped.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    want = [
+        (p["regional"], p["zonal"], p["expected_ips"], p["ports"])
+        for p in _endpoint_paths(topology)
+    ]
+    have = [
+        (p.get("regional"), p.get("zonal"), p.get("expected_ips"), p.get("ports"))
+        for p in data.get("paths", [])
+    ]
+    return have == want
+
+
+def client_config_path(lab: Lab, client: str) -> Path:
+    """The shipped ``configs/lab/<client>.yaml`` if it fits the lab, else a generated one."""
+    topology = lab.original
+    if topology.instance_by_name(client) not in topology.clients():
+        names = ", ".join(c.name for c in topology.clients())
+        raise LabError(f"lab {lab.name} has no client {client!r}; clients: {names}")
+    shipped = SHIPPED_CONFIGS / f"{client}.yaml"
+    if shipped.is_file() and _matches(shipped, topology):
+        return shipped
+    path = _agents_dir(lab) / f"{client}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# generated by plprobe lab from the topology of lab up\n"
+        + yaml.safe_dump(generated_client_config(topology, client), sort_keys=False)
+    )
+    return path
+
+
+def write_lab_snapshot(lab: Lab) -> dict[str, Path]:
+    """Both accounts' snapshots of the lab as it is now; account role -> directory."""
+    from agent.lab.snapshot import write_snapshot
+
+    topology = lab.topology
+    dirs = write_snapshot(topology, lab.dir / "snapshot", lab.target_health())
+    roles = {a.name: a.role for a in topology.accounts.values()}
+    return {roles.get(d.name, d.name): d for d in dirs}
+
+
+# --- orchestration (root namespace) --------------------------------------------------------
+
+
+@dataclass
+class ClientRun:
+    """One client's helper run: its exit code, JSON answer (``--output json``) or text."""
+
+    client: str
+    returncode: int
+    data: dict[str, Any] | None
+    stdout: str
+    stderr: str
+
+
+def _clients(lab: Lab, client: str | None) -> list[str]:
+    names = [c.name for c in lab.original.clients()]
+    if client is None:
+        return names
+    if client not in names:
+        raise LabError(f"lab {lab.name} has no client {client!r}; clients: {', '.join(names)}")
+    return [client]
+
+
+def _provider_namespaces(lab: Lab) -> list[str]:
+    """Namespaces of running provider agents (restarting dead ones when agents are on)."""
+    if not agents_enabled(lab):
+        return []
+    start_agents(lab)  # after a rebuild (structural apply) the agents are gone: bring them back
+    return [lab.ns(n) for n, up in agents_running(lab).items() if up]
+
+
+def _run_clients(
+    lab: Lab, clients: list[str], args: list[str], *, capture: bool
+) -> list[ClientRun]:
+    """The helper in every client namespace at once (rounds are independent)."""
+    env = _key_env(lab)
+    procs = []
+    for c in clients:
+        argv = [sys.executable, "-m", "agent.lab.agents", "run", "--config"]
+        argv += [str(client_config_path(lab, c)), *args]
+        out = subprocess.PIPE if capture else None
+        procs.append((c, lab.spawn(c, argv, env=env, stdout=out, stderr=out, text=True)))
+    runs = []
+    for c, proc in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise LabError(f"the round in {c} did not finish in {RUN_TIMEOUT_S:g} s") from exc
+        data = None
+        if capture and stdout.strip():
+            with contextlib.suppress(ValueError):
+                data = json.loads(stdout)
+        runs.append(ClientRun(c, proc.returncode, data, stdout or "", stderr or ""))
+    return runs
+
+
+def _common_args(timeout: float | None, retries: int | None, output: str) -> list[str]:
+    args = ["--output", output]
+    if timeout is not None:
+        args += ["--timeout", str(timeout)]
+    if retries is not None:
+        args += ["--retries", str(retries)]
+    return args
+
+
+def probe_clients(
+    lab: Lab,
+    client: str | None = None,
+    *,
+    output: str = "json",
+    timeout: float | None = None,
+    retries: int | None = None,
+    capture: bool = True,
+) -> list[ClientRun]:
+    """One probe round from inside each client node, with the provider agents' evidence."""
+    args = ["--mode", "probe", *_common_args(timeout, retries, output)]
+    for ns in _provider_namespaces(lab):
+        args += ["--provider-ns", ns]
+    return _run_clients(lab, _clients(lab, client), args, capture=capture)
+
+
+def check_clients(
+    lab: Lab,
+    client: str | None = None,
+    *,
+    output: str = "json",
+    levels: Sequence[str] = ("full",),
+    timeout: float | None = None,
+    retries: int | None = None,
+    capture: bool = True,
+) -> list[ClientRun]:
+    """``check`` from inside each client node with both agents' evidence and snapshots."""
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise LabError(f"unknown evidence level(s) {unknown}; levels: {', '.join(LEVELS)}")
+    dirs = write_lab_snapshot(lab)
+    args = ["--mode", "check", *_common_args(timeout, retries, output)]
+    args += ["--levels", ",".join(levels)]
+    for d in dirs.values():
+        args += ["--snapshot", str(d)]
+    if "consumer" in dirs:
+        args += ["--consumer-snapshot", str(dirs["consumer"])]
+    for ns in _provider_namespaces(lab):
+        args += ["--provider-ns", ns]
+    return _run_clients(lab, _clients(lab, client), args, capture=capture)
+
+
+# --- inside the client namespace ------------------------------------------------------------
+
+
+def _observation(raw: object) -> Observation:
+    if not isinstance(raw, dict):
+        raise ValueError("an observation is a JSON object")
+    names = {f.name for f in fields(Observation)}
+    return Observation(**{k: v for k, v in raw.items() if k in names})
+
+
+class NamespaceObservationSource:
+    """``/v1/observations`` of provider agents in other namespaces, via ``ip netns exec``.
+
+    An ``ObservationSource`` for ``run_round`` (module docstring: why not plain HTTP).
+    ``failures`` names the namespaces that did not answer in the last fetch.
+    """
+
+    def __init__(
+        self, namespaces: Sequence[str], *, port: int = API_PORT, timeout_s: float = FETCH_TIMEOUT_S
+    ) -> None:
+        self.namespaces = list(namespaces)
+        self.port = port
+        self.timeout_s = timeout_s
+        self.failures: dict[str, str] = {}
+
+    async def _one(self, ns: str, since: float) -> list[Observation]:
+        url = f"http://127.0.0.1:{self.port}/v1/observations?since={since:.6f}&limit=10000"
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-S", "-c", _FETCH_SCRIPT]
+        argv += [url, str(self.timeout_s)]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            async with asyncio.timeout(self.timeout_s + 2.0):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise ProbeError(f"{ns}: no answer within {self.timeout_s:g}s") from None
+        if proc.returncode != 0:
+            last = (err.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise ProbeError(f"{ns}: provider agent API unreachable: {last}")
+        try:
+            body = json.loads(out)
+            return [_observation(o) for o in body["observations"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProbeError(f"{ns}: bad /v1/observations answer: {exc}") from exc
+
+    async def fetch(self, since: float) -> list[Observation]:
+        self.failures = {}
+        if not self.namespaces:
+            raise ProbeError("no provider agent runs in this lab (plprobe lab up --with-agents)")
+        answers = await asyncio.gather(
+            *(self._one(ns, since) for ns in self.namespaces), return_exceptions=True
+        )
+        out: list[Observation] = []
+        for ns, answer in zip(self.namespaces, answers, strict=True):
+            if isinstance(answer, asyncio.CancelledError):
+                raise answer
+            if isinstance(answer, BaseException):
+                self.failures[ns] = str(answer)
+            else:
+                out.extend(answer)
+        if len(self.failures) == len(self.namespaces):
+            raise ProbeError("; ".join(self.failures.values()))
+        return out
+
+
+def _load_client_config(path: str, timeout: float | None, retries: int | None):
+    from agent.config import ClientConfig, load_config
+
+    config = load_config(path)
+    if not isinstance(config, ClientConfig):
+        raise LabError(f"{path}: not a client config")
+    update: dict[str, Any] = {}
+    if timeout is not None:
+        update["timeout"] = timeout
+    if retries is not None:
+        update["retries"] = retries
+    return config.model_copy(update=update) if update else config
+
+
+def _lesser_levels(args: argparse.Namespace, config: Any, round_: Any) -> dict[str, Any]:
+    """Diagnoses of the same round with less evidence (module docstring, "Evidence levels")."""
+    import dataclasses
+
+    from agent.correlate import correlate
+    from agent.pipeline import diagnose_round, self_identity
+    from agent.sources.aws_snapshot import load_snapshot
+
+    why = "provider evidence not used at this evidence level"
+    evidence = correlate(
+        round_.results, None, window_s=config.correlation_window, provider_error=why
+    )
+    packets_only = dataclasses.replace(
+        round_, evidence=evidence, observations=None, provider_error=why
+    )
+    me = self_identity(config.agent_id)
+    out: dict[str, Any] = {}
+    levels = args.levels.split(",")
+    if "client" in levels:
+        view = load_snapshot([Path(args.consumer_snapshot)]) if args.consumer_snapshot else None
+        out["client"] = diagnose_round(packets_only, view, me).to_json()
+    if "packets" in levels:
+        out["packets"] = diagnose_round(packets_only, None, me).to_json()
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load_client_config(args.config, args.timeout, args.retries)
+    from agent.config import load_key
+
+    key = load_key(config)
+    provider = NamespaceObservationSource(args.provider_ns)
+    if args.mode == "probe":
+        from agent.probecmd import format_table
+        from agent.runner import run_round
+
+        round_ = asyncio.run(run_round(config, key=key, provider=provider))
+        if args.output == "json":
+            print(json.dumps({"client": config.agent_id, "round": round_.to_json()}, indent=2))
+        else:
+            sys.stdout.write(format_table(round_))
+        return 0 if round_.all_ok else 1
+
+    from agent.checkcmd import check, exit_code, render_json, render_table
+    from agent.errors import SourceError
+    from agent.views import SnapshotSource
+
+    source = SnapshotSource(tuple(Path(d) for d in args.snapshot)) if args.snapshot else None
+    diagnosis, round_ = asyncio.run(check(config, key, source=source, provider=provider))
+    if diagnosis.view.error and diagnosis.view.kind == "snapshot":
+        raise SourceError(f"cannot read the lab snapshot: {diagnosis.view.error}")
+    code = exit_code(diagnosis)
+    if args.output == "json":
+        body = {
+            "client": config.agent_id,
+            "exit": code,
+            "check": json.loads(render_json(diagnosis, round_)),
+            "round": round_.to_json(),
+            "levels": _lesser_levels(args, config, round_),
+        }
+        print(json.dumps(body, indent=2))
+    else:
+        notes = [f"provider: {round_.provider_error}"] if round_.provider_error else []
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        sys.stdout.write(render_table(diagnosis, colour=colour, notes=notes))
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agent.lab.agents run ...``: the helper the lab runs inside a client node."""
+    parser = argparse.ArgumentParser(prog="python -m agent.lab.agents")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="one round (probe) or check inside this namespace")
+    run.add_argument("--config", required=True)
+    run.add_argument("--mode", choices=("probe", "check"), default="probe")
+    run.add_argument("--output", choices=("table", "json"), default="json")
+    run.add_argument("--provider-ns", action="append", default=[])
+    run.add_argument("--snapshot", action="append", default=[])
+    run.add_argument("--consumer-snapshot")
+    run.add_argument("--levels", default="full")
+    run.add_argument("--timeout", type=float)
+    run.add_argument("--retries", type=int)
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except PlprobeError as exc:
+        print(f"plprobe: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
