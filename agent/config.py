@@ -45,7 +45,9 @@ __all__ = [
     "SnifferConfig",
     "load_config",
     "load_key",
+    "parse_listen",
     "path_id",
+    "read_token_file",
 ]
 
 #: default bind of the agent's HTTP API (DESIGN.md "Interfaces")
@@ -460,6 +462,33 @@ def load_config(path: str | Path) -> AgentConfig:
 def _key_error(config: _Common, key: str, message: str) -> ConfigError:
     line, col = config._marks.get((key,), (None, None))
     return ConfigError(message, path=config.source, line=line, col=col, key=key)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT`` (validated at load time) -> (host, port)."""
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def read_token_file(config: AgentConfig, key: str) -> str | None:
+    """The bearer token in the file a config key names (``api_token_file``, ...), or None.
+
+    Read once at start/reload so a missing or empty file is bad input at that key, not a
+    401 storm later.
+    """
+    name = getattr(config, key, None)
+    if not name:
+        return None
+    path = config.resolve_file(name)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {key} {path}: {exc}", path=config.source, key=key) from exc
+    if not token:
+        raise ConfigError(f"{key} {path} is empty", path=config.source, key=key)
+    return token
 
 
 def load_key(config: AgentConfig) -> bytes:

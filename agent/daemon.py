@@ -58,13 +58,15 @@ from agent.config import (
     ProviderConfig,
     load_config,
     load_key,
+    parse_listen,
     path_id,
+    read_token_file,
 )
 from agent.errors import ConfigError, PlprobeError
 from agent.logs import VerdictLog, setup_logging
 from agent.metrics import Metrics, make_metrics
 from agent.observe.store import ObservationStore
-from agent.observecmd import ProviderAgent, parse_listen
+from agent.observecmd import ProviderAgent
 from agent.pipeline import SelfIdentity, diagnose_round, imds_instance_id, self_identity
 from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
 from agent.runner import ObservationSource, RoundResult, raw_allowed, run_round
@@ -123,23 +125,6 @@ def round_budget(config: ClientConfig, path: PathConfig) -> float:
     connect = s.timeout * (1 + s.retries) + _GRACE_S
     fetch = max(config.timeout, 1.0) + 1.0
     return dns + connect + config.provider_delay + fetch + s.interval
-
-
-def _read_token(config: AgentConfig) -> str | None:
-    if config.api_token_file is None:
-        return None
-    path = config.resolve_file(config.api_token_file)
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read api token file {path}: {exc}", path=config.source, key="api_token_file"
-        ) from exc
-    if not token:
-        raise ConfigError(
-            f"api token file {path} is empty", path=config.source, key="api_token_file"
-        )
-    return token
 
 
 def _modules(config: AgentConfig) -> dict[str, ProbeModule]:
@@ -304,7 +289,7 @@ class Daemon:
         return ApiConfig(
             host=host,
             port=port,
-            token=_read_token(config),
+            token=read_token_file(config, "api_token_file"),
             modules=_modules(config),
             agent_id=config.agent_id,
         )

@@ -29,13 +29,13 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import ProviderConfig, load_config, load_key
+from agent.config import ProviderConfig, load_config, load_key, parse_listen, read_token_file
 from agent.errors import ConfigError, PlprobeError
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
 from agent.wire import ReplayGuard
 
-__all__ = ["ProviderAgent", "parse_listen", "register", "run_observe", "serve"]
+__all__ = ["ProviderAgent", "register", "run_observe", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +59,6 @@ SNIFFER_COUNTERS: tuple[str, ...] = (
 
 _STOP_GRACE_S = 0.8
 """Per component; the whole stop stays under the 2 s an orchestrator's SIGTERM grace needs."""
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` / ``[V6]:PORT`` (validated by agent.config) -> (host, port)."""
-    host, _, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "0.0.0.0", int(port)
-
-
-def _read_api_token(config: ProviderConfig) -> str | None:
-    if config.api_token_file is None:
-        return None
-    path = config.resolve_file(config.api_token_file)
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read api token file {path}: {exc}", path=config.source, key="api_token_file"
-        ) from exc
-    if not token:
-        raise ConfigError(
-            f"api token file {path} is empty", path=config.source, key="api_token_file"
-        )
-    return token
 
 
 class ProviderAgent:
@@ -269,7 +244,7 @@ class ProviderAgent:
             config=ApiConfig(
                 host=host,
                 port=port,
-                token=_read_api_token(self.config),
+                token=read_token_file(self.config, "api_token_file"),
                 agent_id=self.config.agent_id,
             ),
             observations=self.store,

@@ -262,7 +262,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         7,
         "consumer principal not allowed: the endpoint was never created (③ principal)",
         _fault("service-principal"),
-        {C1: fail("service-principal", "dns"), C2: fail("service-principal", "dns")},
+        # the name does not resolve, but ③ is the endpoint hop (DESIGN.md stage order)
+        {C1: fail("service-principal", "endpoint"), C2: fail("service-principal", "endpoint")},
         recreate_endpoints=True,
     ),
     Scenario(

@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -93,6 +94,8 @@ class EniRoute:
 
 @dataclass(frozen=True)
 class ProxyConfig:
+    """What one node's proxy needs; rendered by ``agent.lab.render``, written as JSON."""
+
     nat: nlbnat.NodeConfig
     enis: tuple[EniRoute, ...] = ()
     connect_timeout_s: float = 10.0
@@ -238,7 +241,7 @@ class Proxy:
                     target.ip, target.port, local_addr=(self.config.nat.ip, port), limit=CHUNK
                 )
             except OSError as exc:
-                if exc.errno != 98:  # EADDRINUSE: try another source port
+                if exc.errno != errno.EADDRINUSE:  # in use: try another source port
                     raise
                 last = exc
         raise last or OSError("no free source port")

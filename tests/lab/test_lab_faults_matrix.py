@@ -1,0 +1,85 @@
+"""The fault matrix of issue 4, end to end: each scenario breaks the lab, runs both agents and
+checks the verdict of every path with both sides' evidence and both accounts' snapshots.
+
+The scenarios (edits and truths) live in ``bench/diagnosis_accuracy.py``, which also measures
+accuracy with less evidence for docs/DIAGNOSIS.md: one definition, so table and tests agree.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labfixtures import lab_up
+
+from agent.lab.lab import Lab
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import diagnosis_accuracy as matrix
+
+pytestmark = pytest.mark.lab
+
+
+def _started(topology_kind: str, prefix: str) -> Iterator[Lab]:
+    with lab_up(matrix.lab_topology(topology_kind), prefix) as lab:
+        lab.start_agents()
+        assert matrix.wait_healthy(lab)
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def reference_matrix_lab() -> Iterator[Lab]:
+    yield from _started("reference", "fm")
+
+
+@pytest.fixture(scope="module")
+def multi_az_matrix_lab() -> Iterator[Lab]:
+    yield from _started("multi-az", "fz")
+
+
+@pytest.fixture
+def verdicts(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, dict]]]:
+    """The scenario's verdicts (level -> path -> verdict); the lab is restored afterwards."""
+    scenario: matrix.Scenario = request.param
+    fixture = "multi_az_matrix_lab" if scenario.lab == "multi-az" else "reference_matrix_lab"
+    lab: Lab = request.getfixturevalue(fixture)
+    try:
+        yield matrix.run_scenario(lab, scenario)
+    finally:
+        matrix.restore_scenario(lab, scenario)
+
+
+SCENARIOS = {f"{s.number:02d}": s for s in matrix.SCENARIOS}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "verdicts"),
+    [(s, s) for s in SCENARIOS.values()],
+    ids=[f"{k}-{s.title.split(' (')[0][:40]}" for k, s in SCENARIOS.items()],
+    indirect=["verdicts"],
+)
+def test_scenario_verdict_names_the_broken_control(
+    scenario: matrix.Scenario, verdicts: dict[str, dict[str, dict]]
+) -> None:
+    full = verdicts["full"]
+    assert set(full) == set(scenario.expect), "one verdict per probed path"
+    for path, truth in scenario.expect.items():
+        v = full[path]
+        got = (v["status"], v["blocked_at"], v["stage"])
+        assert got == (truth.status, truth.blocked_at, truth.stage), (path, v["explanation"])
+
+
+@pytest.mark.parametrize(
+    ("verdicts"), [SCENARIOS["22"]], ids=["22-provider-agent-down"], indirect=True
+)
+def test_provider_agent_down_keeps_the_stage_lists_candidates_and_blames_nothing_unseen(
+    verdicts: dict[str, dict[str, dict]],
+) -> None:
+    for v in verdicts["client"].values():
+        assert v["stage"] == "forward"
+        assert v["blocked_at"] in (None, "unknown"), v["explanation"]
+        assert "nlb-sg-ingress" in v["candidates"]
+        blocked = {c["control"] for c in v["controls"] if c["state"] == "blocked"}
+        assert not blocked, f"blames {blocked} without seeing it"
