@@ -33,7 +33,7 @@ def test_the_az_without_targets_fails_silently(multi_az_lab: Lab) -> None:
 
 
 def test_only_the_az_with_targets_has_healthy_targets(multi_az_lab: Lab) -> None:
-    assert multi_az_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=8)
+    assert multi_az_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=20)
     healthy = multi_az_lab.healthy_targets()
     assert healthy["ap-northeast-1a"] == ["server-1", "server-2"]
     status = multi_az_lab.status()["health"]

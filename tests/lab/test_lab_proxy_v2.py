@@ -109,7 +109,7 @@ def test_the_header_has_aws_layout_crc_endpoint_id_and_noop_padding(proxy_lab: L
 
 @pytest.mark.lab
 def test_targets_that_parse_the_local_header_pass_health_checks(proxy_lab: Lab) -> None:
-    assert proxy_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=8), (
+    assert proxy_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=20), (
         proxy_lab.target_health()
     )
 

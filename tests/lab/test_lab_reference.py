@@ -29,7 +29,7 @@ def requests_seen(lab: Lab) -> list[dict]:
     out = []
     for path in sorted((lab.dir / "logs").glob("*.requests.jsonl")):
         out += [json.loads(line) for line in path.read_text().splitlines()]
-    return out
+    return sorted(out, key=lambda entry: entry["ts"])  # one timeline across the targets' logs
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -112,7 +112,7 @@ def test_target_sg_without_the_nlb_makes_targets_unhealthy_and_the_nlb_fail_open
 ) -> None:
     lab = restore_after
     lab.break_control("target-sg-ingress")
-    assert lab.wait_health(lambda h: set(h.values()) == {"unhealthy"}, timeout=8), (
+    assert lab.wait_health(lambda h: set(h.values()) == {"unhealthy"}, timeout=20), (
         lab.target_health()
     )
     health = next(iter(lab.status()["health"].values()))
@@ -122,7 +122,7 @@ def test_target_sg_without_the_nlb_makes_targets_unhealthy_and_the_nlb_fail_open
 
 
 def test_targets_are_healthy_on_the_reference_topology(reference_lab: Lab) -> None:
-    assert reference_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=8)
+    assert reference_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=20)
     assert reference_lab.healthy_targets() == {"ap-northeast-1a": ["server-1", "server-2"]}
 
 
