@@ -29,16 +29,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from agent.config import ClientConfig, load_config, load_key
-from agent.diagnose import describe
 from agent.errors import ConfigError, SourceError
 from agent.pipeline import Diagnosis, SelfIdentity, diagnose_round, imds_instance_id, self_identity
-from agent.results import Verdict
+from agent.report import verdict_table
 from agent.runner import ObservationSource, RoundResult, run_round
 from agent.views import ConfigView, ViewSource, load_once, source_for
 
 __all__ = ["check", "check_command", "exit_code", "register", "render_table"]
 
-_COLOURS = {"pass": "32", "fail": "31", "degraded": "33", "unknown": "35"}
 INSECURE_NOTE = "WARNING: insecure: true - probe tokens and replies are NOT authenticated"
 
 
@@ -66,39 +64,9 @@ def exit_code(diagnosis: Diagnosis) -> int:
     return 0 if diagnosis.all_pass else 1
 
 
-def _rule(v: Verdict) -> str:
-    if not v.blocked_at or v.blocked_at == "unknown":
-        return ""
-    hop = next((f for f in v.findings if f.control == v.blocked_at and f.status == "denied"), None)
-    return describe(hop) if hop is not None else ""
-
-
 def render_table(diagnosis: Diagnosis, *, colour: bool, notes: Sequence[str] = ()) -> str:
-    """One row per path, with the rule, the candidates, why, and the fix below it."""
-    verdicts = diagnosis.verdicts
-    header = ("PATH", "STATUS", "STAGE", "BLOCKED AT")
-    rows = [header] + [(v.path, v.status, v.stage, v.blocked_at or "-") for v in verdicts]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines: list[str] = []
-    for n, row in enumerate(rows):
-        cells = [row[i].ljust(widths[i]) for i in range(len(header))]
-        if n and colour:
-            cells[1] = f"\033[{_COLOURS.get(row[1], '0')}m{cells[1]}\033[0m"
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            continue
-        v = verdicts[n - 1]
-        if v.status == "pass":
-            continue
-        rule = _rule(v)
-        if rule:
-            lines.append(f"    rule: {rule}")
-        elif v.candidates:
-            lines.append(f"    candidates: {', '.join(v.candidates)}")
-        if v.explanation:
-            lines.append(f"    why:  {v.explanation}")
-        if v.fix:
-            lines.append(f"    fix:  {v.fix}")
+    """The verdict table (agent.report), then the overall status, the view and any notes."""
+    lines = [verdict_table(diagnosis.verdicts, colour=colour)]
     tail = [f"status: {diagnosis.status}", diagnosis.view.note(), *notes]
     tail += [f"{p}: configuration not used: {why}" for p, why in diagnosis.notes.items()]
     return "\n".join(lines) + "\n\n" + "\n".join(dict.fromkeys(tail)) + "\n"

@@ -447,6 +447,24 @@ def diagnose(
                 explanation=f"the endpoint's name does not resolve{detail}, and the consumer "
                 f"is not an allowed principal, so the endpoint cannot exist: {describe(refused)}",
             )
+        # the consumer's view has no such endpoint, and the provider's is not here
+        missing = next(
+            (f for f in findings if f.hop == "endpoint-exists" and f.status == "not_visible"),
+            None,
+        )
+        if missing is not None:
+            return _verdict(
+                path,
+                "fail",
+                "dns",
+                now,
+                findings,
+                evidence,
+                blocked_at="unknown",
+                candidates=["service-principal", "dns"],
+                explanation=f"the endpoint's name does not resolve{detail}; {missing.detail}",
+                fix=missing.fix,
+            )
         return _verdict(
             path,
             "fail",

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.analyze.path import flows, walk
-from agent.diagnose import describe, diagnose_static, rollup
+from agent.diagnose import diagnose_static, rollup
 from agent.errors import ConfigError
 from agent.model import Topology
+from agent.report import verdict_table
 from agent.results import Verdict
-
-_COLOURS = {"pass": "32", "fail": "31", "degraded": "33", "unknown": "35"}
 
 
 def explain(
@@ -58,42 +57,9 @@ def load(args: argparse.Namespace) -> Topology:
     return load_snapshot(dirs)
 
 
-def _blocking(verdict: Verdict) -> str:
-    if verdict.blocked_at is None or verdict.blocked_at == "unknown":
-        return ""
-    hop = next(
-        (f for f in verdict.findings if f.control == verdict.blocked_at and f.status == "denied"),
-        None,
-    )
-    return describe(hop) if hop is not None else ""
-
-
 def render_table(verdicts: list[Verdict], *, colour: bool) -> str:
-    """One row per path (status, blocked_at), then the rule and the fix indented below it."""
-    rows = [("PATH", "STATUS", "BLOCKED AT")] + [
-        (v.path, v.status, v.blocked_at or "-") for v in verdicts
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [row[i].ljust(widths[i]) for i in range(3)]
-        if n and colour:
-            code = _COLOURS.get(row[1], "0")
-            cells[1] = f"\033[{code}m{cells[1]}\033[0m"
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            continue
-        v = verdicts[n - 1]
-        rule = _blocking(v)
-        if rule:
-            lines.append(f"    rule: {rule}")
-        elif v.candidates and v.status != "pass":
-            lines.append(f"    candidates: {', '.join(v.candidates)}")
-        if v.status != "pass" and v.explanation and not (rule and v.status == "fail"):
-            lines.append(f"    why:  {v.explanation}")
-        if v.fix:
-            lines.append(f"    fix:  {v.fix}")
-    return "\n".join(lines)
+    """One row per path (status, blocked_at), then the rule and the fix (agent.report)."""
+    return verdict_table(verdicts, colour=colour, stage=False)
 
 
 def render_json(verdicts: list[Verdict]) -> str:

@@ -200,9 +200,10 @@ class Prometheus:
         )
         try:
             wait_for("prometheus ready", lambda: get(f"{self.url}/-/ready", 2), 20, 0.2)
-        except BaseException:
+        except BaseException as exc:
             self.__exit__(None, None, None)
-            raise
+            tail = (self.work / "prometheus.log").read_text()[-800:]
+            raise RuntimeError(f"prometheus did not start: {tail}") from exc
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,6 +14,7 @@ from test_diagnose_scenarios import (
     consumer_only,
     multi_az,
     reference,
+    s7,
 )
 
 from agent.analyze.path import analyze_flow, flows, walk
@@ -285,3 +286,27 @@ def test_an_empty_target_group_blames_target_health() -> None:
     v = diagnose(evidence("timeout", "no"), findings, path=PATH, now=NOW)
     assert (v.status, v.blocked_at) == ("fail", "target-health")
     assert "no registered targets" in v.explanation
+
+
+def _never_created(t):
+    """What AWS shows after refusing CreateVpcEndpoint: no endpoint in any account."""
+    s7(t)
+    t.endpoints.clear()
+    return t
+
+
+def test_a_missing_endpoint_seen_from_the_consumer_alone_is_undetermined_not_dns() -> None:
+    ev = PathEvidence(PATH, "dns_error", "unknown", [ProbeResult(PATH, "dns", "dns_error")])
+    findings = analyze_flow(consumer_only(_never_created(reference())), "client-2", None, 80)
+    v = diagnose(ev, findings, path=PATH, now=NOW)
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "dns", "unknown")
+    assert v.candidates == ["service-principal", "dns"]
+    assert "never created" in v.explanation
+
+
+def test_a_missing_endpoint_with_the_providers_view_names_the_refused_principal() -> None:
+    ev = PathEvidence(PATH, "dns_error", "no", [ProbeResult(PATH, "dns", "dns_error")])
+    findings = analyze_flow(_never_created(reference()), "client-2", None, 80)
+    v = diagnose(ev, findings, path=PATH, now=NOW)
+    assert (v.status, v.blocked_at) == ("fail", "service-principal")
+    assert "arn:aws:iam::111111111111:root" in v.fix

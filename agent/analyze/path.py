@@ -462,29 +462,51 @@ class _Walker:
         )
 
     def missing_endpoint(self) -> None:
-        """No endpoint for this client: service-principal when we can see that it is missing."""
+        """No endpoint for this client in a consumer view: say why only as far as we can see.
+
+        AWS refuses CreateVpcEndpoint for a principal the service does not allow, so a missing
+        endpoint *may* be the principal — but that is only known with the provider's view.
+        """
         if not self.consumer_visible():
             self.hidden("endpoint-state", "endpoint-acceptance", "the endpoint is not visible")
             return
         svc = self.service
         detail = f"no interface endpoint in a VPC that {self.f.client_name} can route to"
-        if svc is not None and self.visible(svc.account):
-            principal = self.consumer_root()
-            if self.t.service_allows(svc, principal):
-                fix = f"create an interface endpoint to {svc.id} in {self.f.client_name}'s VPC"
-            else:
-                fix = self.principal_fix(svc, principal)
-        else:
-            fix = "create an interface endpoint to the service (its principal must be allowed)"
+        if svc is None or not self.visible(svc.account):
+            self.hidden(
+                "endpoint-exists",
+                "service-principal",
+                f"{detail}: it was never created (AWS refuses to create an endpoint when the "
+                "consumer is not an allowed principal of the service) or it was deleted; the "
+                "service's allowed principals are not visible from here",
+                fix="ask the provider to allow this account's principal on the endpoint "
+                "service, then create the interface endpoint",
+            )
+            return
+        principal = self.consumer_root()
+        if self.t.service_allows(svc, principal):
+            self.add(
+                HopFinding(
+                    "endpoint-exists",
+                    "dns",
+                    "denied",
+                    resource=svc.id,
+                    detail=f"{detail}, although {principal} is allowed on {svc.id}",
+                    fix=f"create an interface endpoint to {svc.id} in {self.f.client_name}'s VPC",
+                )
+            )
+            return
         self.add(
             HopFinding(
                 "endpoint-exists",
                 "service-principal",
                 "denied",
-                resource=svc.id if svc else "",
-                detail=detail,
+                resource=f"{svc.id} ({svc.name})",
+                checked=list(svc.allowed_principals) or ["(no allowed principals)"],
+                detail=f"{detail}: {principal} is not an allowed principal of {svc.id}, so "
+                "AWS refused to create it",
                 ra_code="BAD_STATE",
-                fix=fix,
+                fix=self.principal_fix(svc, principal),
             )
         )
 

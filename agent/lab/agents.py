@@ -309,10 +309,8 @@ def client_config_path(lab: Lab, client: str) -> Path:
 
 def write_lab_snapshot(lab: Lab) -> dict[str, Path]:
     """Both accounts' snapshots of the lab as it is now; account role -> directory."""
-    from agent.lab.snapshot import write_snapshot
-
     topology = lab.topology
-    dirs = write_snapshot(topology, lab.dir / "snapshot", lab.target_health())
+    dirs = lab.snapshot(lab.dir / "snapshot")
     roles = {a.name: a.role for a in topology.accounts.values()}
     return {roles.get(d.name, d.name): d for d in dirs}
 

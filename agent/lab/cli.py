@@ -190,12 +190,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from agent.lab.snapshot import write_snapshot
-
     lab = _lab(args)
-    health = lab.target_health()
-    paths = write_snapshot(lab.topology, Path(args.dir), health)
-    _progress(f"lab snapshot: {len(paths)} files in {args.dir}")
+    dirs = lab.snapshot(Path(args.dir))
+    names = ", ".join(str(d) for d in dirs)
+    _progress(f"lab snapshot: {len(dirs)} account directories: {names}")
     return 0
 
 

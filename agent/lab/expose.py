@@ -162,6 +162,10 @@ class Forwarder:
                 self.stats.active += 1
                 try:
                     await self._forward(reader, writer)
+                except asyncio.CancelledError:
+                    # only stop() cancels these tasks; ending normally keeps asyncio's stream
+                    # callback from logging the cancellation as an error
+                    pass
                 finally:
                     self.stats.active -= 1
         finally:

@@ -181,12 +181,22 @@ def _nlb_sg_ingress(t: Topology, clients: list[Instance]) -> None:
     )
     for sg_id in _nlb_sgs(t):
         sg = t.security_groups[sg_id]
-        for r in sg.ingress():
+        seen: set[tuple] = set()
+        kept = []
+        for r in sg.rules:
             hit = [c_ for c_ in r.cidrs if any(_in(c.ip, c_) for c in clients)]
-            if hit:
+            if r.direction == "ingress" and hit:
                 rest = [c_ for c_ in r.cidrs if c_ not in hit]
                 r.cidrs = tuple(dict.fromkeys([*rest, *ep_subnets]))
                 r.description = "allows the endpoint subnet instead of the client IPs"
+                # one rule per client became the same subnet rule: keep it once, as a user
+                # who "simplified" the rules would
+                key = (r.protocol, r.from_port, r.to_port, r.cidrs)
+                if key in seen:
+                    continue
+                seen.add(key)
+            kept.append(r)
+        sg.rules = kept
 
 
 def _nlb_sg_egress(t: Topology, clients: list[Instance]) -> None:

@@ -226,6 +226,24 @@ class Lab:
             raise LabError(f"lab {self.name}: unreadable topology.json")
         return topology_from_plain(data)
 
+    def aws_view(self) -> Topology:
+        """What AWS's describe calls would show: the topology without the endpoints that were
+        never created (a principal the service did not allow when the endpoint was requested).
+
+        The lab's topology file still lists such an endpoint — it is what the user asked
+        for — but AWS refused CreateVpcEndpoint, so no account can describe it.
+        """
+        topology = self.topology
+        created = set(self.plan().endpoints)
+        topology.endpoints = {k: v for k, v in topology.endpoints.items() if k in created}
+        return topology
+
+    def snapshot(self, out_dir: Path) -> list[Path]:
+        """Write both accounts' describe-* JSON for the lab as it is now (incl. target health)."""
+        from agent.lab.snapshot import write_snapshot
+
+        return write_snapshot(self.aws_view(), out_dir, self.target_health())
+
     @property
     def original(self) -> Topology:
         data = _read_json(self.dir / "original.json")
