@@ -13,6 +13,8 @@ WORKDIR /src
 # Same install as `make`: the package from pyproject.toml, built once into wheels.
 COPY pyproject.toml README.md ./
 COPY agent ./agent
+# agent/lab/topologies links to configs/lab: the lab topologies ship inside the package
+COPY configs ./configs
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[aws]"
 
 FROM python:3.11-slim-bookworm

@@ -55,6 +55,7 @@ import yaml
 
 from agent.errors import LabError, PlprobeError, ProbeError
 from agent.results import Observation
+from agent.sources.lab import TOPOLOGIES
 
 if TYPE_CHECKING:
     from agent.lab.lab import Lab
@@ -76,9 +77,8 @@ __all__ = [
     "write_lab_snapshot",
 ]
 
-REPO = Path(__file__).resolve().parent.parent.parent
-PROVIDER_CONFIG = REPO / "configs" / "lab" / "provider.yaml"
-SHIPPED_CONFIGS = REPO / "configs" / "lab"
+SHIPPED_CONFIGS = TOPOLOGIES
+PROVIDER_CONFIG = SHIPPED_CONFIGS / "provider.yaml"
 KEY_ENV = "PLPROBE_KEY"
 AGENT_ID_ENV = "PLPROBE_AGENT_ID"
 #: the provider agent's API port inside each target namespace (configs/lab/provider.yaml)

@@ -50,7 +50,10 @@ from agent.model import (
 )
 from agent.yamlsrc import Loc, Located, load_yaml, validate
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "configs" / "lab" / "reference.yaml"
+#: the built-in lab topologies and agent configs: ``configs/lab`` of the checkout, shipped in
+#: the package as ``agent/lab/topologies`` (a symlink in the source tree, copied into wheels)
+TOPOLOGIES = Path(__file__).resolve().parent.parent / "lab" / "topologies"
+REFERENCE = TOPOLOGIES / "reference.yaml"
 
 
 class _Strict(BaseModel):
