@@ -204,6 +204,27 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expose(args: argparse.Namespace) -> int:
+    """Forward 127.0.0.1:LOCAL to PORT inside NODE: the lab's stand-in for a monitoring network.
+
+    The lab's VPCs are isolated like AWS's, so Prometheus on the host cannot reach an agent
+    inside a node; this forwards one port until Ctrl-C.
+    """
+    from agent.lab import expose
+
+    lab = _lab(args)
+    return expose.main(
+        [
+            "--netns",
+            lab.ns(args.node),
+            "--upstream",
+            f"127.0.0.1:{args.port}",
+            "--port",
+            str(args.local_port),
+        ]
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser("lab", help="the local emulation of the PrivateLink path")
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
@@ -243,5 +264,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add("check", cmd_check, "check inside each client node: verdicts with both accounts' view")
     p.add_argument("--client", help="only this client (default: every client)")
     p.add_argument("--output", choices=("table", "json"), default="table")
+    p = add("expose", cmd_expose, "forward 127.0.0.1:LOCAL to PORT inside NODE (for Prometheus)")
+    p.add_argument("node")
+    p.add_argument("port", type=int, nargs="?", default=9720, help="port inside the node")
+    p.add_argument("--local-port", type=int, default=0, help="local port (default: any free)")
     p = add("render", cmd_render, "print the plan without applying it (no root needed)")
     p.add_argument("--topology", help="topology YAML (default: the reference topology)")
