@@ -509,6 +509,14 @@ def load_key(config: AgentConfig) -> bytes:
         except OSError as exc:
             raise _key_error(config, "key_file", f"cannot read key file {file}: {exc}") from exc
         where, what = "key_file", f"key file {file}"
+        if file.stat().st_mode & 0o007:
+            # group access is how the service user reads it (0640 root:plprobe); others never
+            raise _key_error(
+                config,
+                "key_file",
+                f"key file {file} is accessible to every user on this host: chmod o-rwx {file} "
+                "(e.g. 0600, or 0640 with the agent's group)",
+            )
     else:
         assert config.key_env is not None  # the model validator guarantees one of the two
         value = os.environ.get(config.key_env)

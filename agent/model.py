@@ -446,6 +446,18 @@ class Topology:
             for p in self.peerings.values()
         )
 
+    def service_allows_account(self, service: EndpointService, account_id: str) -> bool:
+        """Does the service allow *some* principal of this account (``*``, root, a role, a user)?
+
+        Used when the endpoint's creator is not known (no describe call reports it): an
+        endpoint of that account can exist only if one of its principals was allowed.
+        """
+        if "*" in service.allowed_principals:
+            return True
+        return any(
+            p.count(":") >= 5 and p.split(":")[4] == account_id for p in service.allowed_principals
+        )
+
     def service_allows(self, service: EndpointService, principal: str) -> bool:
         """Allowed-principal match: ``*``, the exact ARN, or the principal's account root."""
         if "*" in service.allowed_principals:

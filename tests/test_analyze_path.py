@@ -261,3 +261,26 @@ def test_unknown_listening_ports_are_not_visible_rather_than_a_stopped_service()
     findings = analyze_flow(t, "client-2", None, 80)
     assert one(findings, "target-service", "server-1").status == "not_visible"
     assert diagnose_static(findings, path="p", now=0.0).blocked_at != "target-service"
+
+
+def test_an_endpoint_of_unknown_creator_is_allowed_by_a_role_of_its_account() -> None:
+    """A snapshot cannot say who created an endpoint: a role of that account counts."""
+    from agent.sources.lab import load_topology
+
+    t = load_topology()
+    svc = next(iter(t.endpoint_services.values()))
+    svc.allowed_principals = ["arn:aws:iam::111111111111:role/platform-deployer"]
+    next(iter(t.endpoints.values())).requester = ""
+    hop = next(f for f in analyze_flow(t, "client-2", None, 80) if f.hop == "service-principal")
+    assert hop.status == "allowed"
+
+
+def test_an_endpoint_of_unknown_creator_is_denied_when_no_principal_of_its_account_is() -> None:
+    from agent.sources.lab import load_topology
+
+    t = load_topology()
+    svc = next(iter(t.endpoint_services.values()))
+    svc.allowed_principals = ["arn:aws:iam::333333333333:root"]
+    next(iter(t.endpoints.values())).requester = ""
+    hop = next(f for f in analyze_flow(t, "client-2", None, 80) if f.hop == "service-principal")
+    assert hop.status == "denied"

@@ -45,6 +45,7 @@ expected_endpoint_ids: [vpce-0b6bf7bc8d96f3ea9]
 @pytest.fixture
 def write(tmp_path: Path):
     (tmp_path / "key").write_text(KEY + "\n")
+    (tmp_path / "key").chmod(0o600)
 
     def _write(text: str, name: str = "agent.yaml") -> Path:
         path = tmp_path / name
@@ -231,3 +232,17 @@ def test_a_bad_expected_ip_names_the_az_key(write) -> None:
     err = error_of(write(CLIENT.replace("{apne1-az4: 10.2.0.20}", "{apne1-az4: 10.2.0.300}")))
     assert err.key is not None and err.key.startswith("paths[0].expected_ips")
     assert err.line == 8
+
+
+def test_a_key_file_every_user_can_read_is_refused(write, tmp_path: Path) -> None:
+    path = write(CLIENT)
+    (tmp_path / "key").chmod(0o644)
+    with pytest.raises(ConfigError, match="accessible to every user") as exc:
+        load_config(path)
+    assert exc.value.key == "key_file"
+
+
+def test_a_key_file_readable_by_the_agents_group_is_accepted(write, tmp_path: Path) -> None:
+    path = write(CLIENT)
+    (tmp_path / "key").chmod(0o640)
+    assert load_config(path).agent_id

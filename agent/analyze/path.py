@@ -416,9 +416,18 @@ class _Walker:
                 )
             )
             return
-        requester = ep.requester or self.consumer_root()
         svc_label = f"{svc_obj.id} ({svc_obj.name})"
-        if t.service_allows(svc_obj, requester):
+        if ep.requester:
+            requester = ep.requester
+            allowed = t.service_allows(svc_obj, requester)
+        else:
+            # a snapshot does not say which principal created the endpoint: any principal of
+            # its owner account (or "*") may have; blaming the account root would be a guess
+            acct = t.accounts.get(ep.account)
+            acct_id = acct.id if acct else ep.account
+            allowed = t.service_allows_account(svc_obj, acct_id)
+            requester = f"arn:aws:iam::{acct_id}:root"
+        if allowed:
             self.add(
                 HopFinding(
                     "service-principal",

@@ -12,7 +12,8 @@ JSON, or JSON that is not the API's output shape, is a :class:`SourceError` nami
 (the CLI exits 2).
 
 What AWS cannot tell us is filled in the documented way (``docs/SNAPSHOT.md``): an
-endpoint's requester is its owner account's root; security group rules come back one per
+endpoint's requester (which principal created it) is unknown, so the analysis asks whether
+*some* principal of its owner account is allowed; security group rules come back one per
 source (AWS's own granularity) with readable ids; instances' listening ports come from
 the optional ``plprobe:services`` tag, else they are unknown (``services_known=False``).
 """
@@ -376,7 +377,12 @@ class _Parser:
         out = []
         for perm in perms:
             proto = normalize_protocol(perm["IpProtocol"])
-            lo, hi = (0, 65535) if proto == "-1" else (perm["FromPort"], perm["ToPort"])
+            # AWS omits the ports for port-less protocols (ESP "50", GRE "47", ...)
+            lo, hi = (
+                (0, 65535)
+                if proto == "-1"
+                else (perm.get("FromPort", 0), perm.get("ToPort", 65535))
+            )
             for kind, key, id_key in (
                 ("cidr", "IpRanges", "CidrIp"),
                 ("cidr", "Ipv6Ranges", "CidrIpv6"),
@@ -496,7 +502,7 @@ class _Parser:
                 enis,
                 _state(e.get("State", "")),
                 bool(e.get("PrivateDnsEnabled", False)),
-                f"arn:aws:iam::{owner}:root",
+                "",  # who created it is in no describe output: unknown
                 _dns_hash(eid, e.get("DnsEntries") or []),
             )
 
@@ -537,7 +543,7 @@ class _Parser:
                 [],
                 _state(c.get("VpcEndpointState", "")),
                 False,
-                f"arn:aws:iam::{owner}:root" if owner else "",
+                "",  # who created it is in no describe output: unknown
                 _dns_hash(eid, c.get("DnsEntries") or []),
             )
 
