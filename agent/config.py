@@ -276,7 +276,15 @@ class ClientConfig(_Common):
     provider_delay: Annotated[float, Field(ge=0, le=30)] = 0.25
     #: how far apart a probe and its observation may be (clock skew + in-flight time)
     correlation_window: Seconds = 30.0
+    #: does the NLB keep the client's initial sequence number (AWS does not document it)?
+    #: auto: assume so unless a round shows otherwise (agent.correlate)
+    nlb_preserves_isn: bool | Literal["auto"] = "auto"
     config_sources: ConfigSources = Field(default_factory=ConfigSources)
+
+    @property
+    def isn_preserved(self) -> bool | None:
+        """``nlb_preserves_isn`` as ``correlate`` takes it (None: decide from the round)."""
+        return None if self.nlb_preserves_isn == "auto" else self.nlb_preserves_isn
 
     @field_validator("provider_url")
     @classmethod

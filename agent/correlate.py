@@ -8,6 +8,9 @@ port, so a 5-tuple join would be wrong exactly when it matters. Two keys are use
   a retried probe has its own id; all of them are listed in ``detail["probe_ids"]`` and any of
   them joins (a return-path drop shows the target seeing each retry).
 * **ISN tag** (syn): the initial sequence number; observations of kind ``syn_tag`` carry it.
+  Whether the NLB keeps the ISN is undocumented: a tag that arrives proves arrival; a missing
+  tag counts as "not seen" only while the ISN is known (or, in auto mode, not contradicted by
+  the round itself) to be preserved — see ``correlate(isn_preserved=...)``.
   A tag has only 32 bits of which a few are random, so two probes of one round can share an
   ISN; an observed ISN that matches probes on more than one path is ambiguous and joins none.
 
@@ -43,7 +46,7 @@ from collections.abc import Iterable, Sequence
 
 from agent.results import Observation, PathEvidence, ProbeResult
 
-__all__ = ["FAILURE_ORDER", "correlate", "deciding_outcome"]
+__all__ = ["FAILURE_ORDER", "correlate", "deciding_outcome", "isn_rewritten"]
 
 #: failures, most telling first (see the module docstring)
 FAILURE_ORDER: tuple[str, ...] = ("dns_error", "timeout", "icmp_unreachable", "refused", "error")
@@ -112,12 +115,22 @@ def correlate(
     *,
     window_s: float,
     provider_error: str | None = None,
+    isn_preserved: bool | None = None,
 ) -> list[PathEvidence]:
     """One PathEvidence per path, in the order paths first appear in ``results``.
 
     ``observations is None`` means no provider evidence could be had; pass the reason as
     ``provider_error`` (it is copied to every path).
+
+    ``isn_preserved`` says whether the NLB keeps the client's initial sequence number — which
+    AWS does not document (AWS-FACTS.md: UNCONFIRMED). A SYN tag that *arrives* proves the
+    probe arrived either way; only a tag that does *not* arrive depends on it: ``False`` means
+    a missing tag proves nothing; ``True`` means it proves the SYN did not arrive; ``None``
+    (auto) assumes it is kept unless this very round contradicts it — a syn probe that
+    completed its handshake on a path where a token arrived but the SYN's tag did not.
     """
+    if isn_preserved is None:
+        isn_preserved = not isn_rewritten(results, observations, window_s=window_s)
     by_path: dict[str, list[ProbeResult]] = {}
     for r in results:
         by_path.setdefault(r.path, []).append(r)
@@ -154,7 +167,7 @@ def correlate(
                 candidates.extend(tokens.get(pid, ()))
             isn = _isn(r)
             if isn is not None:
-                tagged_sent = True
+                tagged_sent = tagged_sent or isn_preserved
                 if len(isn_paths[isn]) == 1:
                     candidates.extend(syn_tags.get(isn, ()))
             for o in candidates:
@@ -183,6 +196,34 @@ def correlate(
         _fill_target_view(ev, joined, replies)
         out.append(ev)
     return out
+
+
+def isn_rewritten(
+    results: Sequence[ProbeResult],
+    observations: Sequence[Observation] | None,
+    *,
+    window_s: float,
+) -> bool:
+    """Does this round show the NLB rewriting initial sequence numbers?
+
+    Evidence: on one path, a syn probe got its SYN-ACK and a token of the same round reached
+    a target, yet no SYN carrying our tag was seen — the SYN went through, its ISN did not.
+    """
+    if not observations:
+        return False
+    tokens = {o.probe_id for o in observations if o.kind == "token" and o.probe_id}
+    isns = {o.isn for o in observations if o.kind == "syn_tag" and o.isn is not None}
+    by_path: dict[str, list[ProbeResult]] = defaultdict(list)
+    for r in results:
+        by_path[r.path].append(r)
+    for path_results in by_path.values():
+        token_arrived = any(pid in tokens for r in path_results for pid in _probe_ids(r))
+        syn_ok = [
+            r for r in path_results if r.probe == "syn" and r.outcome == "ok" and not r.fallback
+        ]
+        if token_arrived and syn_ok and not any(_isn(r) in isns for r in syn_ok):
+            return True
+    return False
 
 
 def _fill_target_view(

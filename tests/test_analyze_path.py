@@ -284,3 +284,11 @@ def test_an_endpoint_of_unknown_creator_is_denied_when_no_principal_of_its_accou
     next(iter(t.endpoints.values())).requester = ""
     hop = next(f for f in analyze_flow(t, "client-2", None, 80) if f.hop == "service-principal")
     assert hop.status == "denied"
+
+
+def test_fix_for_an_ipv6_client_names_a_single_address() -> None:
+    from agent.sources.lab import load_topology
+
+    findings = analyze_flow(load_topology(), "fd00::1", None, 80)
+    fixes = " ".join(f.fix for f in findings if f.fix)
+    assert "fd00::1/128" in fixes and "fd00::1/32" not in fixes

@@ -179,3 +179,42 @@ def test_one_evidence_per_path_in_first_seen_order() -> None:
     evs = correlate([tcp(path=b), tcp(path=a), dns("ok")], [], window_s=5)
     assert [ev.path for ev in evs] == [b, a, PATH]
     assert evs[2].seen_at_target == "unknown"  # only DNS: nothing was sent to the target
+
+
+def test_a_missing_syn_tag_proves_nothing_when_the_nlb_may_rewrite_the_isn() -> None:
+    """AWS does not document whether the NLB keeps the ISN: a missing tag is then no proof."""
+    (ev,) = correlate([syn(0x1111)], [syn_seen(0x2222)], window_s=5, isn_preserved=False)
+    assert ev.seen_at_target == "unknown"
+
+
+def test_a_missing_syn_tag_is_not_seen_when_the_isn_is_kept() -> None:
+    (ev,) = correlate([syn(0x1111)], [syn_seen(0x2222)], window_s=5, isn_preserved=True)
+    assert ev.seen_at_target == "no"
+
+
+def test_a_round_where_a_token_arrived_but_the_handshaken_syns_tag_did_not_shows_rewriting() -> (
+    None
+):
+    """Auto mode: the round itself contradicts ISN preservation, so missing tags prove nothing."""
+    ok_path = "client-2/apne1-az4/81"
+    results = [
+        tcp(path=ok_path, probe_id="cc" * 16),
+        syn(0x3333, outcome="ok", path=ok_path),
+        syn(0x4444, outcome="timeout"),
+    ]
+    observations = [seen(probe_id="cc" * 16, path=ok_path)]
+    by_path = {e.path: e for e in correlate(results, observations, window_s=5)}
+    assert by_path[ok_path].seen_at_target == "yes"
+    assert by_path[PATH].seen_at_target == "unknown"
+
+
+def test_a_round_where_the_handshaken_syns_tag_arrived_keeps_missing_tags_meaningful() -> None:
+    ok_path = "client-2/apne1-az4/81"
+    results = [
+        tcp(path=ok_path, probe_id="cc" * 16),
+        syn(0x3333, outcome="ok", path=ok_path),
+        syn(0x4444, outcome="timeout"),
+    ]
+    observations = [seen(probe_id="cc" * 16, path=ok_path), syn_seen(0x3333)]
+    by_path = {e.path: e for e in correlate(results, observations, window_s=5)}
+    assert by_path[PATH].seen_at_target == "no"

@@ -108,6 +108,11 @@ def path_id(client: str, az_id: str | None, port: int) -> str:
 # --- resolving what the user named --------------------------------------------------------
 
 
+def _host(ip: str) -> str:
+    """The single-address CIDR of an IP: /32 for IPv4, /128 for IPv6 (never a wider block)."""
+    return ipaddress.ip_network(ip).with_prefixlen
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -320,13 +325,13 @@ class _Walker:
     def endpoint_peer_text(self) -> str:
         ep = self.f.endpoint
         if ep is not None and ep.sg_ids:
-            return f"{sg_label(self.t, ep.sg_ids[0])} (or {self.f.eni_ip}/32, the endpoint ENI)"
-        return f"{self.f.eni_ip}/32 (the endpoint ENI)"
+            return f"{sg_label(self.t, ep.sg_ids[0])} (or {_host(self.f.eni_ip)}, the endpoint ENI)"
+        return f"{_host(self.f.eni_ip)} (the endpoint ENI)"
 
     def client_peer_text(self) -> str:
         """How the endpoint SG should name the client: its SG when referenceable, else its IP."""
         f = self.f
-        ip = f"{f.client_ip}/32 ({f.client_name})"
+        ip = f"{_host(f.client_ip)} ({f.client_name})"
         if f.client is None or not f.client.sg_ids or f.endpoint is None:
             return ip
         group = self.t.security_groups.get(f.client.sg_ids[0])
@@ -580,7 +585,7 @@ class _Walker:
                     nlb.sg_ids,
                     ingress=True,
                     port=f.port,
-                    peer=f"{f.client_ip}/32 ({f.client_name})",
+                    peer=f"{_host(f.client_ip)} ({f.client_name})",
                     note=self.nlb_ingress_note(d),
                 ),
             )
@@ -881,9 +886,9 @@ class _Walker:
         what = "health checks" if direction == "health" else "traffic"
         suffix = ":health" if direction == "health" else ""
         target_peer = (
-            sg_label(t, inst.sg_ids[0]) + f" (or {inst.ip}/32, {inst.name})"
+            sg_label(t, inst.sg_ids[0]) + f" (or {_host(inst.ip)}, {inst.name})"
             if inst.sg_ids
-            else f"{inst.ip}/32 ({inst.name})"
+            else f"{_host(inst.ip)} ({inst.name})"
         )
         # ④ NLB SG egress: to the target port AND the health-check port
         if nlb.sg_ids is None:
@@ -950,7 +955,7 @@ class _Walker:
             if nlb.sg_ids:
                 peer = f"{sg_label(t, nlb.sg_ids[0])} (the NLB's IP {node.ip})"
             else:
-                peer = f"{node.ip}/32 (the NLB's IP)"
+                peer = f"{_host(node.ip)} (the NLB's IP)"
             note = (
                 "traffic and health checks arrive from the NLB's IPs, not the clients'"
                 if direction == "forward"
@@ -1158,7 +1163,7 @@ class _Walker:
                 nacl,
                 d,
                 egress=egress,
-                peer_cidr=f"{peer_ip}/32",
+                peer_cidr=f"{_host(peer_ip)}",
                 peer_name=peer_name,
                 why=why,
             ),
