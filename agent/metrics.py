@@ -246,6 +246,10 @@ class Metrics:
                 self.reject(reason, delta)
             self._responder_last[fname] = now
 
+    def new_responder(self) -> None:
+        """A new responder instance starts (reload): its counters start at zero again."""
+        self._responder_last.clear()
+
     def count_sniffer(self, packets: int = 0, dropped: int = 0) -> None:
         """Add the sniffer's packets matched by the BPF filter, and those the kernel dropped."""
         if packets:

@@ -99,6 +99,8 @@ class ProviderAgent:
         self._api_listen = api_listen or config.listen
         self._stack = contextlib.AsyncExitStack()
         self._metrics: Any = metrics
+        #: observations already in a kept store were counted by the agent before a reload
+        self.sync_cursor = self.store.counters.appended
 
     def _say(self, line: str) -> None:
         if self.out is not None:
@@ -116,6 +118,8 @@ class ProviderAgent:
 
     async def _start(self) -> None:
         cfg = self.config
+        if self._metrics is not None:
+            self._metrics.new_responder()  # a fresh responder's counters start at 0
         who = f"plprobe observe: agent {cfg.agent_id} (provider)"
         self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
         if cfg.insecure:
@@ -268,9 +272,11 @@ class ProviderAgent:
         A copy on a timer rather than a hook in the responder keeps the hot path free of
         metric code and works the same for the sniffer's thread.
         """
-        cursor = 0
         while True:
-            cursor = self.sync_metrics(cursor)
+            try:
+                self.sync_cursor = self.sync_metrics(self.sync_cursor)
+            except Exception:  # a bug here must not freeze the provider's metrics for good
+                log.exception("provider metrics sync failed; retrying")
             await asyncio.sleep(METRICS_SYNC_S)
 
     def sync_metrics(self, cursor: int) -> int:

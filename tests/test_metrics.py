@@ -380,3 +380,12 @@ def test_promtool_accepts_the_exposition(m: Metrics, reg: CollectorRegistry) -> 
     )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert proc.stdout.decode().strip() == "", proc.stdout.decode()
+
+
+def test_a_new_responder_after_reload_counts_from_zero_even_past_the_old_value(
+    m: Metrics, reg: CollectorRegistry
+) -> None:
+    m.sync_responder({"forged": 10})
+    m.new_responder()
+    m.sync_responder({"forged": 12})  # the new instance saw 12 of its own
+    assert reg.get_sample_value("plprobe_responder_rejected_total", {"reason": "forged"}) == 22

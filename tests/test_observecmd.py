@@ -194,3 +194,43 @@ async def test_observe_reports_what_the_sniffer_saw_on_the_service_port(tmp_path
         await asyncio.wait_for(task, 5)
         server.close()
         await server.wait_closed()
+
+
+def test_a_reloaded_provider_agent_does_not_count_the_kept_observations_again(
+    tmp_path: Path,
+) -> None:
+    """A reload keeps the store; the new agent must not add its contents to the counters."""
+    from prometheus_client import CollectorRegistry
+
+    from agent.config import load_config
+    from agent.metrics import make_metrics
+    from agent.observe.store import ObservationStore
+    from agent.results import Observation
+
+    config = load_config(write_config(tmp_path))
+    registry = CollectorRegistry()
+    metrics = make_metrics(registry, role="provider")
+    store = ObservationStore(100)
+    for n in range(3):
+        store.append(
+            Observation(
+                "token",
+                "target-1",
+                1.0 + n,
+                "10.3.0.100",
+                4000 + n,
+                "10.3.1.10",
+                80,
+                "responder",
+                probe_id=f"{n:032x}",
+                path="client-2/apne1-az4/80",
+            )
+        )
+    first = ProviderAgent(config, KEY, store=store, metrics=metrics, serve_api=False)
+    first.sync_cursor = first.sync_metrics(0)  # the first agent counted all three
+    again = ProviderAgent(config, KEY, store=store, metrics=metrics, serve_api=False)
+    again.sync_metrics(again.sync_cursor)
+    seen = registry.get_sample_value(
+        "plprobe_target_probes_seen_total", {"path": "client-2/apne1-az4/80", "via": "responder"}
+    )
+    assert seen == 3
