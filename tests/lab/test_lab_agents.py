@@ -97,7 +97,8 @@ def test_a_topology_without_a_shipped_config_gets_one_generated_from_its_endpoin
 @pytest.mark.lab
 def test_the_lab_uses_the_shipped_client_configs(agents_lab: Lab) -> None:
     for client in ("client-1", "client-2"):
-        assert agents.client_config_path(agents_lab, client) == (
+        # agent/lab/topologies is configs/lab, shipped inside the package
+        assert agents.client_config_path(agents_lab, client).resolve() == (
             REPO / "configs" / "lab" / f"{client}.yaml"
         )
 
