@@ -9,7 +9,7 @@
     GET /v1/verdicts         latest Verdict per path          {"verdicts": [...]}
     GET /v1/observations     provider role: agent/observe/api.py's handler
     GET /probe?target=T&module=M
-                             blackbox-exporter compatible: one probe, its own registry
+                             blackbox-exporter compatible: one probe, its own small answer
     POST /-/reload           re-read the configuration file (the daemon's reload path, the same
                              as SIGHUP): 200 on success, 500 with the error (old config kept)
 
@@ -26,11 +26,19 @@ available, ``plprobe_probe_blocked{control}``); only a bad request (no target, a
 function cannot parse, an unknown module — also counted) is an HTTP error. The deadline is the
 scraper's ``X-Prometheus-Scrape-Timeout-Seconds`` minus an offset, or the module's timeout if
 that is smaller; with ``handler_cancellation`` a scraper that gives up cancels its probe.
+
+``/probe`` is the one endpoint on a hot path (a scraper asks once per target per interval), so
+it costs no more CPU than blackbox_exporter's (docs/BENCHMARKS.md): its answer is rendered from
+text precomputed at import (``render_probe``), and plain ``GET /probe`` requests are answered
+below aiohttp by ``agent.api_fastpath.ProbeConnection``, which hands a connection to aiohttp
+at its first request that is anything else. ``ApiServer(fast_probe=False)`` serves everything
+through aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import importlib
 import logging
@@ -38,17 +46,21 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 
 from agent.controls import IDS as CONTROL_IDS
 from agent.errors import ConfigError, PlprobeError
 from agent.metrics import Metrics
 from agent.observe.store import ObservationStore
 from agent.results import OUTCOMES, PROBE_KINDS, PathEvidence, ProbeResult, Verdict
+
+if TYPE_CHECKING:
+    from agent.api_fastpath import ProbeConnection
 
 __all__ = [
     "DEFAULT_PORT",
@@ -296,53 +308,110 @@ def probe_timeout(header: str | None, module: ProbeModule, offset_s: float) -> f
     return min(budget, module.timeout_s)
 
 
-def _probe_registry(
-    success: bool, duration_s: float, outcome: str, verdict: Verdict | None
-) -> CollectorRegistry:
-    """A fresh registry per request: the probe's own answer, nothing shared."""
-    reg = CollectorRegistry(auto_describe=True)
-    Gauge("probe_success", "Whether the probe succeeded.", registry=reg).set(1 if success else 0)
-    Gauge("probe_duration_seconds", "How long the probe took.", registry=reg).set(duration_s)
-    result = Gauge(
-        "plprobe_probe_result", "The probe's client-side result, one-hot.", ["result"], registry=reg
+def _escape_label(value: str) -> str:
+    """Label-value escaping of both text formats: backslash, double quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(name: str, help_text: str) -> str:
+    help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
+
+
+_SUCCESS_HEAD = _family("probe_success", "Whether the probe succeeded.")
+_DURATION_HEAD = _family("probe_duration_seconds", "How long the probe took.")
+_RESULT_HEAD = _family("plprobe_probe_result", "The probe's client-side result, one-hot.")
+_BLOCKED_HEAD = _family("plprobe_probe_blocked", "1 for the control that blocked the probed path.")
+
+#: success -> the probe_success family plus the head of probe_duration_seconds' sample line
+_PROBE_HEAD: dict[bool, str] = {
+    ok: f"{_SUCCESS_HEAD}probe_success {1.0 if ok else 0.0}\n"
+    f"{_DURATION_HEAD}probe_duration_seconds "
+    for ok in (False, True)
+}
+#: outcome -> the one-hot plprobe_probe_result family (every outcome, in OUTCOMES' order)
+_PROBE_RESULT: dict[str, str] = {
+    outcome: _RESULT_HEAD
+    + "".join(
+        f'plprobe_probe_result{{result="{_escape_label(v)}"}} {1.0 if v == outcome else 0.0}\n'
+        for v in OUTCOMES
     )
-    for value in OUTCOMES:
-        result.labels(value).set(1 if value == outcome else 0)
-    if verdict is not None and verdict.status == "fail":
-        control = verdict.blocked_at if verdict.blocked_at in CONTROL_IDS else "unknown"
-        Gauge(
-            "plprobe_probe_blocked",
-            "1 for the control that blocked the probed path.",
-            ["control"],
-            registry=reg,
-        ).labels(control).set(1)
-    return reg
+    for outcome in OUTCOMES
+}
+#: control -> the plprobe_probe_blocked family naming it
+_PROBE_BLOCKED: dict[str, str] = {
+    control: f'{_BLOCKED_HEAD}plprobe_probe_blocked{{control="{_escape_label(control)}"}} 1.0\n'
+    for control in CONTROL_IDS
+}
+_OPENMETRICS_EOF = "# EOF\n"
 
 
-async def _probe(request: web.Request) -> web.Response:
-    deps = request.app[DEPS_KEY]
+def render_probe(
+    success: bool, duration_s: float, outcome: str, control: str | None, *, openmetrics: bool
+) -> bytes:
+    """The ``/probe`` answer, from text precomputed at import.
+
+    Why not a prometheus-client registry: building one with its gauges and running its
+    exposition cost more CPU per request than the probe itself (docs/BENCHMARKS.md). Every
+    label value comes from a fixed set (OUTCOMES, the control catalogue), so each family's
+    text is built (and escaped) once; only the duration is formatted per request, with
+    prometheus-client's own float formatting. tests/test_api.py holds the output byte-equal
+    to prometheus-client's encoders for every outcome and control, in both formats.
+    """
+    parts = [_PROBE_HEAD[success], floatToGoString(duration_s), "\n", _PROBE_RESULT[outcome]]
+    if control is not None:
+        parts.append(_PROBE_BLOCKED[control])
+    if openmetrics:
+        parts.append(_OPENMETRICS_EOF)
+    return "".join(parts).encode()
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_content_type(accept: str) -> tuple[bool, str]:
+    """(openmetrics?, Content-Type) for an Accept header, as prometheus-client negotiates.
+
+    Cached: a scraper sends the same Accept header on every request, and the set of
+    distinct headers is small (bounded by the cache either way).
+    """
+    _, content_type = choose_encoder(accept)
+    return content_type.startswith("application/openmetrics-text"), content_type
+
+
+_TEXT = "text/plain; charset=utf-8"
+_SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+
+#: (HTTP status, Content-Type, body) of a ``/probe`` answer
+ProbeAnswer = tuple[int, str, bytes]
+
+
+def _text(status: int, message: str) -> ProbeAnswer:
+    return status, _TEXT, message.encode()
+
+
+async def answer_probe(
+    deps: ApiDeps, target: str, module_name: str, scrape_timeout: str | None, accept: str
+) -> ProbeAnswer:
+    """One ``/probe`` request, independent of the HTTP layer that carries it.
+
+    Both the aiohttp route and the fast path (``ProbeConnection``) answer through here, so
+    they cannot drift apart: same checks, same status codes, same body.
+    """
     config = deps.config
-    target = request.query.get("target", "")
     if not target:
-        return web.Response(status=400, text="target parameter is missing\n")
+        return _text(400, "target parameter is missing\n")
     if len(target) > MAX_TARGET_LEN:
-        return web.Response(status=400, text="target parameter is too long\n")
-    name = request.query.get("module", "tcp")
-    module = config.modules.get(name)
+        return _text(400, "target parameter is too long\n")
+    module = config.modules.get(module_name)
     if module is None:
         if deps.metrics is not None:
             deps.metrics.probe_module_unknown.inc()
-        return web.Response(status=400, text=f"unknown module {name!r}\n")
+        return _text(400, f"unknown module {module_name!r}\n")
     if deps.probe_fn is None:
-        return web.Response(status=503, text="this agent does not probe (provider role)\n")
+        return _text(503, "this agent does not probe (provider role)\n")
     try:
-        timeout_s = probe_timeout(
-            request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
-            module,
-            config.scrape_timeout_offset_s,
-        )
+        timeout_s = probe_timeout(scrape_timeout, module, config.scrape_timeout_offset_s)
     except ValueError as exc:
-        return web.Response(status=400, text=f"{exc}\n")
+        return _text(400, f"{exc}\n")
 
     started = time.perf_counter()
     verdict: Verdict | None = None
@@ -354,16 +423,35 @@ async def _probe(request: web.Request) -> web.Response:
     except TimeoutError:
         outcome = "timeout"
     except ValueError as exc:
-        return web.Response(status=400, text=f"bad target {target!r}: {exc}\n")
+        return _text(400, f"bad target {target!r}: {exc}\n")
     except PlprobeError as exc:
-        log.info("probe of %s (%s) could not run: %s", target, name, exc)
+        log.info("probe of %s (%s) could not run: %s", target, module_name, exc)
         outcome = "error"
     except Exception:  # a failed probe is a successful request (blackbox_exporter)
-        log.exception("probe of %s (%s) failed unexpectedly", target, name)
+        log.exception("probe of %s (%s) failed unexpectedly", target, module_name)
         outcome = "error"
     duration = time.perf_counter() - started
-    success = outcome == "ok" and not (verdict is not None and verdict.status == "fail")
-    return await _expose(request, _probe_registry(success, duration, outcome, verdict))
+    control: str | None = None
+    if verdict is not None and verdict.status == "fail":
+        control = verdict.blocked_at if verdict.blocked_at in _PROBE_BLOCKED else "unknown"
+    openmetrics, content_type = _probe_content_type(accept)
+    body = render_probe(
+        outcome == "ok" and control is None, duration, outcome, control, openmetrics=openmetrics
+    )
+    return 200, content_type, body
+
+
+async def _probe(request: web.Request) -> web.Response:
+    """The aiohttp route of ``/probe``: HEAD, unusual requests, and the test client."""
+    query = request.query
+    status, content_type, body = await answer_probe(
+        request.app[DEPS_KEY],
+        query.get("target", ""),
+        query.get("module", "tcp"),
+        request.headers.get(_SCRAPE_TIMEOUT_HEADER),
+        ",".join(request.headers.getall(hdrs.ACCEPT, ())),
+    )
+    return web.Response(status=status, body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
 
 # -- /-/reload -----------------------------------------------------------------------------
@@ -400,11 +488,17 @@ def build_app(deps: ApiDeps) -> web.Application:
     return app
 
 
+# -- /probe fast path ----------------------------------------------------------------------
+
+
 class ApiServer:
     """The app embedded in the daemon's loop: the daemon owns signals, we only listen.
 
-    ``handler_cancellation=True``: a client that disconnects (a scraper past its timeout)
-    cancels its handler, and with it the probe it asked for.
+    Connections start on the ``/probe`` fast path (``ProbeConnection``) and move to aiohttp
+    at the first request that is not a plain ``GET /probe``; ``fast_probe=False`` gives every
+    connection to aiohttp from the start. ``handler_cancellation=True`` (and the fast path's
+    equivalent): a client that disconnects (a scraper past its timeout) cancels its handler,
+    and with it the probe it asked for.
     """
 
     def __init__(
@@ -414,9 +508,13 @@ class ApiServer:
         host: str = "0.0.0.0",
         port: int = DEFAULT_PORT,
         shutdown_timeout: float = 1.0,
+        fast_probe: bool = True,
     ) -> None:
         self.host = host
         self.port = port
+        self.deps = app[DEPS_KEY]
+        self.fast_probe = fast_probe
+        self.stopping = False
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -424,14 +522,33 @@ class ApiServer:
             handler_cancellation=True,
             access_log=None,
         )
+        self._server: asyncio.Server | None = None
+        self._connections: set[ProbeConnection] = set()
         self._started = False
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        """A fresh aiohttp connection handler (tracked by aiohttp for its own shutdown)."""
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    def _protocol(self) -> asyncio.Protocol:
+        if not self.fast_probe:
+            return self.aiohttp_protocol()
+        from agent.api_fastpath import ProbeConnection  # it builds on this module
+
+        return ProbeConnection(self)
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen; returns the bound (host, port) pairs (port 0 picks a free port)."""
         await self._runner.setup()
         self._started = True
+        self.stopping = False
+        loop = asyncio.get_running_loop()
         try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
+            self._server = await loop.create_server(
+                self._protocol, self.host or None, self.port, backlog=128, reuse_address=True
+            )
         except OSError as exc:
             await self.stop()
             raise ConfigError(
@@ -441,12 +558,21 @@ class ApiServer:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [(str(a[0]), int(a[1])) for a in self._runner.addresses]
+        if self._server is None:
+            return []
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._server.sockets]
 
     async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self._runner.cleanup()
+        if not self._started:
+            return
+        self._started = False
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for connection in list(self._connections):
+            connection.close()
+        await self._runner.cleanup()
 
     async def __aenter__(self) -> ApiServer:
         await self.start()

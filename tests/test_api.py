@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api import (
@@ -20,11 +25,13 @@ from agent.api import (
     ProbeReport,
     build_app,
     probe_timeout,
+    render_probe,
 )
+from agent.controls import IDS as CONTROL_IDS
 from agent.errors import ConfigError, ProbeError
 from agent.metrics import make_metrics
 from agent.observe.store import ObservationStore
-from agent.results import Observation, PathEvidence, ProbeResult, Verdict
+from agent.results import OUTCOMES, Observation, PathEvidence, ProbeResult, Verdict
 
 PATH = "client-1/apne1-az1/80"
 OTHER = "client-1/apne1-az2/80"
@@ -322,7 +329,8 @@ def test_a_scrape_timeout_that_is_not_a_number_is_refused() -> None:
         probe_timeout("soon", ProbeModule("tcp", "tcp"), 0.5)
 
 
-async def test_a_scraper_that_gives_up_cancels_its_probe() -> None:
+@pytest.mark.parametrize("fast_probe", [True, False], ids=["fast-path", "aiohttp"])
+async def test_a_scraper_that_gives_up_cancels_its_probe(fast_probe: bool) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def probe(target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
@@ -335,7 +343,9 @@ async def test_a_scraper_that_gives_up_cancels_its_probe() -> None:
         raise AssertionError("not reached")
 
     deps = make_deps(probe_fn=probe)
-    async with ApiServer(build_app(deps), host="127.0.0.1", port=0) as server:
+    async with ApiServer(
+        build_app(deps), host="127.0.0.1", port=0, fast_probe=fast_probe
+    ) as server:
         host, port = server.addresses[0]
         async with aiohttp.ClientSession() as session:
             request = asyncio.create_task(
@@ -371,3 +381,226 @@ async def test_a_port_in_use_is_a_configuration_error() -> None:
         server = ApiServer(build_app(make_deps()), host="127.0.0.1", port=port)
         with pytest.raises(ConfigError, match="cannot listen"):
             await server.start()
+
+
+# -- /probe answer: text rendering ---------------------------------------------------------
+
+OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def reference_probe_registry(
+    success: bool, duration_s: float, outcome: str, control: str | None
+) -> CollectorRegistry:
+    """The /probe answer as prometheus-client builds it (what /probe served before)."""
+    reg = CollectorRegistry(auto_describe=True)
+    Gauge("probe_success", "Whether the probe succeeded.", registry=reg).set(1 if success else 0)
+    Gauge("probe_duration_seconds", "How long the probe took.", registry=reg).set(duration_s)
+    result = Gauge(
+        "plprobe_probe_result", "The probe's client-side result, one-hot.", ["result"], registry=reg
+    )
+    for value in OUTCOMES:
+        result.labels(value).set(1 if value == outcome else 0)
+    if control is not None:
+        Gauge(
+            "plprobe_probe_blocked",
+            "1 for the control that blocked the probed path.",
+            ["control"],
+            registry=reg,
+        ).labels(control).set(1)
+    return reg
+
+
+@pytest.mark.parametrize("accept", ["", OPENMETRICS_ACCEPT], ids=["text-0.0.4", "openmetrics"])
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_the_probe_answer_is_byte_equal_to_prometheus_clients_rendering(
+    outcome: str, accept: str
+) -> None:
+    encoder, content_type = choose_encoder(accept)
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    for control in (None, *CONTROL_IDS):
+        for duration in (0.000123, 0.5, 1.0, 2.75, 1234567.5):
+            success = outcome == "ok" and control is None
+            want = encoder(reference_probe_registry(success, duration, outcome, control))
+            got = render_probe(success, duration, outcome, control, openmetrics=openmetrics)
+            assert got == want, (outcome, control, duration)
+
+
+def test_promtool_accepts_the_probe_answer() -> None:
+    promtool = shutil.which("promtool") or (
+        "/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None
+    )
+    if promtool is None:
+        if os.environ.get("PLPROBE_REQUIRE_TOOLS") == "1":
+            pytest.fail("promtool is required (PLPROBE_REQUIRE_TOOLS=1) but not installed")
+        pytest.skip("promtool not installed")
+    body = render_probe(False, 0.0123, "timeout", "target-sg-ingress", openmetrics=False)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=20, check=False
+    )
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "", proc.stdout.decode()
+
+
+# -- /probe fast path (ApiServer) ------------------------------------------------------------
+
+BLOCKED = ProbeReport(
+    tcp_result("timeout"),
+    Verdict(path=PATH, status="fail", stage="forward", blocked_at="target-sg-ingress"),
+)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    """One HTTP/1.x response with a Content-Length: (status line, headers, body)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+    status, *lines = head[:-4].split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5)
+    return status, headers, body
+
+
+async def exchange(port: int, *requests: bytes) -> list[tuple[str, dict[str, str], bytes]]:
+    """Send ``requests`` on one connection (pipelined); read one response per request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(requests))
+        await writer.drain()
+        return [await read_response(reader) for _ in requests]
+    finally:
+        writer.close()
+
+
+def get(target: str, *headers: str, version: str = "HTTP/1.1", close: bool = True) -> bytes:
+    lines = [f"GET {target} {version}", "Host: plprobe", *headers]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def comparable(response: tuple[str, dict[str, str], bytes]) -> tuple[str, str, str, str]:
+    status, headers, body = response
+    text = re.sub(r"probe_duration_seconds \S+", "probe_duration_seconds D", body.decode())
+    return status, headers["content-type"], headers.get("connection", ""), text
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Callable[[ApiDeps], asyncio.Future[tuple[int, int]]]]:
+    """(fast-path port, aiohttp-only port), both serving the same deps."""
+    started: list[ApiServer] = []
+
+    async def start(deps: ApiDeps) -> tuple[int, int]:
+        ports = []
+        for fast in (True, False):
+            server = ApiServer(build_app(deps), host="127.0.0.1", port=0, fast_probe=fast)
+            await server.start()
+            started.append(server)
+            ports.append(server.addresses[0][1])
+        return ports[0], ports[1]
+
+    try:
+        yield start  # type: ignore[misc]
+    finally:
+        for server in started:
+            await server.stop()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        get("/probe?target=10.2.0.20:80&module=tcp"),
+        get("/probe?target=10.2.0.20%3A80"),
+        get("/probe?target=10.2.0.20:80", f"Accept: {OPENMETRICS_ACCEPT}"),
+        get("/probe?target=10.2.0.20:80", "X-Prometheus-Scrape-Timeout-Seconds: 10"),
+        get("/probe?target=10.2.0.20:80", "X-Prometheus-Scrape-Timeout-Seconds: soon"),
+        get("/probe?module=tcp"),
+        get("/probe?target=10.2.0.20:80&module=icmp_echo"),
+        get("/probe?target=10.2.0.20:80", version="HTTP/1.0"),
+        get("/probe?target=10.2.0.20:80", version="HTTP/1.0", close=False),
+    ],
+    ids=[
+        "ok",
+        "percent-encoded",
+        "openmetrics",
+        "scrape-timeout",
+        "bad-scrape-timeout",
+        "no-target",
+        "unknown-module",
+        "http-1.0",
+        "http-1.0-default",
+    ],
+)
+async def test_the_fast_path_answers_like_the_aiohttp_route(servers, request_bytes: bytes) -> None:
+    fast, plain = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+    (want,) = await exchange(plain, request_bytes)
+    (got,) = await exchange(fast, request_bytes)
+    assert comparable(got) == comparable(want)
+
+
+async def test_the_fast_path_names_the_blocking_control_like_the_aiohttp_route(servers) -> None:
+    fast, plain = await servers(make_deps(probe_fn=fixed_probe(BLOCKED)))
+    request = get("/probe?target=10.2.0.20:80")
+    (want,) = await exchange(plain, request)
+    (got,) = await exchange(fast, request)
+    assert comparable(got) == comparable(want)
+    assert 'plprobe_probe_blocked{control="target-sg-ingress"} 1.0' in got[2].decode()
+
+
+async def test_a_kept_alive_connection_serves_probes_then_hands_other_requests_to_aiohttp(
+    servers,
+) -> None:
+    fast, _ = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+    responses = await exchange(
+        fast,
+        get("/probe?target=10.2.0.20:80", close=False),
+        get("/probe?target=10.2.0.20:81", close=False),
+        get("/healthz"),
+    )
+    assert [r[0] for r in responses] == ["HTTP/1.1 200 OK"] * 3
+    assert [b"probe_success 1.0" in r[2] for r in responses] == [True, True, False]
+    assert b'"status": "ok"' in responses[2][2]
+    assert "connection" not in responses[0][1]  # HTTP/1.1 keep-alive is the default
+
+
+async def test_requests_the_fast_path_does_not_take_are_answered_by_aiohttp(servers) -> None:
+    fast, plain = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+    requests = [
+        b"POST /probe?target=a:1 HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"GET /probe/x?target=a:1 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /probe?target=a:1 HTTP/1.1\r\nX-Odd\xff: 1\r\nConnection: close\r\n\r\n",
+    ]
+    for request in requests:
+        (want,) = await exchange(plain, request)
+        (got,) = await exchange(fast, request)
+        assert got[0] == want[0], request
+        assert got[0] != "HTTP/1.1 200 OK"
+
+
+async def test_a_request_that_arrives_in_pieces_is_answered(servers) -> None:
+    fast, _ = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+    request = get("/probe?target=10.2.0.20:80")
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast)
+    try:
+        for i in range(0, len(request), 7):
+            writer.write(request[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == "HTTP/1.1 200 OK"
+    assert b"probe_success 1.0" in body
+
+
+async def test_stopping_the_server_closes_its_idle_fast_path_connections() -> None:
+    deps = make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result())))
+    server = ApiServer(build_app(deps), host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.addresses[0][1])
+        writer.write(get("/probe?target=10.2.0.20:80", close=False))
+        await read_response(reader)
+    finally:
+        await server.stop()
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
