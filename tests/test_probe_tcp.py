@@ -223,3 +223,21 @@ async def test_an_unreachable_connect_is_reported_with_icmp(ctx, monkeypatch) ->
     assert result.icmp == (3, 1)
     assert result.detail["icmp_inferred"] is True
     assert "No route to host" in (result.error or "")
+
+
+async def test_the_duration_does_not_include_waiting_for_a_silent_service(ctx, serve) -> None:
+    """A service that answers nothing keeps the connection open: the probe closes it politely
+    after a short drain, but its duration is the connect and the send, not that wait."""
+    hold = asyncio.Event()
+
+    async def handler(reader, writer):
+        await hold.wait()
+        writer.close()
+
+    port = await serve(handler)
+    try:
+        result = await tcp.probe(target(port), ctx)
+    finally:
+        hold.set()
+    assert result.outcome == "ok"
+    assert result.duration_s < tcp._DRAIN_S, result.duration_s  # the drain waits _DRAIN_S

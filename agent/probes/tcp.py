@@ -208,6 +208,9 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
                 else:
                     result.reply = reply_to_dict(reply)
         else:
+            # the probe's answer is in (connected, token sent); the drain is only politeness
+            # towards the service, so it must not count in the probe's duration
+            result.duration_s = time.perf_counter() - t0
             await _drain(loop, sock, ctx)
     except (OSError, TimeoutError) as exc:
         outcome, icmp = classify_oserror(exc)
@@ -227,5 +230,6 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
     finally:
         if sock is not None:
             sock.close()
-        result.duration_s = time.perf_counter() - t0
+        if not result.duration_s:
+            result.duration_s = time.perf_counter() - t0
     return result
