@@ -80,3 +80,19 @@ async def test_a_resolver_that_does_not_answer_in_time_is_a_dns_error_not_a_time
     assert result.outcome == "dns_error"
     assert result.detail["reason"] == "timeout"
     assert result.duration_s < 1.0
+
+
+async def test_a_dual_stack_answer_matches_an_ipv4_only_expectation(ctx, monkeypatch) -> None:
+    """An endpoint may also answer AAAA; IPv4 expectations say nothing about IPv6."""
+    loop = asyncio.get_running_loop()
+
+    async def dual(*args, **kwargs):
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.2.0.20", 0)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::20", 0, 0, 0)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", dual)
+    result = await dns.probe(target("endpoint.example", ("10.2.0.20",)), ctx)
+    assert result.outcome == "ok", result.error
+    assert result.extra == []

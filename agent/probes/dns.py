@@ -75,7 +75,10 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
         result.addresses = addresses
         if target.expected_ips:
             expected = {str(ipaddress.ip_address(ip)) for ip in target.expected_ips}
-            got = set(addresses)
+            # compare within the address families that were configured: a dual-stack endpoint
+            # also answers AAAA, which an IPv4-only expectation says nothing about
+            families = {ipaddress.ip_address(ip).version for ip in expected}
+            got = {a for a in addresses if ipaddress.ip_address(a).version in families}
             result.missing = _sort_ips(expected - got)
             result.extra = _sort_ips(got - expected)
             if result.missing or result.extra:
