@@ -14,8 +14,12 @@ logs the error; a good one is swapped in: removed paths are forgotten (metrics, 
 new ones added, the schedules restarted.
 
 **Client role.** One schedule per configured endpoint (``paths[]`` entry, which covers its AZs
-and ports): a first round within ``first_jitter_s`` of start, then every ``interval`` (the
-path's override, else the client's) +/- ``jitter`` so endpoints do not probe in lock-step.
+and ports): a first round within ``first_jitter_s`` of start, then a round every
+``interval × U(1 − jitter, 1)`` (``interval`` is the path's override, else the client's),
+measured from the previous round's start. The jitter keeps endpoints out of lock-step but
+only ever *shortens* a period: a break is probed at most ``interval`` after it happens, so
+``plprobe_path_up`` flips at most ``interval + timeout × (1 + retries)`` (+ DNS and
+diagnosis, milliseconds) after a break — the worst case docs/BENCHMARKS.md measures.
 Rounds of different endpoints overlap; probes in flight are bounded daemon-wide by one
 semaphore (``concurrency``). Each round has an explicit budget (DNS + connect attempts +
 provider fetch + one interval); an overrun is cancelled and logged. After a round:
@@ -23,6 +27,20 @@ provider fetch + one interval); an overrun is cancelled and logged. After a roun
 slower refresh with backoff), and the results, evidence and verdicts are published to the API
 holder and to the metrics; one log line per verdict *change* (``agent.logs``).
 ``/healthz/ready`` turns 200 once every endpoint has had its first round.
+
+What a round does not redo (the daemon's idle cost is per-round work; docs/BENCHMARKS.md):
+one ``runner.SharedProbes`` (an aiohttp session whose connector still opens a new connection
+per http probe, and one SYN engine: raw sockets and scapy-built templates made once, replaced
+if a socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per view and
+path) live from client start to stop, and are replaced on reload. Modules only the provider
+role or one probe kind needs (the observe stack, scapy, botocore) are imported when used.
+
+Memory, when the daemon owns its process (``handle_signals``): glibc is asked for at most
+``MALLOC_ARENAS`` malloc arenas (by default every thread that mallocs — the resolver threads
+of the dns probes, the view loader — gets its own, each keeping freed memory resident), and
+freed heap pages are returned to the kernel (``malloc_trim``) once every endpoint has had its
+first round and after each view refresh (the snapshot parse is the largest transient). Both
+are no-ops off glibc. Measured on the 50-path bench: -2 MiB each.
 
 **Provider role.** ``agent.observecmd.ProviderAgent`` (responder, sniffer when enabled and
 permitted — without CAP_NET_RAW it logs and continues — and the observation store) with this
@@ -46,7 +64,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
@@ -65,14 +83,22 @@ from agent.config import (
 from agent.errors import ConfigError, PlprobeError
 from agent.logs import VerdictLog, setup_logging
 from agent.metrics import Metrics, make_metrics
-from agent.observe.store import ObservationStore
-from agent.observecmd import ProviderAgent
-from agent.pipeline import SelfIdentity, diagnose_round, imds_instance_id, self_identity
+from agent.pipeline import (
+    FindingsCache,
+    SelfIdentity,
+    diagnose_round,
+    imds_instance_id,
+    self_identity,
+)
 from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
-from agent.runner import ObservationSource, RoundResult, raw_allowed, run_round
-from agent.views import ViewKeeper, source_for
+from agent.runner import ObservationSource, RoundResult, SharedProbes, raw_allowed, run_round
+from agent.views import ViewKeeper, for_daemon, source_for
 
-__all__ = ["Daemon", "declared_paths", "parse_target"]
+if TYPE_CHECKING:
+    from agent.observe.store import ObservationStore
+    from agent.observecmd import ProviderAgent
+
+__all__ = ["Daemon", "declared_paths", "parse_target", "schedule_period"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +110,32 @@ FIRST_VIEW_WAIT_S = 10.0
 #: runner slack per prober call (agent.runner._GRACE_S)
 _GRACE_S = 0.5
 _CONNECTING = ("syn", "tcp", "http")
+#: glibc malloc arenas for the whole process (module docstring, "Memory")
+MALLOC_ARENAS = 1
+_M_ARENA_MAX = -8  # mallopt parameter number (malloc.h)
+
+
+def _glibc() -> Any:
+    """libc through ctypes when it is glibc (has mallopt and malloc_trim), else None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for this process; False where that is not possible."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def release_free_memory() -> bool:
+    """Give freed heap pages back to the kernel (glibc ``malloc_trim``); True if any were."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) == 1)
 
 
 def declared_paths(config: ClientConfig) -> dict[str, PathConfig]:
@@ -116,6 +168,15 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def schedule_period(interval: float, jitter: float) -> float:
+    """Seconds from one round's start to the next: ``interval × U(1 − jitter, 1)``.
+
+    Jitter only shortens the period, so the detection bound stays ``interval`` (plus the
+    time to call a failure), never ``interval × (1 + jitter)``.
+    """
+    return interval * random.uniform(1.0 - min(max(jitter, 0.0), 1.0), 1.0)
 
 
 def round_budget(config: ClientConfig, path: PathConfig) -> float:
@@ -190,6 +251,8 @@ class Daemon:
         self._refs: dict[str, PathRef] = {}
         self._first_pending: set[int] = set()
         self._vlog = VerdictLog()
+        self._shared = SharedProbes()
+        self._findings = FindingsCache()
         # provider role
         self._agent: ProviderAgent | None = None
         self._store: ObservationStore | None = None
@@ -203,6 +266,8 @@ class Daemon:
     async def serve(self) -> int:
         """Start, run until a stop signal (or ``stop()``), stop everything; returns 0."""
         self._main = asyncio.current_task()
+        if self.handle_signals:  # the daemon owns the process: its allocator too
+            limit_malloc_arenas()
         async with contextlib.AsyncExitStack() as stack:
             if self.handle_signals:
                 self._install_signals(stack)
@@ -224,6 +289,8 @@ class Daemon:
         if isinstance(cfg, ClientConfig):
             self.deps.probe_fn = self._probe
         else:
+            from agent.observe.store import ObservationStore  # provider role only
+
             self._store = ObservationStore(
                 max_entries=cfg.max_observations, ttl_s=cfg.observation_ttl
             )
@@ -283,6 +350,16 @@ class Daemon:
         if not self.ready.is_set():
             self.ready.set()
             log.info("ready")
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.handle_signals:
+            release_free_memory()
+
+    def _view_refreshed(self, kind: str, ok: bool) -> None:
+        self.metrics.set_evidence_source(kind, ok)
+        if ok:
+            self._trim()
 
     def _api_config(self, config: AgentConfig) -> ApiConfig:
         host, port = parse_listen(self.listen)
@@ -336,7 +413,7 @@ class Daemon:
             log.warning("listen changed to %s: takes effect after a restart", new.listen)
         api = self._api_config(new)  # may raise (token file): before anything changes
         if isinstance(new, ClientConfig):
-            view_source = source_for(new)  # may raise (missing snapshot dir)
+            view_source = for_daemon(source_for(new))  # may raise (missing snapshot dir)
             await self._swap_client(new, key, view_source)
         else:
             assert isinstance(new, ProviderConfig)
@@ -350,14 +427,14 @@ class Daemon:
 
     async def _start_client(self, config: ClientConfig) -> None:
         self._sem = asyncio.Semaphore(config.concurrency)
-        await self._start_view(source_for(config), config)
+        await self._start_view(for_daemon(source_for(config)), config)
         self._start_schedules(config, self.key)
 
     async def _start_view(self, source: Any, config: ClientConfig) -> None:
         keeper = ViewKeeper(
             source,
             interval_s=config.config_sources.refresh_interval,
-            on_refresh=self.metrics.set_evidence_source,
+            on_refresh=self._view_refreshed,
         )
         self._keeper = keeper
         if source is None:
@@ -406,6 +483,7 @@ class Daemon:
         if self._keeper_task is not None:
             await _cancel_all([self._keeper_task])
             self._keeper_task = None
+        await self._shared.close()
 
     async def _swap_client(self, new: ClientConfig, key: bytes, view_source: Any) -> None:
         old = self.config
@@ -426,6 +504,10 @@ class Daemon:
             await self._start_view(view_source, new)
         if new.concurrency != old.concurrency:
             self._sem = asyncio.Semaphore(new.concurrency)
+        # probe resources and cached analysis follow the new config (key, paths, identity)
+        await self._shared.close()
+        self._shared = SharedProbes()
+        self._findings = FindingsCache()
         self._start_schedules(new, key)
 
     def _forget(self, pid: str) -> None:
@@ -452,8 +534,8 @@ class Daemon:
                 self._first_pending.discard(index)
                 if not self._first_pending:
                     self._set_ready()
-            spread = 1 + random.uniform(-self.jitter, self.jitter)
-            await asyncio.sleep(max(0.0, started + settings.interval * spread - loop.time()))
+            period = schedule_period(settings.interval, self.jitter)
+            await asyncio.sleep(max(0.0, started + period - loop.time()))
 
     async def _round(
         self, sub: ClientConfig, pc: PathConfig, key: bytes, budget: float
@@ -466,6 +548,7 @@ class Daemon:
                     provider=self.provider,
                     check_raw=self.check_raw,
                     semaphore=self._sem,
+                    shared=self._shared,
                 )
         except TimeoutError:
             log.warning("round of %s overran its %.1fs budget and was cancelled", pc.name, budget)
@@ -481,7 +564,7 @@ class Daemon:
         config = self.config
         assert isinstance(config, ClientConfig)
         view = self._keeper.view if self._keeper is not None else None
-        diagnosis = diagnose_round(result, view, self._identity())
+        diagnosis = diagnose_round(result, view, self._identity(), cache=self._findings)
         interval = config.for_path(pc).interval
         for ref in result.paths:
             self._refs[ref.id] = ref
@@ -581,6 +664,8 @@ class Daemon:
         return {name: source(name) for name in ("responder", "sniffer")}
 
     async def _start_provider(self, config: ProviderConfig, key: bytes) -> None:
+        from agent.observecmd import ProviderAgent  # provider role only
+
         assert self._store is not None
         agent = ProviderAgent(
             config,

@@ -24,6 +24,11 @@ configuration. For each path of the round:
 2. ``analyze.path.walk`` over that flow, then ``diagnose.diagnose(evidence, findings)``.
 
 With no view (or a path with no flow) diagnosis runs on packets alone (``findings=[]``).
+
+Step 1 and 2 depend only on the view and the path, never on the packets: the daemon passes a
+``FindingsCache`` so they run once per (view, path) instead of every round; a refreshed or
+reloaded view is a new Topology object and empties the cache. (When this agent is found by
+its source IP, that route lookup is therefore also re-done per view refresh, not per round.)
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ from agent.analyze.path import Flow, walk
 from agent.diagnose import diagnose, rollup
 from agent.errors import PlprobeError
 from agent.model import Endpoint, EndpointEni, Instance, Topology
-from agent.results import PathEvidence, PathRef, Verdict
+from agent.results import HopFinding, PathEvidence, PathRef, Verdict
 from agent.runner import RoundResult
 from agent.views import NO_VIEW, ConfigView
 
 __all__ = [
     "Diagnosis",
+    "FindingsCache",
     "SelfIdentity",
     "diagnose_round",
     "find_flow",
@@ -179,6 +185,55 @@ def find_flow(topology: Topology, ref: PathRef, me: SelfIdentity) -> Flow:
     return Flow(name, ip, inst, ep, eni, ref.port, az)
 
 
+# --- static findings, cached per view ---------------------------------------------------
+
+
+def _static(topology: Topology, ref: PathRef, me: SelfIdentity) -> tuple[list[HopFinding], str]:
+    """(findings, "") or ([], why the configuration cannot be used for this path)."""
+    try:
+        return walk(topology, find_flow(topology, ref, me)), ""
+    except LookupError as exc:
+        return [], str(exc)
+    except PlprobeError as exc:
+        return [], f"configuration analysis failed: {exc}"
+
+
+class FindingsCache:
+    """Static findings per (view, path) for a daemon whose view changes only on refresh.
+
+    Keyed by the Topology *object* (a refresh or reload builds a new one) and this agent's
+    identity; anything else empties it. Bounded: paths come from the configuration, and
+    ``max_entries`` caps those discovered through DNS. Findings are never mutated downstream,
+    so one list serves every round.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._topology: Topology | None = None
+        self._me: SelfIdentity | None = None
+        self._entries: dict[tuple[object, ...], tuple[list[HopFinding], str]] = {}
+        #: analyses run (misses) and served from the cache (hits), for tests and profiling
+        self.misses = 0
+        self.hits = 0
+
+    def get(
+        self, topology: Topology, ref: PathRef, me: SelfIdentity
+    ) -> tuple[list[HopFinding], str]:
+        if topology is not self._topology or me != self._me:
+            self._entries.clear()
+            self._topology, self._me = topology, me
+        key = (ref.id, ref.ip, ref.name, ref.port, ref.az_id)
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        found = self._entries[key] = _static(topology, ref, me)
+        return found
+
+
 # --- the round ----------------------------------------------------------------------------
 
 
@@ -204,11 +259,13 @@ def diagnose_round(
     *,
     paths: Iterable[PathRef] = (),
     now: float | None = None,
+    cache: FindingsCache | None = None,
 ) -> Diagnosis:
     """One verdict per path of the round: packets decide the stage, the view the rule.
 
     ``round_`` is a ``RoundResult`` (its ``paths`` say what each path is) or bare evidence
     plus ``paths``. ``view`` may be a ConfigView, a bare Topology, or None (packets only).
+    ``cache`` (the daemon's) reuses the static findings of a path while the view is the same.
     """
     if isinstance(view, Topology):
         view = ConfigView(view, "snapshot", view.source or "topology", loaded_at=time.time())
@@ -230,12 +287,9 @@ def diagnose_round(
         if topology is not None and ref is None:
             notes[ev.path] = "the round does not say which endpoint this path probes"
         elif topology is not None and ref is not None:
-            try:
-                findings = walk(topology, find_flow(topology, ref, me))
-            except LookupError as exc:
-                notes[ev.path] = str(exc)
-            except PlprobeError as exc:
-                notes[ev.path] = f"configuration analysis failed: {exc}"
+            findings, note = (cache.get if cache else _static)(topology, ref, me)
+            if note:
+                notes[ev.path] = note
         verdict = diagnose(ev, findings, path=ev.path, now=stamp)
         if view.kind != "none" or view.error:
             verdict.evidence.append(view.note())

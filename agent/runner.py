@@ -27,6 +27,13 @@ A round, in order:
 
 Only here are prober exceptions caught: a ``ProbeError`` (or a bug) becomes an ``error``
 result for that probe, never a failed round.
+
+**Per round or per daemon.** A one-off round (``check``, ``probe``) opens its own aiohttp
+session and SYN engine and closes them at the end. The daemon passes ``shared``
+(``SharedProbes``), which keeps both for the process's lifetime: the SYN engine's sockets and
+scapy-built templates are made once and replaced only when a socket breaks or the key
+changes; the session's connector still opens a NEW connection for every http probe
+(``force_close``), so each probe exercises connection setup, as a per-round session did.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ __all__ = [
     "HttpObservationSource",
     "ObservationSource",
     "RoundResult",
+    "SharedProbes",
     "build_dns_targets",
     "raw_allowed",
     "run_round",
@@ -399,11 +407,14 @@ async def run_round(
     provider: ObservationSource | None = None,
     check_raw: Callable[[], bool] = raw_allowed,
     semaphore: asyncio.Semaphore | None = None,
+    shared: SharedProbes | None = None,
 ) -> RoundResult:
     """Run one round of probes for every configured path and correlate with the provider.
 
     ``semaphore`` bounds probes in flight across rounds that run at once (the daemon runs
     one round per endpoint on its own schedule and shares one); default: ``concurrency``.
+    ``shared``: the daemon's long-lived session and SYN engine (module docstring); without
+    it the round opens and closes its own.
     """
     started = time.time()
     raw = check_raw() if any("syn" in p.probes for p in config.paths) else False
@@ -428,11 +439,20 @@ async def run_round(
         if any("http" in p.probes for p in config.paths):
             from agent.probes.http import SESSION_KEY, make_session
 
-            session = make_session(limit=config.concurrency)
-            stack.push_async_callback(session.close)
+            if shared is not None:
+                session = shared.http_session(limit=config.concurrency)
+            else:
+                session = make_session(limit=config.concurrency)
+                stack.push_async_callback(session.close)
             base.extras[SESSION_KEY] = session
         if raw:
-            raw = _open_syn_engine(base, stack)
+            if shared is not None:
+                engine = await shared.syn_engine(key, insecure=config.insecure)
+                if engine is not None:
+                    base.extras["syn_engine"] = engine
+                raw = engine is not None
+            else:
+                raw = await _open_syn_engine(base, stack)
             base.raw_allowed = raw
             for c in contexts.values():
                 c.raw_allowed = raw
@@ -489,14 +509,14 @@ async def run_round(
     )
 
 
-def _open_syn_engine(ctx: ProbeContext, stack: contextlib.AsyncExitStack) -> bool:
+async def _open_syn_engine(ctx: ProbeContext, stack: contextlib.AsyncExitStack) -> bool:
     """One SynEngine for the round (shared by all syn probes); False when it cannot open."""
     try:
         from agent.probes import syn
     except ImportError:
         return False
-    engine = syn.SynEngine(tagger=syn.tagger_for(ctx))
     try:
+        engine = syn.SynEngine(tagger=syn.tagger_for(ctx), templates=await syn.load_templates())
         engine.open()
     except PlprobeError as exc:
         log.info("syn engine unavailable, syn probes fall back to tcp: %s", exc)
@@ -504,6 +524,84 @@ def _open_syn_engine(ctx: ProbeContext, stack: contextlib.AsyncExitStack) -> boo
     stack.callback(engine.close)
     ctx.extras["syn_engine"] = engine
     return True
+
+
+class SharedProbes:
+    """Probe resources a daemon keeps across rounds: one aiohttp session, one SYN engine.
+
+    Why: building them per round was most of an idle daemon's CPU (scapy templates, raw
+    socket setup and BPF attach, a session with its connector and trace config per round).
+    What stays per probe is what a probe must exercise: a new TCP connection (the session's
+    connector uses ``force_close``) and a fresh SYN with a new tagged ISN.
+
+    The engine is opened on first use and handed out while ``healthy``; a broken one (a
+    socket closed or failing under it) is closed and replaced at the next round, and a failed
+    open is retried at the next round (that round's syn probes fall back to tcp and say so).
+    A different key (reload) replaces the engine too, so its SYN tags follow the key.
+    ``close()`` (daemon stop or reload) closes both.
+    """
+
+    def __init__(self, *, socket_factory: Any = None) -> None:
+        self._factory = socket_factory
+        self._session: aiohttp.ClientSession | None = None
+        self._engine: Any = None  # agent.probes.syn.SynEngine (lazy: raw sockets only)
+        self._engine_key: bytes | None = None
+        self._lock = asyncio.Lock()
+        #: engines opened so far (1 in a healthy daemon; tests and logs read it)
+        self.engine_opens = 0
+
+    def http_session(self, *, limit: int = 64) -> aiohttp.ClientSession:
+        """The daemon's session (fresh connection per request); made on first use."""
+        if self._session is None or self._session.closed:
+            from agent.probes.http import make_session
+
+            self._session = make_session(limit=limit)
+        return self._session
+
+    async def syn_engine(self, key: bytes, *, insecure: bool = False) -> Any:
+        """An open, healthy SynEngine for ``key``, or None when raw probing is unavailable."""
+        async with self._lock:
+            engine = self._engine
+            if engine is not None and (not engine.healthy or self._engine_key != key):
+                if not engine.healthy:
+                    log.warning(
+                        "syn engine unusable (%s): opening a new one",
+                        engine.failure or "sockets closed",
+                    )
+                engine.close()
+                self._engine = engine = None
+            if engine is None:
+                engine = await self._open(key, insecure)
+                if engine is None:
+                    return None
+            engine.forget_routes()
+            return engine
+
+    async def _open(self, key: bytes, insecure: bool) -> Any:
+        try:
+            from agent.probes import syn
+        except ImportError:
+            return None
+        ctx = ProbeContext(agent_id="", key=key, insecure=insecure)
+        extra = {"socket_factory": self._factory} if self._factory is not None else {}
+        try:
+            templates = await syn.load_templates()
+            engine = syn.SynEngine(tagger=syn.tagger_for(ctx), templates=templates, **extra)
+            engine.open()
+        except PlprobeError as exc:
+            log.info("syn engine unavailable, syn probes fall back to tcp: %s", exc)
+            return None
+        self._engine, self._engine_key = engine, key
+        self.engine_opens += 1
+        return engine
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
 
 
 async def _fetch_observations(

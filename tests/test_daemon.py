@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from agent.config import ClientConfig, ProviderConfig, load_config
-from agent.daemon import Daemon
+from agent.daemon import Daemon, schedule_period
 from agent.lab.snapshot import write_snapshot
 from agent.logs import VERDICT_LOGGER, JsonFormatter, VerdictLog
 from agent.observe.responder import Responder
@@ -138,6 +138,22 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
 async def get(url: str, **kw: Any) -> tuple[int, str]:
     async with aiohttp.ClientSession() as s, s.get(url, **kw) as r:
         return r.status, await r.text()
+
+
+def test_schedule_jitter_only_ever_shortens_the_period() -> None:
+    periods = [schedule_period(10.0, 0.1) for _ in range(2000)]
+    assert max(periods) <= 10.0 and min(periods) >= 9.0
+    assert max(periods) - min(periods) > 0.5  # it still spreads endpoints apart
+
+
+async def test_stopping_the_daemon_closes_its_shared_probe_session(running: Running) -> None:
+    session = running.daemon._shared.http_session()
+    running.daemon.stop()
+    for _ in range(30):
+        if session.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert session.closed
 
 
 async def test_a_path_to_a_live_responder_is_up_after_the_first_round(running: Running) -> None:

@@ -17,7 +17,13 @@ import pytest
 from agent.lab.faults import break_topology
 from agent.lab.snapshot import write_snapshot
 from agent.model import Topology
-from agent.pipeline import SelfIdentity, diagnose_round, find_flow, route_source_ip
+from agent.pipeline import (
+    FindingsCache,
+    SelfIdentity,
+    diagnose_round,
+    find_flow,
+    route_source_ip,
+)
 from agent.results import PathEvidence, PathRef, ProbeResult
 from agent.runner import RoundResult
 from agent.sources.aws_snapshot import load_snapshot
@@ -181,3 +187,46 @@ def test_the_json_has_the_stable_verdict_field_names() -> None:
 def test_the_route_source_ip_towards_loopback_is_loopback(dest: str) -> None:
     source = route_source_ip(dest)
     assert source in (dest, None)  # None only where the family is not configured
+
+
+# --- the daemon's cache of static findings ---------------------------------------------------
+
+
+def test_the_findings_cache_analyses_a_path_once_per_view() -> None:
+    topology = break_topology(reference(), "nlb-sg-ingress")
+    cache = FindingsCache()
+    first = diagnose_round(a_round(evidence("timeout", "no")), topology, ME, cache=cache)
+    again = diagnose_round(a_round(evidence("timeout", "no")), topology, ME, cache=cache)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert first.verdicts[0].blocked_at == again.verdicts[0].blocked_at == "nlb-sg-ingress"
+
+
+def test_a_refreshed_view_is_analysed_again_and_its_change_shows() -> None:
+    cache = FindingsCache()
+    diagnose_round(a_round(evidence("timeout", "no")), reference(), ME, cache=cache)
+    broken = break_topology(reference(), "endpoint-sg-ingress")
+    diagnosis = diagnose_round(a_round(evidence("timeout", "no")), broken, ME, cache=cache)
+    assert cache.misses == 2
+    assert diagnosis.verdicts[0].blocked_at == "endpoint-sg-ingress"
+
+
+def test_cached_and_uncached_diagnoses_agree() -> None:
+    topology = break_topology(reference(), "target-sg-ingress")
+    round_ = a_round(evidence("timeout", "yes"))
+    cache = FindingsCache()
+    diagnose_round(round_, topology, ME, cache=cache)
+    cached = diagnose_round(round_, topology, ME, cache=cache, now=1.0).verdicts[0]
+    plain = diagnose_round(round_, topology, ME, now=1.0).verdicts[0]
+    assert cached.to_json() == plain.to_json()
+
+
+def test_a_path_without_a_flow_keeps_its_note_when_cached() -> None:
+    cache = FindingsCache()
+    stray = ref(ip="10.9.9.9", name="nowhere.example")
+    topology = reference()
+    for _ in range(2):
+        diagnosis = diagnose_round(
+            a_round(evidence("timeout", "no"), refs=[stray]), topology, ME, cache=cache
+        )
+    assert "no endpoint" in diagnosis.notes[PID]
+    assert (cache.misses, cache.hits) == (1, 1)

@@ -303,3 +303,109 @@ async def test_the_table_has_one_row_per_path_and_flags_insecure_runs(tmp_path) 
     assert lines[0].split()[:2] == ["PATH", "OUTCOME"]
     assert lines[1].split()[1] == "refused"
     assert "NOT authenticated" in text
+
+
+# ------------------------------------------------------------------------------ SharedProbes
+
+
+class _FakeRaw:
+    """Stands in for the SYN engine's raw sockets (no root needed): accepts and records."""
+
+    def __init__(self) -> None:
+        self._pair = socket.socketpair()
+
+    def setsockopt(self, *args: object) -> None: ...
+
+    def getsockopt(self, *args: object) -> int:
+        return 1 << 20
+
+    def setblocking(self, flag: bool) -> None: ...
+
+    def connect(self, addr: tuple[str, int]) -> None: ...
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("10.9.9.1", 4242)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        return len(data)
+
+    def fileno(self) -> int:
+        return self._pair[0].fileno()
+
+    def close(self) -> None:
+        for s in self._pair:
+            s.close()
+
+
+async def test_a_daemons_rounds_share_one_syn_engine() -> None:
+    shared = runner.SharedProbes(socket_factory=lambda *a: _FakeRaw())
+    try:
+        first = await shared.syn_engine(KEY)
+        second = await shared.syn_engine(KEY)
+        assert first is not None and first is second
+        assert shared.engine_opens == 1
+    finally:
+        await shared.close()
+
+
+async def test_a_syn_engine_whose_socket_broke_is_replaced_at_the_next_round() -> None:
+    shared = runner.SharedProbes(socket_factory=lambda *a: _FakeRaw())
+    try:
+        broken = await shared.syn_engine(KEY)
+        broken._tcp._pair[0].close()  # the raw socket dies under the engine
+        fresh = await shared.syn_engine(KEY)
+        assert fresh is not broken and fresh.healthy and not broken.healthy
+        assert shared.engine_opens == 2
+    finally:
+        await shared.close()
+
+
+async def test_a_new_key_gets_a_new_syn_engine_with_its_tags() -> None:
+    shared = runner.SharedProbes(socket_factory=lambda *a: _FakeRaw())
+    try:
+        old = await shared.syn_engine(KEY)
+        new = await shared.syn_engine(b"n" * 32)
+        assert new is not old and shared.engine_opens == 2
+    finally:
+        await shared.close()
+
+
+async def test_without_raw_sockets_the_shared_engine_is_none_and_retried_later() -> None:
+    def denied(*args: object) -> socket.socket:
+        raise PermissionError(1, "Operation not permitted")
+
+    shared = runner.SharedProbes(socket_factory=denied)
+    try:
+        assert await shared.syn_engine(KEY) is None
+        assert await shared.syn_engine(KEY) is None
+        assert shared.engine_opens == 0
+    finally:
+        await shared.close()
+
+
+async def test_the_shared_http_session_opens_a_new_connection_for_every_probe(tmp_path) -> None:
+    peers: list[tuple[str, int]] = []
+
+    async def hello(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    site_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await site_runner.setup()
+    await web.TCPSite(site_runner, "127.0.0.1", 0).start()
+    port = site_runner.addresses[0][1]
+    config = client_config(tmp_path, path={"ports": [port], "probes": ["http"]})
+    shared = runner.SharedProbes()
+    try:
+        for _ in range(2):
+            result = await runner.run_round(config, key=KEY, check_raw=no_raw, shared=shared)
+            assert [r.outcome for r in result.results] == ["ok"]
+        session = shared.http_session()
+        assert not session.closed
+    finally:
+        await shared.close()
+        await site_runner.cleanup()
+    assert session.closed
+    assert len(peers) == 2 and peers[0] != peers[1]  # two connections, two source ports

@@ -255,3 +255,64 @@ async def test_a_closed_engine_finishes_nothing_and_leaks_no_table_entries() -> 
     eng.close()
     assert (result.outcome, len(sent), eng.outstanding) == ("timeout", 2, 0)
     assert time.monotonic() - started < 1.0
+
+
+# ------------------------------------------------------------------------------ templates
+
+
+def test_the_templates_are_scapys_built_in_a_child_that_keeps_scapy_out_of_this_process() -> None:
+    code = (
+        "import sys\n"
+        "from agent.probes import syn\n"
+        "print(syn.syn_templates()[0].hex(), syn.syn_templates()[1].hex())\n"
+        "print(any(m.split('.')[0] == 'scapy' for m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out[:2] == [hdr.hex() for hdr in syn._build_templates()]
+    assert out[2] == "False"
+
+
+async def test_the_event_loop_gets_the_same_templates_without_blocking() -> None:
+    assert await syn.load_templates() == syn.syn_templates()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "zz\n00\n", "00" * 20 + "\n", "00" * 20 + "\n" + "00" * 20 + "\n"],
+    ids=["empty", "not-hex", "one-line", "no-flags"],
+)
+def test_template_output_that_is_not_two_tcp_headers_is_a_probe_error(text: str) -> None:
+    from agent.errors import ProbeError
+
+    with pytest.raises(ProbeError):
+        syn._parse_templates(text)
+
+
+# ------------------------------------------------------------------------------ engine health
+
+
+def test_an_open_engine_is_healthy_and_one_whose_socket_was_closed_is_not() -> None:
+    eng = SynEngine(socket_factory=lambda *a: _RecordingSocket([])).open()  # type: ignore[arg-type,return-value]
+    try:
+        assert eng.healthy
+        assert eng._tcp is not None
+        eng._tcp._pair[0].close()  # type: ignore[attr-defined]  # closed under the engine
+        assert not eng.healthy
+    finally:
+        eng.close()
+
+
+def test_a_send_on_a_dead_socket_marks_the_engine_broken() -> None:
+    class Dead(_RecordingSocket):
+        def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+            raise OSError(9, "Bad file descriptor")
+
+    eng = SynEngine(socket_factory=lambda *a: Dead([])).open()  # type: ignore[arg-type,return-value]
+    try:
+        eng._sendto(bytearray(20), socket.inet_aton("10.9.9.2"))
+        assert (eng.healthy, eng.counters.send_errors) == (False, 1)
+        assert eng.failure is not None and "send" in eng.failure
+    finally:
+        eng.close()

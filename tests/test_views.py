@@ -15,7 +15,14 @@ from agent.errors import ConfigError, SourceError
 from agent.lab.snapshot import write_snapshot
 from agent.model import Topology
 from agent.sources.lab import load_topology
-from agent.views import LiveSource, SnapshotSource, ViewKeeper, load_once, source_for
+from agent.views import (
+    LiveSource,
+    SnapshotSource,
+    ViewKeeper,
+    for_daemon,
+    load_once,
+    source_for,
+)
 from agent.yamlsrc import load_yaml
 
 
@@ -146,3 +153,58 @@ async def test_a_read_that_overruns_its_timeout_is_not_started_twice() -> None:
     assert first.error is not None and "0.1s" in first.error
     assert second.error == first.error
     assert source.loads == 1
+
+
+# --- the daemon's snapshot validation in a child ------------------------------------------
+
+
+@pytest.fixture
+def snapshot_dirs(tmp_path: Path) -> tuple[Path, ...]:
+    return tuple(write_snapshot(load_topology(), tmp_path / "snap", {}))
+
+
+def _spy_child(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import agent.views as views
+
+    calls: list[int] = []
+    real = views._validate_in_child
+
+    def counted(dirs: Any, timeout_s: float) -> None:
+        calls.append(1)
+        real(dirs, timeout_s)
+
+    monkeypatch.setattr(views, "_validate_in_child", counted)
+    return calls
+
+
+def test_the_daemons_snapshot_source_reads_the_same_topology(snapshot_dirs) -> None:
+    isolated = for_daemon(SnapshotSource(snapshot_dirs))
+    assert isinstance(isolated, SnapshotSource) and isolated.isolate_validation
+    assert isolated == SnapshotSource(snapshot_dirs)  # a reload does not restart the view
+    assert isolated.load() == SnapshotSource(snapshot_dirs).load()
+
+
+def test_unchanged_snapshot_files_are_validated_once(snapshot_dirs, monkeypatch) -> None:
+    calls = _spy_child(monkeypatch)
+    source = SnapshotSource(snapshot_dirs, isolate_validation=True)
+    source.load()
+    source.load()
+    assert len(calls) == 1
+
+
+def test_a_changed_snapshot_is_validated_again_and_a_wrong_shape_is_refused(
+    snapshot_dirs, monkeypatch
+) -> None:
+    calls = _spy_child(monkeypatch)
+    source = SnapshotSource(snapshot_dirs, isolate_validation=True)
+    source.load()
+    provider = next(d for d in snapshot_dirs if d.name == "provider")
+    bad = provider / "elbv2-describe-target-groups.json"
+    body = json.loads(bad.read_text())
+    body["TargetGroups"][0]["Port"] = "80"
+    bad.write_text(json.dumps(body))
+    with pytest.raises(SourceError, match=r"elbv2-describe-target-groups\.json.*Port"):
+        source.load()
+    assert len(calls) == 2
+    with pytest.raises(SourceError, match=r"elbv2-describe-target-groups\.json.*Port"):
+        SnapshotSource(snapshot_dirs).load()  # the same message as in-process validation

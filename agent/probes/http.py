@@ -6,10 +6,12 @@ request although the NLB rewrites the source. Phase timings come from aiohttp's 
 ``dns`` (only when the target is a name), ``connect`` (TCP connect, including dns),
 ``first_byte`` (request sent -> response headers) and ``duration_s`` over everything.
 
-The runner owns one ``ClientSession`` per round (``make_session``, stored in
-``ctx.extras[SESSION_KEY]``); its connector closes every connection after use, because a
-reused connection would not probe the network path again. Without a session in the context the
-probe makes a private one (tests, one-off calls).
+The caller owns the ``ClientSession`` (``make_session``, stored in ``ctx.extras[SESSION_KEY]``):
+one per round for ``check``, one per daemon for ``plprobe run`` (``agent.runner.SharedProbes``;
+a session per round cost the daemon more CPU than the probes). Either way its connector closes
+every connection after use (``force_close``), so every probe opens a new TCP connection: a
+reused connection would not probe the network path again. Without a session in the context
+the probe makes a private one (tests, one-off calls).
 
 Outcome: ``ok`` for any HTTP response below 500 (the path and the service work; a 404 for the
 probe's URL is still an answer), ``error`` for 5xx, otherwise the connect classification of
@@ -49,7 +51,6 @@ def _mark(name: str) -> Any:
 
 def _trace_config() -> aiohttp.TraceConfig:
     trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(_mark("start"))
     trace.on_dns_resolvehost_start.append(_mark("dns_start"))
     trace.on_dns_resolvehost_end.append(_mark("dns_end"))
     trace.on_connection_create_start.append(_mark("connect_start"))
@@ -60,7 +61,7 @@ def _trace_config() -> aiohttp.TraceConfig:
 
 
 def make_session(*, limit: int = 64) -> aiohttp.ClientSession:
-    """A session for one round of probes: fresh connection per request, no cookies, no env."""
+    """A session for probes: a fresh connection per request, no cookies, no env, no DNS cache."""
     connector = aiohttp.TCPConnector(limit=limit, force_close=True, use_dns_cache=False)
     return aiohttp.ClientSession(
         connector=connector,

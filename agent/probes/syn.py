@@ -26,6 +26,23 @@ default ephemeral range (32768-60999), so the kernel's own connections do not us
 service that explicitly binds a port in that range could see a stray RST. Keep the range
 outside ``net.ipv4.ip_local_port_range`` when changing either.
 
+Scapy builds, a child process runs it. The two templates are built by scapy
+(``scapy.layers.inet.TCP``) in a short-lived child, ``python -m agent.probes.syn --templates``,
+which prints them as hex; the parent checks them and keeps them for its lifetime
+(``load_templates`` from the event loop, ``syn_templates`` from plain code). Why not import
+scapy here: it would stay resident in the daemon for nothing after two packets were built —
+measured with ``/proc/self/status`` VmRSS, ``scapy.layers.inet`` adds ~33 MiB and ``scapy.all``
+~61 MiB to a ~52 MiB client daemon whose goal is 60 MB; the child costs ~0.2 s of CPU once
+per process (not per engine or round). Only when no child can be started (no interpreter
+executable, e.g. a frozen build) are they built in-process, with a warning.
+
+A daemon keeps ONE engine for its lifetime (``agent.runner.SharedProbes``): sockets and
+templates are made once; ``healthy`` turns false when a socket breaks (closed under us, or an
+error that is about the socket rather than the path), and the owner then replaces the engine.
+``forget_routes`` drops the cached source address per destination (the pseudo-header
+checksum depends on it), so a long-lived engine follows route changes; the daemon calls it
+once per round, as a per-round engine did implicitly.
+
 IPv4 only (the lab and PrivateLink endpoint ENIs as configured here are IPv4).
 """
 
@@ -36,12 +53,17 @@ import collections
 import contextlib
 import errno
 import ipaddress
+import logging
+import os
 import random
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.errors import PrivilegeError, ProbeError
 from agent.probes.base import ProbeContext, ProbeTarget
@@ -63,8 +85,12 @@ __all__ = [
     "FILTERED_ICMP_CODES",
     "SynCounters",
     "SynEngine",
+    "load_templates",
     "probe",
+    "syn_templates",
 ]
+
+log = logging.getLogger(__name__)
 
 FILTERED_ICMP_CODES = frozenset({0, 1, 2, 3, 9, 10, 13})
 """ICMP destination-unreachable codes nmap reads as "filtered"."""
@@ -84,8 +110,21 @@ _CSUM = struct.Struct("!H")
 _REPLY = struct.Struct("!HHII")
 
 
-def _templates() -> tuple[bytes, bytes]:
-    """The SYN and RST TCP headers, built once with scapy (ports/seq/checksum zero)."""
+#: seconds the template child may take (it imports scapy.layers.inet: ~0.2 s when warm)
+TEMPLATE_TIMEOUT_S = 30.0
+#: errnos after which a socket is unusable (the socket's fault, not the destination's)
+_FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EFAULT})
+
+Templates = tuple[bytes, bytes]
+_templates_cache: Templates | None = None
+
+
+def _build_templates() -> Templates:
+    """The SYN and RST TCP headers, built with scapy (ports/seq/checksum zero).
+
+    Runs in the template child (``--templates``); imports ``scapy.layers.inet`` only, never
+    ``scapy.all``.
+    """
     from scapy.layers.inet import TCP
 
     syn = bytes(TCP(sport=0, dport=0, seq=0, flags="S", window=1024, options=[("MSS", 1460)]))
@@ -97,6 +136,104 @@ def _zero_csum(hdr: bytes) -> bytes:
     buf = bytearray(hdr)
     buf[16:18] = b"\0\0"
     return bytes(buf)
+
+
+def _template_argv() -> list[str]:
+    return [sys.executable, "-m", "agent.probes.syn", "--templates"]
+
+
+def _template_env() -> dict[str, str]:
+    """The parent's environment, with this copy of the package first on the child's path."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _check_header(hdr: bytes, flags: int, what: str) -> bytes:
+    if not 20 <= len(hdr) <= 60 or len(hdr) % 4 or (hdr[12] >> 4) * 4 != len(hdr):
+        raise ProbeError(f"syn templates: the {what} header is not a TCP header ({hdr.hex()})")
+    if hdr[13] != flags or hdr[:8] != bytes(8) or hdr[16:18] != b"\0\0":
+        raise ProbeError(f"syn templates: unexpected {what} header {hdr.hex()}")
+    return hdr
+
+
+def _parse_templates(text: str) -> Templates:
+    """The child's two hex lines -> (SYN, RST), checked; ``ProbeError`` if malformed."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) != 2:
+        raise ProbeError(f"syn templates: expected two lines of hex, got {text[-200:]!r}")
+    try:
+        syn, rst = (bytes.fromhex(ln) for ln in lines)
+    except ValueError as exc:
+        raise ProbeError(f"syn templates: not hex: {exc}") from exc
+    return _check_header(syn, _TCP_SYN, "SYN"), _check_header(rst, _TCP_RST, "RST")
+
+
+def _child_failed(returncode: int | None, stderr: bytes) -> ProbeError:
+    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+    return ProbeError(f"syn templates: the scapy child exited {returncode}: {tail[0]}")
+
+
+def _in_process(why: OSError) -> Templates:
+    log.warning("syn templates: cannot start a child (%s); building them in-process", why)
+    return _build_templates()
+
+
+def syn_templates() -> Templates:
+    """The scapy-built templates, made once per process (blocking: not on the event loop)."""
+    global _templates_cache
+    if _templates_cache is None:
+        try:
+            proc = subprocess.run(
+                _template_argv(),
+                env=_template_env(),
+                capture_output=True,
+                timeout=TEMPLATE_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ProbeError(f"syn templates: no answer within {TEMPLATE_TIMEOUT_S:g}s") from exc
+        except OSError as exc:
+            _templates_cache = _in_process(exc)
+            return _templates_cache
+        if proc.returncode != 0:
+            raise _child_failed(proc.returncode, proc.stderr)
+        _templates_cache = _parse_templates(proc.stdout.decode(errors="replace"))
+    return _templates_cache
+
+
+async def load_templates() -> Templates:
+    """``syn_templates`` for the event loop: the child runs without blocking it."""
+    global _templates_cache
+    if _templates_cache is not None:
+        return _templates_cache
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_template_argv(),
+            env=_template_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        _templates_cache = _in_process(exc)
+        return _templates_cache
+    try:
+        async with asyncio.timeout(TEMPLATE_TIMEOUT_S):
+            out, err = await proc.communicate()
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(proc.wait())
+        if isinstance(exc, TimeoutError):
+            raise ProbeError(f"syn templates: no answer within {TEMPLATE_TIMEOUT_S:g}s") from exc
+        raise
+    if proc.returncode != 0:
+        raise _child_failed(proc.returncode, err)
+    _templates_cache = _parse_templates(out.decode(errors="replace"))
+    return _templates_cache
 
 
 def _tcp_bpf(lo: int, hi: int) -> list[BpfInsn]:
@@ -195,6 +332,7 @@ class SynEngine:
         socket_factory: SocketFactory = default_socket_factory,
         rcvbuf: int = 8 << 20,
         send_rst: bool = True,
+        templates: Templates | None = None,
     ) -> None:
         lo, hi = sports
         if not 1024 <= lo <= hi <= 65535:
@@ -215,7 +353,9 @@ class SynEngine:
         self._table: dict[tuple[bytes, int, int], _Pending] = {}
         self._space = asyncio.Event()
         self._next_sport = random.randint(lo, hi)
-        self._syn_tmpl, self._rst_tmpl = _templates()
+        self._syn_tmpl, self._rst_tmpl = templates or syn_templates()
+        #: why the sockets became unusable (None while they work); see ``healthy``
+        self.failure: str | None = None
         self._syn_sum = sum16(self._syn_tmpl)
         self._rst_sum = sum16(self._rst_tmpl)
         self._src_cache: dict[bytes, bytes] = {}
@@ -256,6 +396,7 @@ class SynEngine:
                 s.close()
             raise ProbeError(f"raw socket setup: {exc}") from exc
         self._tcp, self._icmp, self._udp = tcp, icmp, udp
+        self.failure = None
         return self
 
     def close(self) -> None:
@@ -284,15 +425,41 @@ class SynEngine:
     def outstanding(self) -> int:
         return len(self._table)
 
+    @property
+    def healthy(self) -> bool:
+        """Open, and no socket has failed in a way that is the socket's fault (not the path's)."""
+        socks = (self._tcp, self._icmp, self._udp)
+        if self.failure is not None or any(s is None for s in socks):
+            return False
+        return all(s.fileno() >= 0 for s in socks if s is not None)
+
+    def forget_routes(self) -> None:
+        """Drop the cached source address (and checksum base) per destination.
+
+        The next probe to each destination asks the kernel again (one route lookup, no
+        packet), so a long-lived engine follows a changed route or source address.
+        """
+        self._src_cache.clear()
+        self._base_cache.clear()
+
+    def _broken(self, what: str, exc: OSError) -> None:
+        if self.failure is None:
+            self.failure = f"{what}: {exc}"
+            log.warning("syn engine: %s", self.failure)
+
     def _attach(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
         if self._tcp is None or self._icmp is None:
             raise ProbeError("SynEngine is not open")
-        self._loop = loop
-        loop.add_reader(self._tcp.fileno(), self._on_tcp)
-        loop.add_reader(self._icmp.fileno(), self._on_icmp)
+        self._loop = loop  # set first: close() removes whatever was registered
+        try:
+            loop.add_reader(self._tcp.fileno(), self._on_tcp)
+            loop.add_reader(self._icmp.fileno(), self._on_icmp)
+        except (OSError, ValueError) as exc:  # a socket closed under us
+            self._broken("register", OSError(errno.EBADF, str(exc)))
+            raise ProbeError(f"SynEngine sockets unusable: {exc}") from exc
         self._space = asyncio.Event()
 
     # ---------------------------------------------------------------- probing
@@ -502,6 +669,8 @@ class SynEngine:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     continue
+                if exc.errno in _FATAL_ERRNOS:
+                    self._broken("send", exc)
                 break
         # lost on our side: the probe will time out, retry or not; counted, never silent
         self.counters.send_errors += 1
@@ -544,7 +713,9 @@ class SynEngine:
                 n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _FATAL_ERRNOS:
+                    self._broken("receive (tcp)", exc)
                 break
             ihl = (buf[0] & 0x0F) << 2
             if n < ihl + 20:
@@ -577,7 +748,9 @@ class SynEngine:
                 n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _FATAL_ERRNOS:
+                    self._broken("receive (icmp)", exc)
                 break
             ihl = (buf[0] & 0x0F) << 2
             inner = ihl + 8
@@ -687,3 +860,17 @@ async def _fallback(target: ProbeTarget, ctx: ProbeContext, why: str) -> ProbeRe
     result.fallback = FALLBACK_NOTE
     result.detail["fallback_reason"] = why
     return result
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m agent.probes.syn --templates``: print the SYN and RST templates as hex."""
+    if list(argv) != ["--templates"]:
+        print("usage: python -m agent.probes.syn --templates", file=sys.stderr)
+        return 2
+    for hdr in _build_templates():
+        print(hdr.hex())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
