@@ -37,7 +37,7 @@ def fast_reference():
 
 
 def all_healthy(lab: Lab) -> bool:
-    return lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=6)
+    return lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=20)
 
 
 @pytest.fixture(scope="module")
