@@ -447,6 +447,25 @@ def diagnose(
                 explanation=f"the endpoint's name does not resolve{detail}, and the consumer "
                 f"is not an allowed principal, so the endpoint cannot exist: {describe(refused)}",
             )
+        if not findings:
+            # packets alone cannot tell a DNS mistake from an endpoint that does not exist
+            # (AWS refused to create it: the principal) — say both, blame neither
+            return _verdict(
+                path,
+                "fail",
+                "dns",
+                now,
+                findings,
+                evidence,
+                blocked_at="unknown",
+                candidates=["dns", "service-principal"],
+                explanation=f"the endpoint's name does not resolve{detail}; without the "
+                "consumer's configuration a DNS problem and an endpoint that was never created "
+                "look the same",
+                fix="check that the endpoint exists in the consumer account "
+                "(aws ec2 describe-vpc-endpoints) and that the name is one of its DnsEntries; "
+                "if it does not exist, the service must allow this account's principal first",
+            )
         # the consumer's view has no such endpoint, and the provider's is not here
         missing = next(
             (f for f in findings if f.hop == "endpoint-exists" and f.status == "not_visible"),

@@ -310,3 +310,11 @@ def test_a_missing_endpoint_with_the_providers_view_names_the_refused_principal(
     v = diagnose(ev, findings, path=PATH, now=NOW)
     assert (v.status, v.blocked_at) == ("fail", "service-principal")
     assert "arn:aws:iam::111111111111:root" in v.fix
+
+
+def test_an_unresolvable_name_on_packets_alone_names_both_candidates() -> None:
+    """No configuration: a DNS mistake and an endpoint that was never created look the same."""
+    ev = PathEvidence(PATH, "dns_error", "unknown", [ProbeResult(PATH, "dns", "dns_error")])
+    v = diagnose(ev, [], path=PATH, now=NOW)
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "dns", "unknown")
+    assert set(v.candidates) == {"dns", "service-principal"}
