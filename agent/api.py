@@ -11,7 +11,8 @@
     GET /probe?target=T&module=M
                              blackbox-exporter compatible: one probe, its own small answer
     POST /-/reload           re-read the configuration file (the daemon's reload path, the same
-                             as SIGHUP): 200 on success, 500 with the error (old config kept)
+                             as SIGHUP): 200 on success, 500 with the error (old config kept);
+                             a client that disconnects does not cancel a reload once started
 
 ``/v1/*`` takes ``?path=ID`` (repeatable) to filter, and needs ``Authorization: Bearer TOKEN``
 when the configuration sets a token (401 with a JSON error otherwise; constant-time compare).
@@ -456,12 +457,20 @@ async def _probe(request: web.Request) -> web.Response:
 
 # -- /-/reload -----------------------------------------------------------------------------
 
+#: reloads whose client went away: referenced until they finish (the loop keeps weak refs)
+_RELOADS: set[asyncio.Future[tuple[bool, str]]] = set()
+
 
 async def _reload(request: web.Request) -> web.Response:
     deps = request.app[DEPS_KEY]
     if deps.reload_fn is None:
         return web.Response(status=404, text="this agent does not reload its configuration\n")
-    ok, message = await deps.reload_fn()
+    # shielded: handler_cancellation must not cut a reload in half (schedules stopped, new
+    # ones not started) because the client went away; the task is kept until it finishes
+    task = asyncio.ensure_future(deps.reload_fn())
+    _RELOADS.add(task)
+    task.add_done_callback(_RELOADS.discard)
+    ok, message = await asyncio.shield(task)
     return web.Response(status=200 if ok else 500, text=message.rstrip("\n") + "\n")
 
 

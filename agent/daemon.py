@@ -11,7 +11,10 @@ SIGTERM/SIGINT set the stop event (a second one cancels at once); the whole stop
 by one lock: the file is decoded into a *new* config (unknown keys rejected, the key re-read);
 a bad one keeps the old config running, sets ``plprobe_config_last_reload_successful 0`` and
 logs the error; a good one is swapped in: removed paths are forgotten (metrics, API, logs),
-new ones added, the schedules restarted.
+new ones added, the schedules restarted. Schedules are restarted in a ``finally``: a swap that
+fails or is cancelled half-way restarts the running configuration's schedules, so the daemon
+never ends up probing nothing (``POST /-/reload`` also shields the reload from a client that
+disconnects).
 
 **Client role.** One schedule per configured endpoint (``paths[]`` entry, which covers its AZs
 and ports): a first round within ``first_jitter_s`` of start, then a round every
@@ -24,8 +27,19 @@ Rounds of different endpoints overlap; probes in flight are bounded daemon-wide 
 semaphore (``concurrency``). Each round has an explicit budget (DNS + connect attempts +
 provider fetch + one interval); an overrun is cancelled and logged. After a round:
 ``agent.pipeline`` diagnoses it with the current configuration view (``agent.views``, its own
-slower refresh with backoff), and the results, evidence and verdicts are published to the API
-holder and to the metrics; one log line per verdict *change* (``agent.logs``).
+slower refresh with backoff; the view's static analysis, when not cached, runs in a worker
+thread), and the results, evidence and verdicts are published to the API holder and to the
+metrics; one log line per verdict *change* (``agent.logs``). A round that fails in any way
+(a bug included) is logged with its traceback and the schedule goes on. Paths labelled at run
+time from DNS answers (``<agent>/<ip>/<port>``, ``<agent>/<name>/<port>``) that a round of
+their endpoint no longer produces (an ENI IP changed) are forgotten, as a reload forgets
+removed paths; ids declared by the configuration are kept.
+
+``/probe`` only probes configured targets: an ENI IP or DNS name of a configured endpoint (or
+one its DNS answers produced) with one of its ports — anything else is a 400, so the agent is
+not an open prober of arbitrary addresses (169.254.169.254, other hosts) — and its probes take
+the daemon's one semaphore (``concurrency``). Targets are found by dict lookup ((host, port),
+and endpoint name), rebuilt on reload and updated after each round.
 ``/healthz/ready`` turns 200 once every endpoint has had its first round.
 
 What a round does not redo (the daemon's idle cost is per-round work; docs/BENCHMARKS.md):
@@ -89,6 +103,7 @@ from agent.pipeline import (
     diagnose_round,
     imds_instance_id,
     self_identity,
+    static_findings,
 )
 from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
 from agent.runner import ObservationSource, RoundResult, SharedProbes, raw_allowed, run_round
@@ -168,6 +183,14 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _host_key(host: str) -> str:
+    """One spelling per host for the /probe index: canonical IP text, or a lower-case name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")
 
 
 def schedule_period(interval: float, jitter: float) -> float:
@@ -250,6 +273,12 @@ class Daemon:
         self._owner: dict[str, PathConfig] = {}
         self._refs: dict[str, PathRef] = {}
         self._first_pending: set[int] = set()
+        self._declared: set[str] = set()
+        #: /probe: configured (host, port) -> endpoint; endpoint name -> endpoint; and the
+        #: run-time path refs by (host, port) (module docstring)
+        self._configured: dict[tuple[str, int], PathConfig] = {}
+        self._by_name: dict[str, PathConfig] = {}
+        self._by_target: dict[tuple[str, int], PathRef] = {}
         self._vlog = VerdictLog()
         self._shared = SharedProbes()
         self._findings = FindingsCache()
@@ -467,6 +496,8 @@ class Daemon:
         for pid, pc in declared.items():
             self.metrics.add_path(pid, interval_s=config.for_path(pc).interval, probes=pc.probes)
             self._owner[pid] = pc
+        self._declared = set(declared)
+        self._index_targets(config)
         self._first_pending = set(range(len(config.paths)))
         for i, pc in enumerate(config.paths):
             self._schedules[i] = asyncio.create_task(
@@ -489,36 +520,63 @@ class Daemon:
         old = self.config
         assert isinstance(old, ClientConfig)
         await self._stop_schedules()
-        keep = {pid for pid, pc in self._owner.items() if pc in new.paths}
-        keep |= set(declared_paths(new))
-        for pid in sorted(set(self._owner) - keep):
-            self._forget(pid)
-        if (
-            self._keeper is None
-            or view_source != self._keeper.source
-            or (new.config_sources.refresh_interval != old.config_sources.refresh_interval)
-        ):
-            if self._keeper_task is not None:
-                await _cancel_all([self._keeper_task])
-                self._keeper_task = None
-            await self._start_view(view_source, new)
-        if new.concurrency != old.concurrency:
-            self._sem = asyncio.Semaphore(new.concurrency)
-        # probe resources and cached analysis follow the new config (key, paths, identity)
-        await self._shared.close()
-        self._shared = SharedProbes()
-        self._findings = FindingsCache()
-        self._start_schedules(new, key)
+        started = False
+        try:
+            keep = {pid for pid, pc in self._owner.items() if pc in new.paths}
+            keep |= set(declared_paths(new))
+            for pid in sorted(set(self._owner) - keep):
+                self._forget(pid)
+            if (
+                self._keeper is None
+                or view_source != self._keeper.source
+                or (new.config_sources.refresh_interval != old.config_sources.refresh_interval)
+            ):
+                if self._keeper_task is not None:
+                    await _cancel_all([self._keeper_task])
+                    self._keeper_task = None
+                await self._start_view(view_source, new)
+            if new.concurrency != old.concurrency:
+                self._sem = asyncio.Semaphore(new.concurrency)
+            # probe resources and cached analysis follow the new config (key, paths, identity)
+            old_shared, self._shared = self._shared, SharedProbes()
+            self._findings = FindingsCache()
+            self._start_schedules(new, key)
+            started = True
+            await old_shared.close()
+        finally:
+            if not started:  # failed or cancelled half-way: never leave the daemon idle
+                log.error("reload interrupted: restarting the running configuration's schedules")
+                self._start_schedules(old, self.key)
 
-    def _forget(self, pid: str) -> None:
+    def _forget(self, pid: str, why: str = "removed from the configuration") -> None:
         self.metrics.forget_path(pid)
         self._owner.pop(pid, None)
-        self._refs.pop(pid, None)
+        if self._refs.pop(pid, None) is not None:
+            self._by_target = {k: r for k, r in self._by_target.items() if r.id != pid}
         self._vlog.forget(pid)
         self.deps.results = {k: v for k, v in self.deps.results.items() if k != pid}
         self.deps.evidence = {k: v for k, v in self.deps.evidence.items() if k != pid}
         self.deps.verdicts = {k: v for k, v in self.deps.verdicts.items() if k != pid}
-        log.info("path %s removed from the configuration", pid)
+        log.info("path %s %s", pid, why)
+
+    def _index_targets(self, config: ClientConfig) -> None:
+        """Rebuild the /probe lookups from the configuration (start, reload)."""
+        self._by_name = {p.name: p for p in config.paths}
+        self._configured = {}
+        for p in config.paths:
+            hosts = [*p.expected_ips.values(), *p.zonal.values(), p.regional, p.private]
+            for host in hosts:
+                if host:
+                    for port in p.ports:
+                        self._configured.setdefault((_host_key(host), port), p)
+        self._by_target = {}
+        for ref in self._refs.values():
+            self._index_ref(ref)
+
+    def _index_ref(self, ref: PathRef) -> None:
+        for host in (ref.ip, ref.name):
+            if host:
+                self._by_target[(_host_key(host), ref.port)] = ref
 
     async def _schedule(self, config: ClientConfig, index: int, pc: PathConfig, key: bytes) -> None:
         """Probe one endpoint forever: first round after a short jitter, then every interval."""
@@ -541,33 +599,55 @@ class Daemon:
         self, sub: ClientConfig, pc: PathConfig, key: bytes, budget: float
     ) -> RoundResult | None:
         try:
-            async with asyncio.timeout(budget):
-                result = await run_round(
-                    sub,
-                    key=key,
-                    provider=self.provider,
-                    check_raw=self.check_raw,
-                    semaphore=self._sem,
-                    shared=self._shared,
+            try:
+                async with asyncio.timeout(budget):
+                    result = await run_round(
+                        sub,
+                        key=key,
+                        provider=self.provider,
+                        check_raw=self.check_raw,
+                        semaphore=self._sem,
+                        shared=self._shared,
+                    )
+            except TimeoutError:
+                log.warning(
+                    "round of %s overran its %.1fs budget and was cancelled", pc.name, budget
                 )
-        except TimeoutError:
-            log.warning("round of %s overran its %.1fs budget and was cancelled", pc.name, budget)
-            return None
+                return None
+            await self._publish(result, pc)
         except PlprobeError as exc:
             log.warning("round of %s could not run: %s", pc.name, exc)
             return None
-        self._publish(result, pc)
+        except Exception:  # a bug must not end this endpoint's schedule for good
+            log.exception("round of %s failed; the schedule continues", pc.name)
+            return None
         return result
 
-    def _publish(self, result: RoundResult, pc: PathConfig) -> None:
+    async def _diagnose(self, result: RoundResult) -> Any:
+        """``diagnose_round`` with the view's uncached analysis done in a worker thread."""
+        view = self._keeper.view if self._keeper is not None else None
+        me, cache = self._identity(), self._findings
+        topology = view.topology if view is not None else None
+        if topology is not None:
+            missing = cache.missing(topology, result.paths, me)
+            if missing:
+                computed = await asyncio.to_thread(static_findings, topology, missing, me)
+                cache.put(topology, me, computed)
+        return diagnose_round(result, view, me, cache=cache)
+
+    async def _publish(self, result: RoundResult, pc: PathConfig) -> None:
         """Diagnose a round and hand everything to metrics, the API holder and the log."""
+        diagnosis = await self._diagnose(result)
         config = self.config
         assert isinstance(config, ClientConfig)
-        view = self._keeper.view if self._keeper is not None else None
-        diagnosis = diagnose_round(result, view, self._identity(), cache=self._findings)
         interval = config.for_path(pc).interval
+        seen = {ref.id for ref in result.paths}
+        for pid, owner in list(self._owner.items()):  # run-time ids the round no longer has
+            if owner == pc and pid not in seen and pid not in self._declared:
+                self._forget(pid, "no longer produced by its endpoint's DNS answers")
         for ref in result.paths:
             self._refs[ref.id] = ref
+            self._index_ref(ref)
             if ref.id not in self._owner:
                 self._owner[ref.id] = pc
                 self.metrics.add_path(ref.id, interval_s=interval, probes=pc.probes)
@@ -605,10 +685,13 @@ class Daemon:
         assert isinstance(config, ClientConfig)
         host, port = parse_target(target)
         kind = module.prober
-        ref = self._known_ref(host, port)
+        where = (_host_key(host), port)
+        ref = self._by_target.get(where)
+        configured = self._configured.get(where)
+        if ref is None and configured is None:
+            raise ValueError("target is not a configured path")
         owner = self._owner.get(ref.id) if ref else None
-        named = next((p for p in config.paths if p.name == module.name), None)
-        pc = named or owner
+        pc = self._by_name.get(module.name) or owner or configured
         if ref is None:
             az = "probe"
             ref = PathRef(
@@ -638,15 +721,9 @@ class Daemon:
                 http_path=pc.http_path if pc else "/",
                 http_host=pc.http_host if pc else None,
             )
-        result = await _run_probe(kind, probe_target, ctx, asyncio.Semaphore(1), False)
+        result = await _run_probe(kind, probe_target, ctx, self._sem, False)
         verdict = self.deps.verdicts.get(ref.id) if result.outcome != "ok" else None
         return ProbeReport(result=result, verdict=verdict)
-
-    def _known_ref(self, host: str, port: int) -> PathRef | None:
-        for ref in self._refs.values():
-            if ref.port == port and host in (ref.ip, ref.name):
-                return ref
-        return None
 
     # -- provider role ----------------------------------------------------------------------
 

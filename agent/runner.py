@@ -17,10 +17,14 @@ A round, in order:
    HTTP) under one semaphore (``concurrency``), each attempt inside ``asyncio.timeout``; a
    timeout, unreachable or error is retried ``retries`` times with a new token (all probe ids
    are kept in ``detail["probe_ids"]``), a refusal is final. The syn engine retries itself.
-   CAP_NET_RAW is checked once per round (``raw_allowed``); without it, or without the syn
-   module, ``syn`` runs the tcp prober and says so in ``ProbeResult.fallback``.
+   CAP_NET_RAW is checked once per round (``raw_allowed``); without it, without the syn
+   module, or for an IPv6 ENI address (the SYN engine speaks IPv4 only), ``syn`` runs the tcp
+   prober and says so in ``ProbeResult.fallback``.
 4. **Provider evidence.** After ``provider_delay`` (sniffer lag), ``GET /v1/observations?since=``
-   from every ``provider_url`` with a timeout, or from the ``provider`` passed in (the lab
+   (``since`` = round start minus ``correlation_window``: the provider filters by its own
+   clock, and the window is what absorbs the skew between the two; ``agent=`` this agent, so
+   a provider returns only this client's observations) from every ``provider_url`` with a
+   timeout, or from the ``provider`` passed in (the lab
    passes one). A failure makes ``seen_at_target`` unknown with the reason; if only some
    providers answered, a "no" becomes "unknown" (the silent one may have seen it).
 5. **Correlation** (``agent.correlate``).
@@ -75,6 +79,7 @@ _GRACE_S = 0.5
 _KIND_ORDER = {"dns": 0, "syn": 1, "tcp": 2, "http": 3}
 _FINAL = frozenset({"ok", "refused", "dns_error"})
 _SYN_FALLBACK = "syn: no CAP_NET_RAW, used tcp"
+_SYN_V6_FALLBACK = "syn: IPv4 only, used tcp for an IPv6 address"
 
 
 class ObservationSource(Protocol):
@@ -146,11 +151,14 @@ class HttpObservationSource:
         timeout_s: float = 3.0,
         token: str | None = None,
         session: aiohttp.ClientSession | None = None,
+        agent: str | None = None,
     ) -> None:
         self.urls = [u if u.endswith("/v1/observations") else f"{u}/v1/observations" for u in urls]
         self.timeout_s = timeout_s
         self.token = token
         self.session = session
+        #: ask only for this client agent's observations (``?agent=``); None: all
+        self.agent = agent
         #: urls that failed in the last fetch, with the reason (partial evidence)
         self.failures: dict[str, str] = {}
 
@@ -161,9 +169,12 @@ class HttpObservationSource:
         out: list[Observation] = []
         cursor = since
         for _ in range(self.MAX_PAGES):
+            params = {"since": f"{cursor:.6f}"}
+            if self.agent:
+                params["agent"] = self.agent
             async with (
                 asyncio.timeout(self.timeout_s),
-                session.get(url, params={"since": f"{cursor:.6f}"}, headers=headers) as resp,
+                session.get(url, params=params, headers=headers) as resp,
             ):
                 if resp.status != 200:
                     raise ProbeError(f"{url}: HTTP {resp.status}")
@@ -274,7 +285,7 @@ def _plan_paths(
         for az, ip in sorted(zonal_ips.items()):
             slots[az] = (az, ip)
         known = {ip for _, ip in slots.values() if ip}
-        for ip in sorted(set(regional) - known, key=ipaddress.ip_address):
+        for ip in sorted(set(regional) - known, key=_ip_order):
             slots[ip] = (None, ip)
         if not slots:
             slots[p.name] = (None, None)  # nothing resolved: a path to carry the dns_error
@@ -296,6 +307,19 @@ def _plan_paths(
 
 
 # ------------------------------------------------------------------------------ running
+
+
+def _ip_order(text: str) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Sort key for addresses of both families (IPv4 first; they do not compare directly)."""
+    ip = ipaddress.ip_address(text)
+    return ip.version, ip
+
+
+def _is_v6(text: str | None) -> bool:
+    try:
+        return text is not None and ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _error_result(target: ProbeTarget, kind: str, message: str, started: float) -> ProbeResult:
@@ -341,6 +365,9 @@ async def _run_probe(
     prober = get_prober(kind)
     if kind == "syn" and (prober is None or not raw):
         fallback = _SYN_FALLBACK if prober is not None else "syn: prober unavailable, used tcp"
+        prober = get_prober("tcp")
+    elif kind == "syn" and _is_v6(target.path.ip):
+        fallback = _SYN_V6_FALLBACK
         prober = get_prober("tcp")
     assert prober is not None
     engine_retries = kind == "syn" and fallback is None
@@ -487,7 +514,7 @@ async def run_round(
     results.sort(key=lambda r: (order.get(r.path, len(order)), _KIND_ORDER.get(r.probe, 9)))
 
     observations, provider_error, partial = await _fetch_observations(
-        config, provider, since=started - 1.0
+        config, provider, since=started - config.correlation_window
     )
     window = config.correlation_window
     evidence = correlate(results, observations, window_s=window, provider_error=provider_error)
@@ -618,7 +645,9 @@ async def _fetch_observations(
             token = _read_token(config)
         except ProbeError as exc:
             return None, str(exc), None
-        provider = HttpObservationSource(urls, timeout_s=max(config.timeout, 1.0), token=token)
+        provider = HttpObservationSource(
+            urls, timeout_s=max(config.timeout, 1.0), token=token, agent=config.agent_id
+        )
     if config.provider_delay:
         await asyncio.sleep(config.provider_delay)
     try:

@@ -16,7 +16,12 @@ Refresh policy (the daemon; ``check`` loads once):
 - after a failure the next attempt comes sooner than the interval but backs off exponentially
   (``backoff_initial_s`` doubling up to the interval), so an outage is not hammered;
 - only one load runs at a time: a load that overruns its timeout keeps its thread (threads
-  cannot be cancelled) and the next refresh is skipped until it has finished.
+  cannot be cancelled) and the next refresh is skipped until it has finished — a skipped
+  refresh still moves ``next_due`` on by the backoff, and ``run()`` always sleeps at least
+  ``min_sleep_s``, so a hung read can never turn the refresh loop into a busy loop that
+  starves the event loop (and with it the very thread completion it waits for);
+- a source that fails in an unexpected way (a bug: any exception) is logged with its
+  traceback and treated like any failed refresh, so the refresh task never dies.
 
 Snapshot validation and memory (the daemon): checking each file against the AWS API's output
 shape needs botocore's EC2 service model, which costs ~23 MiB of resident memory for as
@@ -285,6 +290,8 @@ class ViewKeeper:
     on_refresh: Callable[[str, bool], None] | None = None
     view: ConfigView = field(init=False)
     failures: int = field(default=0, init=False)
+    #: ``run()`` sleeps at least this long between attempts (module docstring)
+    min_sleep_s: float = 0.1
     next_due: float = field(default=0.0, init=False)
     _inflight: asyncio.Future[Topology] | None = field(default=None, init=False)
 
@@ -307,6 +314,7 @@ class ViewKeeper:
             return self.view
         if self._inflight is not None and not self._inflight.done():
             log.warning("configuration view: previous read of %s still running", source.kind)
+            self.next_due = self.clock() + self.backoff_s()
             return self.view
         self._inflight = asyncio.ensure_future(asyncio.to_thread(source.load))
         now = self.clock()
@@ -318,6 +326,9 @@ class ViewKeeper:
         except PlprobeError as exc:
             self._failed(source, str(exc), now)
         except (OSError, ValueError) as exc:  # a source bug must not stop the daemon
+            self._failed(source, f"{type(exc).__name__}: {exc}", now)
+        except Exception as exc:  # a bug in a source: log it, keep refreshing
+            log.exception("configuration view %s: unexpected error", source.description)
             self._failed(source, f"{type(exc).__name__}: {exc}", now)
         else:
             if self.view.stale:
@@ -350,10 +361,10 @@ class ViewKeeper:
         """Refresh whenever due, forever (cancel to stop); the first refresh is immediate."""
         if self.source is None:
             return
+        if self.next_due <= self.clock():
+            await self.refresh()
         while True:
-            delay = self.next_due - self.clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await asyncio.sleep(max(self.next_due - self.clock(), self.min_sleep_s))
             await self.refresh()
 
 

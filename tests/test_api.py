@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -381,6 +382,29 @@ async def test_a_port_in_use_is_a_configuration_error() -> None:
         server = ApiServer(build_app(make_deps()), host="127.0.0.1", port=port)
         with pytest.raises(ConfigError, match="cannot listen"):
             await server.start()
+
+
+async def test_a_client_that_disconnects_does_not_cancel_its_reload() -> None:
+    entered, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def reload() -> tuple[bool, str]:
+        entered.set()
+        await release.wait()
+        finished.set()
+        return True, "configuration reloaded"
+
+    deps = make_deps(reload_fn=reload)
+    async with ApiServer(build_app(deps), host="127.0.0.1", port=0) as server:
+        ((host, port),) = server.addresses
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.ensure_future(session.post(f"http://{host}:{port}/-/reload"))
+            await asyncio.wait_for(entered.wait(), 2)
+            request.cancel()  # the client goes away mid-reload
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        await asyncio.sleep(0.1)  # let the server see the disconnect
+        release.set()
+        await asyncio.wait_for(finished.wait(), 2)
 
 
 # -- /probe answer: text rendering ---------------------------------------------------------

@@ -8,6 +8,7 @@ as a subprocess (``python -m agent.runcmd``) because signals belong to the proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +31,7 @@ import pytest
 
 from agent.config import ClientConfig, ProviderConfig, load_config
 from agent.daemon import Daemon, schedule_period
+from agent.errors import ConfigError
 from agent.lab.snapshot import write_snapshot
 from agent.logs import VERDICT_LOGGER, JsonFormatter, VerdictLog
 from agent.observe.responder import Responder
@@ -223,12 +226,34 @@ async def test_probe_endpoint_answers_like_blackbox_with_plprobes_result(
     target = f"127.0.0.1:{running.port}"
     _, ok = await get(running.url + "/probe", params={"target": target, "module": "tcp"})
     assert "probe_success 1.0" in ok
-    closed = f"127.0.0.1:{free_port()}"
-    _, failed = await get(running.url + "/probe", params={"target": closed, "module": "tcp"})
+    await running.responder.stop(0.1)
+    _, failed = await get(running.url + "/probe", params={"target": target, "module": "tcp"})
     assert "probe_success 0.0" in failed
     assert 'plprobe_probe_result{result="refused"} 1.0' in failed
     status, _ = await get(running.url + "/probe", params={"target": "nonsense", "module": "tcp"})
     assert status == 400
+
+
+async def test_probe_refuses_a_target_that_is_not_a_configured_path(running: Running) -> None:
+    for target in ("169.254.169.254:80", f"127.0.0.1:{free_port()}"):
+        status, body = await get(running.url + "/probe", params={"target": target})
+        assert status == 400 and "not a configured path" in body
+
+
+async def test_probe_requests_share_the_daemons_concurrency_bound(running: Running) -> None:
+    sem = running.daemon._sem
+    held = 0
+    while not sem.locked():
+        await sem.acquire()
+        held += 1
+    try:
+        params = {"target": f"127.0.0.1:{running.port}", "module": "tcp"}
+        headers = {"X-Prometheus-Scrape-Timeout-Seconds": "0.8"}
+        _, body = await get(running.url + "/probe", params=params, headers=headers)
+    finally:
+        for _ in range(held):
+            sem.release()
+    assert 'plprobe_probe_result{result="timeout"} 1.0' in body
 
 
 async def test_probe_by_path_name_reports_the_paths_blocking_control(running: Running) -> None:
@@ -272,6 +297,130 @@ async def test_a_reload_that_removes_a_path_forgets_its_series(running: Running)
         assert r.status == 200
     assert running.up(other) is None
     assert running.up() == 1
+
+
+def counting(real: Callable[..., Any], fail_first: int) -> tuple[Callable[..., Any], list[int]]:
+    """``real`` that raises a RuntimeError (a bug) on its first ``fail_first`` calls."""
+    calls = [0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] <= fail_first:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    return wrapper, calls
+
+
+async def test_a_round_that_fails_unexpectedly_does_not_end_its_schedule(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.daemon as daemon_module
+
+    wrapper, calls = counting(daemon_module.run_round, fail_first=1)
+    monkeypatch.setattr(daemon_module, "run_round", wrapper)
+    await eventually(lambda: calls[0] >= 3)
+
+
+async def test_a_diagnosis_that_fails_unexpectedly_does_not_end_its_schedule(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.daemon as daemon_module
+
+    wrapper, calls = counting(daemon_module.diagnose_round, fail_first=1)
+    monkeypatch.setattr(daemon_module, "diagnose_round", wrapper)
+    await eventually(lambda: calls[0] >= 3)
+
+
+async def test_a_reload_cancelled_half_way_keeps_the_schedules_running(running: Running) -> None:
+    entered = asyncio.Event()
+
+    async def hanging_view(source: Any, config: ClientConfig) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    running.daemon._start_view = hanging_view  # type: ignore[method-assign]
+    write(running.config_path, client_doc(running.port, config_sources={"refresh_interval": 99}))
+    reload = asyncio.create_task(running.daemon.reload())
+    await asyncio.wait_for(entered.wait(), 2)
+    reload.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reload
+    schedules = list(running.daemon._schedules.values())
+    assert len(schedules) == 1 and not schedules[0].done()
+
+
+async def test_a_reload_that_fails_half_way_restarts_the_running_schedules(
+    running: Running,
+) -> None:
+    async def failing_view(source: Any, config: ClientConfig) -> None:
+        raise ConfigError("no instance identity")
+
+    running.daemon._start_view = failing_view  # type: ignore[method-assign]
+    write(running.config_path, client_doc(running.port, config_sources={"refresh_interval": 99}))
+    ok, _ = await running.daemon.reload()
+    assert not ok
+    schedules = list(running.daemon._schedules.values())
+    assert len(schedules) == 1 and not schedules[0].done()
+
+
+async def test_a_path_labelled_by_an_old_eni_ip_is_forgotten_when_dns_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = ["127.0.0.2"]
+
+    async def resolve(name: str, timeout_s: float) -> list[str]:
+        return list(answer)
+
+    monkeypatch.setattr("agent.probes.dns.resolve", resolve)
+    port = free_port()
+    doc = client_doc(port)
+    doc["paths"][0].update(expected_ips={}, regional="vpce.example", probes=["dns", "tcp"])
+    daemon = Daemon(load_config(write(tmp_path / "client.yaml", doc)), b"", first_jitter_s=0.0,
+                    handle_signals=False)  # fmt: skip
+    task = asyncio.create_task(daemon.serve())
+
+    def up(ip: str) -> float | None:
+        return daemon.registry.get_sample_value("plprobe_path_up", {"path": f"c1/{ip}/{port}"})
+
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 5)
+        assert up("127.0.0.2") == 0
+        answer[:] = ["127.0.0.3"]
+        await eventually(lambda: up("127.0.0.3") is not None)
+        assert up("127.0.0.2") is None
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 3)
+
+
+async def test_uncached_configuration_analysis_runs_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.daemon as daemon_module
+
+    threads: list[str] = []
+    real = daemon_module.static_findings
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(daemon_module, "static_findings", spy)
+    dirs = write_snapshot(load_topology(), tmp_path / "snap")
+    responder = await start_responder()
+    doc = client_doc(responder.bound_port, config_sources={"snapshot_dirs": [str(d) for d in dirs]})
+    daemon = Daemon(load_config(write(tmp_path / "client.yaml", doc)), b"", first_jitter_s=0.0,
+                    handle_signals=False)  # fmt: skip
+    task = asyncio.create_task(daemon.serve())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 5)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 3)
+        await responder.stop(0.1)
+    assert threads and threading.main_thread().name not in threads
+    assert daemon._findings.misses == 1
 
 
 async def test_the_provider_role_counts_probes_by_the_clients_path_id(tmp_path: Path) -> None:

@@ -73,6 +73,15 @@ async def test_since_filters_out_older_observations(client: TestClient) -> None:
     assert body["count"] == 1
 
 
+async def test_agent_filters_to_that_clients_observations(store: ObservationStore) -> None:
+    store.append(dataclasses.replace(obs(400.0, "dd"), agent="client-9"))
+    app = build_observations_app(store, agent_id="target-1")
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.get("/v1/observations", params={"agent": "client-9"})
+        body = await resp.json()
+    assert [o["probe_id"] for o in body["observations"]] == ["dd"]
+
+
 async def test_limit_truncates_and_says_where_to_continue(client: TestClient) -> None:
     body = await (await client.get("/v1/observations", params={"limit": "1"})).json()
     assert body["truncated"] is True

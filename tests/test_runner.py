@@ -26,7 +26,8 @@ from agent.observe.api import build_observations_app
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
 from agent.probecmd import format_table, probe_command
-from agent.results import Observation, ProbeResult
+from agent.probes.base import ProbeContext, ProbeTarget
+from agent.results import Observation, PathRef, ProbeResult
 from agent.yamlsrc import load_yaml
 
 KEY = b"k" * 32
@@ -255,6 +256,63 @@ async def test_a_name_that_does_not_resolve_still_yields_a_path_with_the_dns_err
     assert ev.path == "c1/az9/80"
     assert ev.outcome == "dns_error"
     assert [r.probe for r in ev.results] == ["dns"]
+
+
+async def test_a_regional_name_with_ipv4_and_ipv6_answers_yields_a_path_per_address(
+    tmp_path, monkeypatch
+) -> None:
+    async def dual_stack(name: str, timeout_s: float) -> list[str]:
+        return ["::1", "127.0.0.1"]
+
+    monkeypatch.setattr("agent.probes.dns.resolve", dual_stack)
+    port = closed_port()
+    config = client_config(
+        tmp_path, path={"expected_ips": {}, "regional": "vpce.example", "ports": [port]}
+    )
+    result = await runner.run_round(config, key=KEY, check_raw=no_raw)
+    assert [ref.ip for ref in result.paths] == ["127.0.0.1", "::1"]
+
+
+async def test_a_syn_probe_of_an_ipv6_address_falls_back_to_tcp_and_says_so() -> None:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    ref = PathRef(id=f"c1/::1/{port}", agent="c1", name="::1", ip="::1", port=port)
+    ctx = ProbeContext(agent_id="c1", key=KEY, insecure=False, timeout_s=1.0, retries=0)
+    result = await runner._run_probe("syn", ProbeTarget(path=ref), ctx, asyncio.Semaphore(1), True)
+    assert result.probe == "syn" and result.outcome == "refused"
+    assert result.fallback is not None and "IPv6" in result.fallback
+
+
+async def test_observations_are_asked_for_from_a_correlation_window_before_the_round(
+    tmp_path,
+) -> None:
+    fake = FakeProvider([])
+    config = client_config(tmp_path, correlation_window=20, path={"ports": [closed_port()]})
+    result = await runner.run_round(config, key=KEY, provider=fake, check_raw=no_raw)
+    assert fake.since is not None
+    assert fake.since <= result.started_at - 20  # a provider clock 20 s behind still answers
+
+
+async def test_a_client_asks_the_provider_only_for_its_own_observations(tmp_path) -> None:
+    seen: list[str | None] = []
+
+    async def observations(request: web.Request) -> web.Response:
+        seen.append(request.query.get("agent"))
+        return web.json_response({"observations": []})
+
+    app = web.Application()
+    app.router.add_get("/v1/observations", observations)
+    api = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await api.setup()
+    await web.TCPSite(api, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{api.addresses[0][1]}"
+        config = client_config(tmp_path, provider_url=url, path={"ports": [closed_port()]})
+        await runner.run_round(config, key=KEY, check_raw=no_raw)
+    finally:
+        await api.cleanup()
+    assert seen == ["c1"]
 
 
 async def test_the_probe_command_prints_a_table_and_exits_1_when_a_path_fails(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,3 +211,50 @@ def test_a_changed_snapshot_is_validated_again_and_a_wrong_shape_is_refused(
     assert len(calls) == 2
     with pytest.raises(SourceError, match=r"elbv2-describe-target-groups\.json.*Port"):
         SnapshotSource(snapshot_dirs).load()  # the same message as in-process validation
+
+
+async def test_a_hung_read_does_not_starve_the_event_loop() -> None:
+    gate = threading.Event()
+    source = FlakySource(timeout_s=0.05, gate=gate)
+    calls = [0]
+
+    def clock() -> float:  # a busy refresh loop ends here instead of hanging the test
+        calls[0] += 1
+        if calls[0] > 10_000:
+            raise RuntimeError("the refresh loop never yielded")
+        return time.time()
+
+    keeper = ViewKeeper(
+        source, interval_s=60, backoff_initial_s=0.05, min_sleep_s=0.01, clock=clock
+    )
+    task = asyncio.create_task(keeper.run())
+    ticks = 0
+    try:
+        async with asyncio.timeout(2):  # watchdog: other tasks still get the loop
+            for _ in range(20):
+                await asyncio.sleep(0.02)
+                ticks += 1
+        assert not task.done(), task.exception() if task.done() else None
+    finally:
+        gate.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+            await task
+    assert ticks == 20 and source.loads == 1 and keeper.view.stale
+
+
+class BuggySource(FlakySource):
+    def load(self) -> Topology:
+        if self.fail:
+            raise KeyError("vpc-1")
+        return super().load()
+
+
+async def test_a_source_bug_marks_the_view_stale_and_keeps_the_last_good_one() -> None:
+    source = BuggySource()
+    keeper = ViewKeeper(source, interval_s=60)
+    good = await keeper.refresh()
+    source.fail = True
+    stale = await keeper.refresh()
+    assert stale.topology is good.topology
+    assert stale.stale and stale.error == "KeyError: 'vpc-1'"

@@ -18,7 +18,9 @@ Response (field names are stable, DESIGN.md)::
       "counters": {"store": {...}, "responder": {...}, ...}
     }
 
-Bad query parameters are a 400 with ``{"error": "..."}``. Mount with
+Query: ``since`` (unix seconds), ``limit``, and ``agent`` (a client agent id: only that
+client's observations; each client passes its own). Bad query parameters are a 400 with
+``{"error": "..."}``. Mount with
 ``app.add_routes(observations_routes(store, agent_id=...))`` or as a sub-app with
 ``build_observations_app``.
 """
@@ -95,7 +97,7 @@ def observations_routes(
             limit = _parse_limit(request.query.get("limit"))
         except ValueError as exc:
             return _bad_request(str(exc))
-        page = store.since(since, limit)
+        page = store.since(since, limit, agent=request.query.get("agent") or None)
         all_counters: dict[str, dict[str, int]] = {"store": store.counters.as_dict()}
         for name, source in sources.items():
             all_counters[name] = dict(source())

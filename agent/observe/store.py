@@ -97,8 +97,13 @@ class ObservationStore:
             elif obs.via == "sniffer":
                 self._counters.by_via_sniffer += 1
 
-    def since(self, since: float = 0.0, limit: int | None = None) -> Page:
+    def since(
+        self, since: float = 0.0, limit: int | None = None, *, agent: str | None = None
+    ) -> Page:
         """Observations with ``seen_at > since``, oldest first, at most ``limit`` of them.
+
+        ``agent``: only those of that client agent (the id in their token), so a client
+        fetches its own observations, not every client's.
 
         Sorted by ``seen_at`` (the sniffer's packet timestamps may interleave with the
         responder's), so a truncated page plus ``next_since`` continues without gaps.
@@ -109,7 +114,9 @@ class ObservationStore:
             raise ValueError("limit must be at least 1")
         with self._lock:
             self._expire()
-            hits = [o for o in self._items if o.seen_at > since]
+            hits = [
+                o for o in self._items if o.seen_at > since and (agent is None or o.agent == agent)
+            ]
         hits.sort(key=lambda o: o.seen_at)
         truncated = limit is not None and len(hits) > limit
         if truncated:
