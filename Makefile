@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables tcpdump libpcap0.8 conntrack procps psmisc \
-                prometheus prometheus-blackbox-exporter python3-venv
+                prometheus prometheus-blackbox-exporter python3-venv systemd
 PYTEST_ARGS ?=
 
 .PHONY: help deps apt venv test lint demo clean
