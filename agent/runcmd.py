@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.config import load_config, load_key
-from agent.errors import PlprobeError
 
 __all__ = ["main", "register", "run_daemon"]
 
@@ -73,20 +72,13 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agent.runcmd``: the ``run`` command on its own."""
-    parser = argparse.ArgumentParser(prog="plprobe run")
-    _add_flags(parser)
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        return run_daemon(args.config, listen=args.listen, debug=args.debug)
-    except PlprobeError as exc:
-        if args.debug:
-            raise
-        print(f"plprobe: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    """``python -m agent.runcmd``: the ``run`` command on its own, through the one CLI entry
+    (same exit codes, same error messages); ``--debug`` may come anywhere."""
+    from agent.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = ["--debug"] if "--debug" in args else []
+    return cli_main([*debug, "run", *(a for a in args if a != "--debug")])
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from agent.errors import LabError, PlprobeError, ProbeError
+from agent.lab.lab import pid_alive
 from agent.results import Observation
 from agent.sources.lab import TOPOLOGIES
 
@@ -131,22 +132,12 @@ def _pidfile(lab: Lab, node: str) -> Path:
     return _agents_dir(lab) / f"{node}.pid"
 
 
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _pid(lab: Lab, node: str) -> int | None:
     try:
         pid = int(_pidfile(lab, node).read_text())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def agents_enabled(lab: Lab) -> bool:
@@ -219,9 +210,9 @@ def stop_agents(lab: Lab, nodes: Sequence[str] | None = None) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
             deadline = time.monotonic() + 2.0
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            if not _alive(pid):
+            if not pid_alive(pid):
                 break
         stopped.append(node)
     return stopped

@@ -139,14 +139,14 @@ def _kill(pids: set[int], grace_s: float = 1.0) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            pids = {p for p in pids if _alive(p)}
+            pids = {p for p in pids if pid_alive(p)}
             if not pids:
                 return
             time.sleep(0.02)
 
 
-def _alive(pid: int) -> bool:
-    # reap our own children so they do not linger as zombies
+def pid_alive(pid: int) -> bool:
+    """Is the process running (not gone, not a zombie)? Reaps our own children on the way."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
     try:
@@ -669,7 +669,7 @@ class Lab:
                 pid = int(self._pidfile(spec).read_text())
             except (OSError, ValueError):
                 pid = 0
-            procs.append({"process": spec.key, "pid": pid, "alive": bool(pid) and _alive(pid)})
+            procs.append({"process": spec.key, "pid": pid, "alive": bool(pid) and pid_alive(pid)})
         return {
             "name": self.name,
             "source": topo.source,

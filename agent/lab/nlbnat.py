@@ -172,6 +172,17 @@ def ruleset(config: NodeConfig, healthy: set[str] | None) -> str:
         )
     if config.no_listener == "reset":
         inp.append('meta l4proto tcp reject with tcp reset comment "no listener"')
+    snat = f"ct status dnat meta l4proto tcp snat ip to {config.ip}:1024-65535 random"
+    return nat_table(pre, inp, post=[snat])
+
+
+def nat_table(pre: list[str], inp: list[str], *, post: list[str] | None = None) -> str:
+    """The one shape of a NAT hop's ruleset (an endpoint ENI or an NLB node).
+
+    It replaces any previous table atomically (declare, delete, add in one transaction, so
+    conntrack keeps its flows), DNATs in prerouting, SNATs in postrouting when given, accepts
+    only ``inp`` locally and forwards only what it DNATed.
+    """
     lines = [
         f"table ip {TABLE} {{}}",
         f"delete table ip {TABLE}",
@@ -180,10 +191,15 @@ def ruleset(config: NodeConfig, healthy: set[str] | None) -> str:
         "    type nat hook prerouting priority dstnat; policy accept;",
         *(f"    {r}" for r in pre),
         "  }",
-        "  chain postrouting {",
-        "    type nat hook postrouting priority srcnat; policy accept;",
-        f"    ct status dnat meta l4proto tcp snat ip to {config.ip}:1024-65535 random",
-        "  }",
+    ]
+    if post is not None:
+        lines += [
+            "  chain postrouting {",
+            "    type nat hook postrouting priority srcnat; policy accept;",
+            *(f"    {r}" for r in post),
+            "  }",
+        ]
+    lines += [
         "  chain input {",
         "    type filter hook input priority filter; policy drop;",
         *(f"    {r}" for r in inp),

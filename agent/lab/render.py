@@ -818,25 +818,7 @@ def _endpoint_ruleset(ctx: _Ctx, node: Node) -> str:
             f"ip daddr {node.ip} meta l4proto tcp dnat ip to {target} "
             + _comment(f"PrivateLink to NLB node in {node.az_id}")
         )
-    lines = [
-        f"table ip {TABLE} {{}}",
-        f"delete table ip {TABLE}",
-        f"table ip {TABLE} {{",
-        "  chain prerouting {",
-        "    type nat hook prerouting priority dstnat; policy accept;",
-        *(f"    {r}" for r in pre),
-        "  }",
-        "  chain input {",
-        "    type filter hook input priority filter; policy drop;",
-        *(f"    {r}" for r in inp),
-        "  }",
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy drop;",
-        "    ct status dnat accept",
-        "  }",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
+    return nlbnat.nat_table(pre, inp)
 
 
 def _nlb_configs(ctx: _Ctx, enis: list[Node]) -> dict[str, nlbnat.NodeConfig]:
