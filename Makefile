@@ -44,7 +44,7 @@ test: deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: deps
-	$(PY) -m agent.demo
+	$(PY) -m agent.cli.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -164,7 +164,7 @@ class ConfigSources(_Model):
 
     snapshot_dirs: list[str] = Field(default_factory=list)
     aws: AwsSource | None = None
-    #: seconds between re-reads of the configuration view by the daemon (agent/views.py);
+    #: seconds between re-reads of the configuration view by the daemon (agent/sources/views.py);
     #: slower than probing: configuration changes rarely and live reads cost API calls
     refresh_interval: Seconds = 300.0
 
@@ -277,7 +277,7 @@ class ClientConfig(_Common):
     #: how far apart a probe and its observation may be (clock skew + in-flight time)
     correlation_window: Seconds = 30.0
     #: does the NLB keep the client's initial sequence number (AWS does not document it)?
-    #: auto: assume so unless a round shows otherwise (agent.correlate)
+    #: auto: assume so unless a round shows otherwise (agent.diagnose.correlate)
     nlb_preserves_isn: bool | Literal["auto"] = "auto"
     config_sources: ConfigSources = Field(default_factory=ConfigSources)
 

@@ -82,7 +82,7 @@ def batch(lab, pid: int, url: str, count: int, rate: float) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from agent.sources.lab import load_topology
+    from agent.sources.topology import load_topology
 
     with workdir("bench-bb") as work, lab_session(load_topology(), "bb") as lab:
         cfg = client_config(work, interval=3600, listen="127.0.0.1:9720")

@@ -68,7 +68,7 @@ def rules_copy(work, for_: str | None):
 def measure(args: argparse.Namespace) -> dict:
     from agent.lab.expose import exposed
     from agent.lab.snapshot import write_snapshot
-    from agent.sources.lab import load_topology
+    from agent.sources.topology import load_topology
 
     interval, timeout = 10.0, 1.0
     with workdir("bench-det") as work, lab_session(load_topology(), "det") as lab:

@@ -54,7 +54,7 @@ PORTS = [80, *EXTRA_PORTS]
 
 def bench_topology(work: Path):
     """reference.yaml + 49 listeners and the SG rules for them (see the module docstring)."""
-    from agent.sources.lab import load_topology
+    from agent.sources.topology import load_topology
 
     data = yaml.safe_load((REPO / "configs" / "lab" / "reference.yaml").read_text())
     res = data["resources"]

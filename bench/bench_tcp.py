@@ -76,7 +76,7 @@ async def _batch(count: int, concurrency: int) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from agent.sources.lab import load_topology
+    from agent.sources.topology import load_topology
 
     out: dict = {"benchmark": "tcp", "target": f"{TARGET_IP}:{PORT}", "runs_n": args.runs}
     with lab_session(load_topology(), "tcp") as lab:

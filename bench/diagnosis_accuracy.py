@@ -41,7 +41,7 @@ from agent.lab import faults
 from agent.lab.agents import LEVELS
 from agent.lab.lab import Lab
 from agent.model import NaclEntry, Rule, SecurityGroup, Topology, stable_id
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 REPO = Path(__file__).resolve().parent.parent
 MULTI_AZ = REPO / "configs" / "lab" / "multi-az.yaml"

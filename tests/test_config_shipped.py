@@ -30,7 +30,7 @@ def test_shipped_agent_config_loads(name: str, monkeypatch) -> None:
 
 def test_lab_client_configs_probe_the_reference_endpoint_eni() -> None:
     """The lab configs name the reference topology's endpoint; keep them in step with it."""
-    from agent.sources.lab import load_topology
+    from agent.sources.topology import load_topology
 
     topology = load_topology()
     (endpoint,) = topology.endpoints.values()

@@ -1,5 +1,6 @@
 """Static evaluation of a Topology for one flow: ``sg`` and ``nacl`` are the pure evaluators,
-``path`` walks the PrivateLink path hop by hop into ``HopFinding``s for ``agent.diagnose``."""
+``path`` walks the PrivateLink path hop by hop into ``HopFinding``s for
+``agent.diagnose.verdict``."""
 
 from __future__ import annotations
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from agent.analyze.fixes import nacl_fix, nacl_label, ports_text, sg_fix, sg_label, sgs_label
 from agent.analyze.nacl import NaclDecision, entry_text, evaluate_nacl, evaluate_nacl_range
 from agent.analyze.sg import SgDecision, evaluate_sg
 from agent.errors import ConfigError
-from agent.fixes import nacl_fix, nacl_label, ports_text, sg_fix, sg_label, sgs_label
 from agent.model import (
     LINUX_EPHEMERAL,
     NLB_EPHEMERAL,

@@ -56,7 +56,7 @@ import yaml
 from agent.errors import LabError, PlprobeError, ProbeError
 from agent.lab.lab import pid_alive
 from agent.results import Observation
-from agent.sources.lab import TOPOLOGIES
+from agent.sources.topology import TOPOLOGIES
 
 if TYPE_CHECKING:
     from agent.lab.lab import Lab
@@ -502,8 +502,8 @@ def _lesser_levels(args: argparse.Namespace, config: Any, round_: Any) -> dict[s
     """Diagnoses of the same round with less evidence (module docstring, "Evidence levels")."""
     import dataclasses
 
-    from agent.correlate import correlate
-    from agent.pipeline import diagnose_round, self_identity
+    from agent.diagnose.correlate import correlate
+    from agent.diagnose.pipeline import diagnose_round, self_identity
     from agent.sources.aws_snapshot import load_snapshot
 
     why = "provider evidence not used at this evidence level"
@@ -531,8 +531,8 @@ def _run(args: argparse.Namespace) -> int:
     key = load_key(config)
     provider = NamespaceObservationSource(args.provider_ns)
     if args.mode == "probe":
-        from agent.probecmd import format_table
-        from agent.runner import run_round
+        from agent.diagnose.report import format_table
+        from agent.diagnose.rounds import run_round
 
         round_ = asyncio.run(run_round(config, key=key, provider=provider))
         if args.output == "json":
@@ -541,9 +541,9 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(format_table(round_))
         return 0 if round_.all_ok else 1
 
-    from agent.checkcmd import check, exit_code, render_json, render_table
+    from agent.diagnose.check import check, exit_code, render_json, render_table
     from agent.errors import SourceError
-    from agent.views import SnapshotSource
+    from agent.sources.views import SnapshotSource
 
     source = SnapshotSource(tuple(Path(d) for d in args.snapshot)) if args.snapshot else None
     diagnosis, round_ = asyncio.run(check(config, key, source=source, provider=provider))

@@ -48,6 +48,7 @@ from typing import Any
 
 from agent.errors import LabError, PrivilegeError
 from agent.lab import faults, nlbnat
+from agent.lab.commands import CommandRunner, SubprocessRunner
 from agent.lab.render import (
     NETNS_ETC,
     STATE_ROOT,
@@ -59,7 +60,6 @@ from agent.lab.render import (
     render,
     state_dir,
 )
-from agent.lab.runner import CommandRunner, SubprocessRunner
 from agent.model import Topology, to_plain, topology_from_plain
 
 NETNS_RUN = Path("/run/netns")

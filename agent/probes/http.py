@@ -7,7 +7,8 @@ request although the NLB rewrites the source. Phase timings come from aiohttp's 
 ``first_byte`` (request sent -> response headers) and ``duration_s`` over everything.
 
 The caller owns the ``ClientSession`` (``make_session``, stored in ``ctx.extras[SESSION_KEY]``):
-one per round for ``check``, one per daemon for ``plprobe run`` (``agent.runner.SharedProbes``;
+one per round for ``check``, one per daemon for ``plprobe run``
+(``agent.diagnose.rounds.SharedProbes``;
 a session per round cost the daemon more CPU than the probes). Either way its connector closes
 every connection after use (``force_close``), so every probe opens a new TCP connection: a
 reused connection would not probe the network path again. Without a session in the context

@@ -36,7 +36,7 @@ measured with ``/proc/self/status`` VmRSS, ``scapy.layers.inet`` adds ~33 MiB an
 per process (not per engine or round). Only when no child can be started (no interpreter
 executable, e.g. a frozen build) are they built in-process, with a warning.
 
-A daemon keeps ONE engine for its lifetime (``agent.runner.SharedProbes``): sockets and
+A daemon keeps ONE engine for its lifetime (``agent.diagnose.rounds.SharedProbes``): sockets and
 templates are made once; ``healthy`` turns false when a socket breaks (closed under us, or an
 error that is about the socket rather than the path), and the owner then replaces the engine.
 ``forget_routes`` drops the cached source address per destination (the pseudo-header

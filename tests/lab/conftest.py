@@ -8,7 +8,7 @@ import pytest
 from labfixtures import lab_up
 
 from agent.lab.lab import Lab
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from labfixtures import assert_no_leftovers, lab_up, require_lab, unique_lab_nam
 
 from agent.lab import agents, faults
 from agent.lab.lab import Lab
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
 NLB_IP = "10.3.0.100"

@@ -10,9 +10,9 @@ import pytest
 from labfixtures import assert_no_leftovers, leftovers, require_lab, unique_lab_name
 
 from agent.errors import ApplyError, LabError
+from agent.lab.commands import SubprocessRunner
 from agent.lab.lab import Lab, teardown
-from agent.lab.runner import SubprocessRunner
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 pytestmark = pytest.mark.lab
 

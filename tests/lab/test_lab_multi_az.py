@@ -10,7 +10,7 @@ import pytest
 from labfixtures import endpoint_name, lab_up
 
 from agent.lab.lab import Lab
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 pytestmark = pytest.mark.lab
 

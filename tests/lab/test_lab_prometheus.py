@@ -46,7 +46,7 @@ from labfixtures import lab_up
 from agent.lab.expose import exposed
 from agent.lab.lab import Lab
 from agent.lab.snapshot import write_snapshot
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 pytestmark = pytest.mark.lab
 

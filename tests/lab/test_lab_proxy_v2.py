@@ -26,7 +26,7 @@ from agent.lab import healthd, nlbnat, ppproxy
 from agent.lab.lab import Lab
 from agent.lab.render import render
 from agent.model import Topology
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 from agent.wire import (
     PP2_TYPE_AWS,
     PP2_TYPE_CRC32C,

@@ -12,7 +12,7 @@ from labfixtures import endpoint_name
 
 from agent.lab import faults
 from agent.lab.lab import Lab
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 pytestmark = pytest.mark.lab
 

@@ -13,7 +13,7 @@ from agent.controls import BREAKABLE
 from agent.errors import RenderError
 from agent.lab import faults, nlbnat
 from agent.lab.render import LabPlan, render
-from agent.sources.lab import load_topology
+from agent.sources.topology import load_topology
 
 MULTI_AZ = Path(__file__).resolve().parents[2] / "configs" / "lab" / "multi-az.yaml"
 
@@ -188,8 +188,8 @@ def test_lab_commands_without_root_exit_2(
 
 
 def test_rulesets_are_checked_before_they_are_applied() -> None:
+    from agent.lab.commands import FakeRunner
     from agent.lab.lab import Lab
-    from agent.lab.runner import FakeRunner
 
     runner = FakeRunner()
     Lab("unit", runner=runner)._apply_nft({"pl-unit-x": "table ip plprobe {}\n"})

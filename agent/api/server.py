@@ -1,0 +1,591 @@
+"""The agent's HTTP API (aiohttp): metrics, health, JSON state, and a blackbox-style ``/probe``.
+
+    GET /metrics             Prometheus exposition of the agent's registry (content negotiated)
+    GET /healthz             liveness: 200 while the event loop answers
+    GET /healthz/ready       readiness (also ``/healthz?ready=1``): 503 until the configuration
+                             is loaded and the first round completed
+    GET /v1/results          latest ProbeResults per path     {"results": [...]}
+    GET /v1/evidence         latest PathEvidence per path     {"evidence": [...]}
+    GET /v1/verdicts         latest Verdict per path          {"verdicts": [...]}
+    GET /v1/observations     provider role: agent/observe/api.py's handler
+    GET /probe?target=T&module=M
+                             blackbox-exporter compatible: one probe, its own small answer
+    POST /-/reload           re-read the configuration file (the daemon's reload path, the same
+                             as SIGHUP): 200 on success, 500 with the error (old config kept);
+                             a client that disconnects does not cancel a reload once started
+
+``/v1/*`` takes ``?path=ID`` (repeatable) to filter, and needs ``Authorization: Bearer TOKEN``
+when the configuration sets a token (401 with a JSON error otherwise; constant-time compare).
+
+What changes at runtime lives in one holder, ``ApiDeps``: the daemon swaps its dicts (whole
+objects, on the event loop) after each round and its ``config`` on reload; app state itself is
+frozen at startup, so the app keeps only the holder.
+
+``/probe`` follows blackbox_exporter: a failed probe is a *successful* request whose body says
+``probe_success 0`` (plus plprobe's ``plprobe_probe_result{result}`` and, when a verdict is
+available, ``plprobe_probe_blocked{control}``); only a bad request (no target, a target the probe
+function cannot parse, an unknown module — also counted) is an HTTP error. The deadline is the
+scraper's ``X-Prometheus-Scrape-Timeout-Seconds`` minus an offset, or the module's timeout if
+that is smaller; with ``handler_cancellation`` a scraper that gives up cancels its probe.
+
+``/probe`` is the one endpoint on a hot path (a scraper asks once per target per interval), so
+it costs no more CPU than blackbox_exporter's (docs/BENCHMARKS.md): its answer is rendered from
+text precomputed at import (``render_probe``), and plain ``GET /probe`` requests are answered
+below aiohttp by ``agent.api.fastpath.ProbeConnection``, which hands a connection to aiohttp
+at its first request that is anything else. ``ApiServer(fast_probe=False)`` serves everything
+through aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import importlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import hdrs, web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+
+from agent.controls import IDS as CONTROL_IDS
+from agent.errors import ConfigError, PlprobeError
+from agent.metrics import Metrics
+from agent.observe.store import ObservationStore
+from agent.results import OUTCOMES, PROBE_KINDS, PathEvidence, ProbeResult, Verdict
+
+if TYPE_CHECKING:
+    from agent.api.fastpath import ProbeConnection
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEPS_KEY",
+    "ApiConfig",
+    "ApiDeps",
+    "ApiServer",
+    "ProbeFn",
+    "ProbeModule",
+    "ProbeReport",
+    "build_app",
+    "probe_timeout",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9720
+MAX_TARGET_LEN = 512
+
+
+@dataclass(frozen=True)
+class ProbeModule:
+    """A named probe setting for ``/probe?module=NAME`` (blackbox's modules)."""
+
+    name: str
+    prober: str  # a PROBE_KINDS value
+    timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.prober not in PROBE_KINDS:
+            raise ValueError(f"module {self.name!r}: prober {self.prober!r} not in {PROBE_KINDS}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"module {self.name!r}: timeout_s must be positive")
+
+
+def _default_modules() -> dict[str, ProbeModule]:
+    return {kind: ProbeModule(kind, kind) for kind in PROBE_KINDS}
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The API's part of the configuration; replaced as a whole on reload."""
+
+    host: str = "0.0.0.0"  # DESIGN.md: the API listens on :9720
+    port: int = DEFAULT_PORT
+    #: bearer token required on /v1/* (None: open)
+    token: str | None = None
+    modules: Mapping[str, ProbeModule] = field(default_factory=_default_modules)
+    #: subtracted from the scraper's timeout so the answer arrives before it gives up
+    scrape_timeout_offset_s: float = 0.5
+    #: agent id reported by /v1/observations
+    agent_id: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """What a probe function returns for ``/probe``: the result, and a verdict if it has one."""
+
+    result: ProbeResult
+    verdict: Verdict | None = None
+
+
+#: ``probe_fn(target, module, timeout_s)``; raises ``ValueError`` for a target it cannot parse
+ProbeFn = Callable[[str, ProbeModule, float], Awaitable[ProbeReport]]
+
+
+@dataclass
+class ApiDeps:
+    """Everything the handlers read, in one mutable holder owned by the daemon."""
+
+    registry: CollectorRegistry
+    metrics: Metrics | None = None
+    config: ApiConfig = field(default_factory=ApiConfig)
+    #: path -> the latest round's results of that path
+    results: Mapping[str, Sequence[ProbeResult]] = field(default_factory=dict)
+    evidence: Mapping[str, PathEvidence] = field(default_factory=dict)
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)
+    #: provider role: the store behind /v1/observations (None: not a provider)
+    observations: ObservationStore | None = None
+    #: extra counters for /v1/observations, e.g. {"responder": lambda: r.counters.as_dict()}
+    observation_counters: Mapping[str, Callable[[], Mapping[str, int]]] = field(
+        default_factory=dict
+    )
+    probe_fn: ProbeFn | None = None
+    #: the daemon's reload (``POST /-/reload``): returns (ok, message); None: 404
+    reload_fn: Callable[[], Awaitable[tuple[bool, str]]] | None = None
+    config_loaded: bool = False
+    #: set after the first round (the provider role sets it when its listeners are up)
+    first_round_done: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.config_loaded and self.first_round_done
+
+
+DEPS_KEY: web.AppKey[ApiDeps] = web.AppKey("plprobe_api_deps", ApiDeps)
+
+
+def _json_error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+# -- /metrics ------------------------------------------------------------------------------
+
+
+async def _expose(request: web.Request, registry: CollectorRegistry) -> web.Response:
+    """Format a registry for the scraper's Accept header.
+
+    Formatting runs in a worker thread: with 1,000 paths it is ~10^5 lines, long enough to
+    stall probes if done on the loop, and prometheus-client's families are lock-protected.
+    """
+    encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+    names = request.query.getall("name[]", [])
+    source = registry.restricted_registry(names) if names else registry
+    body = await asyncio.to_thread(encoder, source)
+    response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+    response.enable_compression()
+    return response
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return await _expose(request, request.app[DEPS_KEY].registry)
+
+
+# -- /healthz ------------------------------------------------------------------------------
+
+
+def _health_body(deps: ApiDeps) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "ready": deps.ready,
+        "config_loaded": deps.config_loaded,
+        "first_round_done": deps.first_round_done,
+        "uptime_s": round(time.time() - deps.started_at, 3),
+    }
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if request.query.get("ready", "") not in ("", "0", "false"):
+        return await _ready(request)
+    return web.json_response(_health_body(request.app[DEPS_KEY]))
+
+
+async def _ready(request: web.Request) -> web.Response:
+    deps = request.app[DEPS_KEY]
+    body = _health_body(deps)
+    if not deps.ready:
+        body["status"] = "not ready"
+    return web.json_response(body, status=200 if deps.ready else 503)
+
+
+# -- /v1 -----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _bearer_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Require the configured bearer token on /v1/*; other endpoints stay open (scrapers)."""
+    token = request.app[DEPS_KEY].config.token
+    guarded = request.path == "/v1" or request.path.startswith(("/v1/", "/-/"))
+    if token and guarded:
+        scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        )
+        if not ok:
+            return _json_error(
+                401, "missing or wrong bearer token", **{hdrs.WWW_AUTHENTICATE: "Bearer"}
+            )
+    return await handler(request)
+
+
+def _selected(request: web.Request, paths: Sequence[str]) -> list[str]:
+    wanted = request.query.getall("path", [])
+    return sorted(p for p in paths if not wanted or p in wanted)
+
+
+async def _results(request: web.Request) -> web.Response:
+    deps = request.app[DEPS_KEY]
+    results = deps.results
+    return web.json_response(
+        {"results": [r.to_json() for p in _selected(request, list(results)) for r in results[p]]}
+    )
+
+
+async def _evidence(request: web.Request) -> web.Response:
+    evidence = request.app[DEPS_KEY].evidence
+    return web.json_response(
+        {"evidence": [evidence[p].to_json() for p in _selected(request, list(evidence))]}
+    )
+
+
+async def _verdicts(request: web.Request) -> web.Response:
+    verdicts = request.app[DEPS_KEY].verdicts
+    return web.json_response(
+        {"verdicts": [verdicts[p].to_json() for p in _selected(request, list(verdicts))]}
+    )
+
+
+async def _no_observations(request: web.Request) -> web.Response:
+    return _json_error(404, "this agent does not run the provider role: no observations")
+
+
+def _observation_routes(deps: ApiDeps) -> list[web.RouteDef]:
+    """agent/observe/api.py's routes when that module and a store are present."""
+    if deps.observations is None:
+        return [web.get("/v1/observations", _no_observations, allow_head=False)]
+    try:
+        observe_api = importlib.import_module("agent.observe.api")
+    except ImportError:
+        log.warning("agent.observe.api is not available: /v1/observations disabled")
+        return [web.get("/v1/observations", _no_observations, allow_head=False)]
+    routes: list[web.RouteDef] = observe_api.observations_routes(
+        deps.observations,
+        agent_id=deps.config.agent_id,
+        counters=deps.observation_counters,
+    )
+    return routes
+
+
+# -- /probe --------------------------------------------------------------------------------
+
+
+def probe_timeout(header: str | None, module: ProbeModule, offset_s: float) -> float:
+    """blackbox_exporter's rule: scrape timeout minus offset, unless the module's is smaller.
+
+    A missing header, or one that leaves no time after the offset, gives the module's timeout.
+    ``ValueError`` for a header that is not a number.
+    """
+    if not header:
+        return module.timeout_s
+    try:
+        scrape = float(header)
+    except ValueError:
+        raise ValueError(
+            f"X-Prometheus-Scrape-Timeout-Seconds is not a number: {header!r}"
+        ) from None
+    if not math.isfinite(scrape):
+        raise ValueError(f"X-Prometheus-Scrape-Timeout-Seconds is not finite: {header!r}")
+    budget = scrape - offset_s
+    if budget <= 0:
+        return module.timeout_s
+    return min(budget, module.timeout_s)
+
+
+def _escape_label(value: str) -> str:
+    """Label-value escaping of both text formats: backslash, double quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(name: str, help_text: str) -> str:
+    help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
+
+
+_SUCCESS_HEAD = _family("probe_success", "Whether the probe succeeded.")
+_DURATION_HEAD = _family("probe_duration_seconds", "How long the probe took.")
+_RESULT_HEAD = _family("plprobe_probe_result", "The probe's client-side result, one-hot.")
+_BLOCKED_HEAD = _family("plprobe_probe_blocked", "1 for the control that blocked the probed path.")
+
+#: success -> the probe_success family plus the head of probe_duration_seconds' sample line
+_PROBE_HEAD: dict[bool, str] = {
+    ok: f"{_SUCCESS_HEAD}probe_success {1.0 if ok else 0.0}\n"
+    f"{_DURATION_HEAD}probe_duration_seconds "
+    for ok in (False, True)
+}
+#: outcome -> the one-hot plprobe_probe_result family (every outcome, in OUTCOMES' order)
+_PROBE_RESULT: dict[str, str] = {
+    outcome: _RESULT_HEAD
+    + "".join(
+        f'plprobe_probe_result{{result="{_escape_label(v)}"}} {1.0 if v == outcome else 0.0}\n'
+        for v in OUTCOMES
+    )
+    for outcome in OUTCOMES
+}
+#: control -> the plprobe_probe_blocked family naming it
+_PROBE_BLOCKED: dict[str, str] = {
+    control: f'{_BLOCKED_HEAD}plprobe_probe_blocked{{control="{_escape_label(control)}"}} 1.0\n'
+    for control in CONTROL_IDS
+}
+_OPENMETRICS_EOF = "# EOF\n"
+
+
+def render_probe(
+    success: bool, duration_s: float, outcome: str, control: str | None, *, openmetrics: bool
+) -> bytes:
+    """The ``/probe`` answer, from text precomputed at import.
+
+    Why not a prometheus-client registry: building one with its gauges and running its
+    exposition cost more CPU per request than the probe itself (docs/BENCHMARKS.md). Every
+    label value comes from a fixed set (OUTCOMES, the control catalogue), so each family's
+    text is built (and escaped) once; only the duration is formatted per request, with
+    prometheus-client's own float formatting. tests/test_api.py holds the output byte-equal
+    to prometheus-client's encoders for every outcome and control, in both formats.
+    """
+    parts = [_PROBE_HEAD[success], floatToGoString(duration_s), "\n", _PROBE_RESULT[outcome]]
+    if control is not None:
+        parts.append(_PROBE_BLOCKED[control])
+    if openmetrics:
+        parts.append(_OPENMETRICS_EOF)
+    return "".join(parts).encode()
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_content_type(accept: str) -> tuple[bool, str]:
+    """(openmetrics?, Content-Type) for an Accept header, as prometheus-client negotiates.
+
+    Cached: a scraper sends the same Accept header on every request, and the set of
+    distinct headers is small (bounded by the cache either way).
+    """
+    _, content_type = choose_encoder(accept)
+    return content_type.startswith("application/openmetrics-text"), content_type
+
+
+_TEXT = "text/plain; charset=utf-8"
+_SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+
+#: (HTTP status, Content-Type, body) of a ``/probe`` answer
+ProbeAnswer = tuple[int, str, bytes]
+
+
+def _text(status: int, message: str) -> ProbeAnswer:
+    return status, _TEXT, message.encode()
+
+
+async def answer_probe(
+    deps: ApiDeps, target: str, module_name: str, scrape_timeout: str | None, accept: str
+) -> ProbeAnswer:
+    """One ``/probe`` request, independent of the HTTP layer that carries it.
+
+    Both the aiohttp route and the fast path (``ProbeConnection``) answer through here, so
+    they cannot drift apart: same checks, same status codes, same body.
+    """
+    config = deps.config
+    if not target:
+        return _text(400, "target parameter is missing\n")
+    if len(target) > MAX_TARGET_LEN:
+        return _text(400, "target parameter is too long\n")
+    module = config.modules.get(module_name)
+    if module is None:
+        if deps.metrics is not None:
+            deps.metrics.probe_module_unknown.inc()
+        return _text(400, f"unknown module {module_name!r}\n")
+    if deps.probe_fn is None:
+        return _text(503, "this agent does not probe (provider role)\n")
+    try:
+        timeout_s = probe_timeout(scrape_timeout, module, config.scrape_timeout_offset_s)
+    except ValueError as exc:
+        return _text(400, f"{exc}\n")
+
+    started = time.perf_counter()
+    verdict: Verdict | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            report = await deps.probe_fn(target, module, timeout_s)
+        outcome = report.result.outcome if report.result.outcome in OUTCOMES else "error"
+        verdict = report.verdict
+    except TimeoutError:
+        outcome = "timeout"
+    except ValueError as exc:
+        return _text(400, f"bad target {target!r}: {exc}\n")
+    except PlprobeError as exc:
+        log.info("probe of %s (%s) could not run: %s", target, module_name, exc)
+        outcome = "error"
+    except Exception:  # a failed probe is a successful request (blackbox_exporter)
+        log.exception("probe of %s (%s) failed unexpectedly", target, module_name)
+        outcome = "error"
+    duration = time.perf_counter() - started
+    control: str | None = None
+    if verdict is not None and verdict.status == "fail":
+        control = verdict.blocked_at if verdict.blocked_at in _PROBE_BLOCKED else "unknown"
+    openmetrics, content_type = _probe_content_type(accept)
+    body = render_probe(
+        outcome == "ok" and control is None, duration, outcome, control, openmetrics=openmetrics
+    )
+    return 200, content_type, body
+
+
+async def _probe(request: web.Request) -> web.Response:
+    """The aiohttp route of ``/probe``: HEAD, unusual requests, and the test client."""
+    query = request.query
+    status, content_type, body = await answer_probe(
+        request.app[DEPS_KEY],
+        query.get("target", ""),
+        query.get("module", "tcp"),
+        request.headers.get(_SCRAPE_TIMEOUT_HEADER),
+        ",".join(request.headers.getall(hdrs.ACCEPT, ())),
+    )
+    return web.Response(status=status, body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+
+# -- /-/reload -----------------------------------------------------------------------------
+
+#: reloads whose client went away: referenced until they finish (the loop keeps weak refs)
+_RELOADS: set[asyncio.Future[tuple[bool, str]]] = set()
+
+
+async def _reload(request: web.Request) -> web.Response:
+    deps = request.app[DEPS_KEY]
+    if deps.reload_fn is None:
+        return web.Response(status=404, text="this agent does not reload its configuration\n")
+    # shielded: handler_cancellation must not cut a reload in half (schedules stopped, new
+    # ones not started) because the client went away; the task is kept until it finishes
+    task = asyncio.ensure_future(deps.reload_fn())
+    _RELOADS.add(task)
+    task.add_done_callback(_RELOADS.discard)
+    ok, message = await asyncio.shield(task)
+    return web.Response(status=200 if ok else 500, text=message.rstrip("\n") + "\n")
+
+
+# -- app and server ------------------------------------------------------------------------
+
+
+def build_app(deps: ApiDeps) -> web.Application:
+    """The application; everything it serves is read from ``deps`` at request time."""
+    app = web.Application(middlewares=[_bearer_auth])
+    app[DEPS_KEY] = deps
+    app.add_routes(
+        [
+            web.get("/metrics", _metrics),
+            web.get("/healthz", _healthz),
+            web.get("/healthz/ready", _ready),
+            web.get("/v1/results", _results),
+            web.get("/v1/evidence", _evidence),
+            web.get("/v1/verdicts", _verdicts),
+            web.get("/probe", _probe),
+            web.post("/-/reload", _reload),
+        ]
+    )
+    app.add_routes(_observation_routes(deps))
+    return app
+
+
+# -- /probe fast path ----------------------------------------------------------------------
+
+
+class ApiServer:
+    """The app embedded in the daemon's loop: the daemon owns signals, we only listen.
+
+    Connections start on the ``/probe`` fast path (``ProbeConnection``) and move to aiohttp
+    at the first request that is not a plain ``GET /probe``; ``fast_probe=False`` gives every
+    connection to aiohttp from the start. ``handler_cancellation=True`` (and the fast path's
+    equivalent): a client that disconnects (a scraper past its timeout) cancels its handler,
+    and with it the probe it asked for.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PORT,
+        shutdown_timeout: float = 1.0,
+        fast_probe: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.deps = app[DEPS_KEY]
+        self.fast_probe = fast_probe
+        self.stopping = False
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            shutdown_timeout=shutdown_timeout,
+            handler_cancellation=True,
+            access_log=None,
+        )
+        self._server: asyncio.Server | None = None
+        self._connections: set[ProbeConnection] = set()
+        self._started = False
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        """A fresh aiohttp connection handler (tracked by aiohttp for its own shutdown)."""
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    def _protocol(self) -> asyncio.Protocol:
+        if not self.fast_probe:
+            return self.aiohttp_protocol()
+        from agent.api.fastpath import ProbeConnection  # it builds on this module
+
+        return ProbeConnection(self)
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Listen; returns the bound (host, port) pairs (port 0 picks a free port)."""
+        await self._runner.setup()
+        self._started = True
+        self.stopping = False
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._protocol, self.host or None, self.port, backlog=128, reuse_address=True
+            )
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}", key="api"
+            ) from exc
+        return self.addresses
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._server.sockets]
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for connection in list(self._connections):
+            connection.close()
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,76 @@
+"""The ``plprobe`` command: flags only; each command is a plain function in its own module.
+
+Command groups live next to what they drive and register themselves here through
+``register(subparsers)``; this module owns the top-level parser, the exit codes and the one
+place where the project's errors are turned into a message instead of a traceback:
+
+    exit 0  success (every path passes)
+    exit 1  a path failed / is degraded, or a runtime error
+    exit 2  bad input (configuration, topology, flags, missing privileges)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.errors import PlprobeError
+
+#: modules with a ``register(subparsers)`` function, in the order they appear in --help
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent.cli.check",
+    "agent.cli.explain",
+    "agent.cli.probe",
+    "agent.cli.run",
+    "agent.cli.observe",
+    "agent.cli.lab",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad flags already; make its message match ours."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"plprobe: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="plprobe",
+        description="Connection testing for AWS PrivateLink: which control blocked the path.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda args: print(f"plprobe {__version__}") or 0)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except PlprobeError as exc:
+        if args.debug:
+            raise
+        print(f"plprobe: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("plprobe: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,272 @@
+"""``plprobe lab ...``: flags only; every command calls the ``Lab`` API.
+
+    lab up [--topology FILE] [--name NAME] [--with-agents]
+                                                build (default: the reference topology);
+                                                --with-agents: a provider agent per target
+    lab down [--name NAME] [--all]              remove everything (idempotent, crash leftovers too)
+    lab status [--name NAME] [--output table|json]
+    lab break CONTROL [--client NAME] [--name NAME]
+    lab restore [--name NAME]                   back to the topology of ``lab up``
+    lab apply FILE [--name NAME]                re-render an edited topology in place
+    lab exec NODE [--name NAME] -- CMD...       exit with the command's code
+    lab snapshot DIR [--name NAME]              AWS-shaped describe-* JSON per account
+    lab render [--topology FILE] [--name NAME]  print the plan (no root needed)
+    lab probe [--client NAME] [--output table|json]   one probe round inside each client node
+    lab check [--client NAME] [--output table|json]   check inside each client node: verdicts
+                                                (both agents' evidence, both accounts'
+                                                snapshots; exit 0/1/2 like check)
+
+Progress lines go to stderr; results to stdout. Missing root/netns: exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.controls import BREAKABLE
+from agent.lab import faults
+from agent.lab.lab import Lab, all_lab_names, require_privileges, teardown
+from agent.lab.render import DEFAULT_NAME, check_lab_name, render
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(args.name, progress=_progress)
+
+
+def _load(path: str | None):
+    from agent.sources.topology import load_topology
+
+    return load_topology(path)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    lab.up(_load(args.topology))
+    if args.with_agents:
+        try:
+            lab.start_agents()
+        except BaseException:
+            lab.down()
+            raise
+    return 0
+
+
+def _print_runs(runs: list, output: str, key: str) -> int:
+    """Table: each client's output under a heading. JSON: one object keyed by client."""
+    from agent.lab.lab import _answer
+
+    code = max((r.returncode for r in runs), default=0)
+    if output == "json":
+        body = {r.client: _answer(r)[key] for r in runs}
+        print(json.dumps({"clients": body}, indent=2))
+        return code
+    for r in runs:
+        if r.stderr.strip():
+            print(r.stderr.rstrip(), file=sys.stderr)
+    return code
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.lab.agents import probe_clients
+
+    lab = _lab(args)
+    capture = args.output == "json"
+    runs = []
+    for client in [args.client] if args.client else [c.name for c in lab.original.clients()]:
+        if not capture:
+            print(f"== {client} ==", flush=True)
+        runs += probe_clients(lab, client, output=args.output, capture=capture)
+    return _print_runs(runs, args.output, "round")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.lab.agents import check_clients
+
+    lab = _lab(args)
+    capture = args.output == "json"
+    runs = []
+    for client in [args.client] if args.client else [c.name for c in lab.original.clients()]:
+        if not capture:
+            print(f"== {client} ==", flush=True)
+        runs += check_clients(lab, client, output=args.output, capture=capture)
+    return _print_runs(runs, args.output, "check")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if args.all:
+        require_privileges()
+        names = all_lab_names()
+        for name in names:
+            t0 = time.monotonic()
+            n = teardown(name)
+            _progress(f"lab down: {name}: {n} namespaces removed in {time.monotonic() - t0:.1f} s")
+        if not names:
+            _progress("lab down: no lab found")
+        return 0
+    require_privileges()
+    _lab(args).down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _lab(args).status()
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"lab {status['name']} ({status['source']})")
+    print(f"\n{'NODE':30} {'ROLE':9} {'ACCOUNT':10} {'VPC':8} {'AZ':16} {'IP':12} NAMESPACE")
+    for n in status["nodes"]:
+        print(
+            f"{n['node']:30} {n['role']:9} {n['account']:10} {n['vpc']:8} {n['az']:16} "
+            f"{n['ip']:12} {n['namespace']}"
+        )
+    print("\nENDPOINT        STATE              ENIS")
+    for ep in status["endpoints"]:
+        print(f"{ep['name']:15} {ep['state']:18} {', '.join(ep['enis'])}")
+        for name in ep["dns"]:
+            print(f"{'':15} {name}")
+    print("\nNLB NODE                       TARGETS")
+    for node, h in status["health"].items():
+        targets = ", ".join(f"{k}={v}" for k, v in sorted(h["targets"].items()))
+        fail_open = [p for p, v in h["fail_open"].items() if v]
+        extra = f"  (fail open on {', '.join(fail_open)})" if fail_open else ""
+        print(f"{node:30} {targets or '-'}{extra}")
+    dead = [p["process"] for p in status["processes"] if not p["alive"]]
+    if dead:
+        print(f"\nnot running: {', '.join(dead)}")
+    for w in status["warnings"]:
+        print(f"warning: {w}")
+    return 0
+
+
+def cmd_break(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    fault = faults.get(args.control)
+    if args.client and not fault.per_client:
+        _progress(f"lab break: {args.control} is not per client; --client is ignored")
+    how = lab.break_control(args.control, args.client)
+    who = f" for {args.client}" if args.client and fault.per_client else ""
+    _progress(f"lab break: {args.control}{who}: {fault.description} ({how})")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    how = _lab(args).restore()
+    _progress(f"lab restore: back to the topology of lab up ({how})")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    how = _lab(args).apply(_load(args.file))
+    _progress(f"lab apply: {args.file} ({how})")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    # ``lab exec NODE --name X -- CMD``: REMAINDER swallows options after NODE
+    while argv and argv[0] != "--" and argv[0].startswith("--name"):
+        if argv[0] == "--name" and len(argv) > 1:
+            args.name, argv = argv[1], argv[2:]
+        else:
+            args.name, argv = argv[0].split("=", 1)[1], argv[1:]
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("plprobe: lab exec: give a command after --", file=sys.stderr)
+        return 2
+    lab = _lab(args)
+    cmd = ["ip", "netns", "exec", lab.ns(args.node), *argv]
+    return subprocess.call(cmd, env=lab._env())
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    dirs = lab.snapshot(Path(args.dir))
+    names = ", ".join(str(d) for d in dirs)
+    _progress(f"lab snapshot: {len(dirs)} account directories: {names}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    check_lab_name(args.name)
+    plan = render(_load(args.topology), args.name)
+    sys.stdout.write(plan.text())
+    return 0
+
+
+def cmd_expose(args: argparse.Namespace) -> int:
+    """Forward 127.0.0.1:LOCAL to PORT inside NODE: the lab's stand-in for a monitoring network.
+
+    The lab's VPCs are isolated like AWS's, so Prometheus on the host cannot reach an agent
+    inside a node; this forwards one port until Ctrl-C.
+    """
+    from agent.lab import expose
+
+    lab = _lab(args)
+    return expose.main(
+        [
+            "--netns",
+            lab.ns(args.node),
+            "--upstream",
+            f"127.0.0.1:{args.port}",
+            "--port",
+            str(args.local_port),
+        ]
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lab = subparsers.add_parser("lab", help="the local emulation of the PrivateLink path")
+    sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
+    sub.required = True
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--name", default=DEFAULT_NAME, help="lab name (default: %(default)s)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "build the lab")
+    p.add_argument("--topology", help="topology YAML (default: the reference topology)")
+    p.add_argument(
+        "--with-agents",
+        action="store_true",
+        help="also start a provider agent (plprobe observe) on every target",
+    )
+    p = add("down", cmd_down, "remove the lab")
+    p.add_argument("--all", action="store_true", help="remove every lab on this machine")
+    p = add("status", cmd_status, "nodes, endpoint state, target health")
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p = add("break", cmd_break, "break one control the realistic way")
+    p.add_argument("control", choices=BREAKABLE, metavar="CONTROL", help=", ".join(BREAKABLE))
+    p.add_argument("--client", help="break it for this client only (per-client controls)")
+    add("restore", cmd_restore, "return to the topology of lab up")
+    p = add("apply", cmd_apply, "re-render an edited topology in place")
+    p.add_argument("file")
+    p = add("exec", cmd_exec, "run a command inside a node's namespace")
+    p.add_argument("node")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p = add("snapshot", cmd_snapshot, "write AWS-shaped describe-* JSON for both accounts")
+    p.add_argument("dir")
+    p = add("probe", cmd_probe, "one probe round inside each client node, with provider evidence")
+    p.add_argument("--client", help="only this client (default: every client)")
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p = add("check", cmd_check, "check inside each client node: verdicts with both accounts' view")
+    p.add_argument("--client", help="only this client (default: every client)")
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p = add("expose", cmd_expose, "forward 127.0.0.1:LOCAL to PORT inside NODE (for Prometheus)")
+    p.add_argument("node")
+    p.add_argument("port", type=int, nargs="?", default=9720, help="port inside the node")
+    p.add_argument("--local-port", type=int, default=0, help="local port (default: any free)")
+    p = add("render", cmd_render, "print the plan without applying it (no root needed)")
+    p.add_argument("--topology", help="topology YAML (default: the reference topology)")

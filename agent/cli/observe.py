@@ -1,0 +1,50 @@
+"""``plprobe observe --config provider.yaml``: the provider agent in the foreground.
+
+Flags only: load the configuration and the key, then run ``agent.daemon.provider.serve`` until
+SIGINT/SIGTERM (a second signal cancels at once: exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from agent.config import ProviderConfig, load_config, load_key
+from agent.daemon.provider import serve
+from agent.errors import ConfigError
+
+__all__ = ["register", "run_observe"]
+
+
+def run_observe(config_path: str) -> int:
+    """Load the configuration and key, then run ``serve`` until a signal."""
+    config = load_config(config_path)
+    if not isinstance(config, ProviderConfig):
+        line, col = config._marks.get(("role",), (None, None))
+        raise ConfigError(
+            f"plprobe observe runs the provider role; this file says role: {config.role}",
+            path=config.source,
+            line=line,
+            col=col,
+            key="role",
+        )
+    key = load_key(config)
+    try:
+        return asyncio.run(serve(config, key))
+    except asyncio.CancelledError:  # second signal
+        return 130
+
+
+def register(subparsers: Any) -> None:
+    """Add ``observe`` to the ``plprobe`` command (agent/cli.py calls this)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "observe",
+        help="run the provider agent in the foreground (responder, sniffer, /v1/observations)",
+        description=(
+            "Provider agent on an NLB target: answer probe tokens on the responder port, "
+            "watch the service ports, serve /v1/observations; stop with Ctrl-C or SIGTERM."
+        ),
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="provider config YAML")
+    parser.set_defaults(func=lambda args: run_observe(args.config))

@@ -1,0 +1,354 @@
+"""The provider agent: what ``plprobe observe`` and the daemon's provider role run.
+
+Starts, in order, the observation store, the in-band responder on the probe port, the passive
+sniffer on the service ports (when ``sniffer.enabled`` and ``agent.observe.sniffer`` is
+available), and the HTTP API (``/v1/observations``, ``/metrics``, ``/healthz``) on ``listen``;
+then waits for SIGINT/SIGTERM and stops them in reverse order within about a second (each
+component's stop is bounded). A second signal cancels the wait at once.
+
+Layers, as in uvicorn: ``agent.cli.observe`` only adds flags; ``run_observe(path)`` (sync) loads the
+configuration and the key and wraps the embeddable ``serve``; ``ProviderAgent`` owns the
+resources (an ``AsyncExitStack``) so the daemon can run the same thing next to its client role.
+
+What it prints: one line per component with the address it listens on, and a warning line when
+authentication is off (``insecure: true``) or the sniffer could not start, so a degraded agent
+never looks healthy from its own output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from agent.config import ProviderConfig, parse_listen, read_token_file
+from agent.errors import PlprobeError
+from agent.observe.responder import Responder
+from agent.observe.store import ObservationStore
+from agent.wire import ReplayGuard
+
+__all__ = ["ProviderAgent", "serve"]
+
+log = logging.getLogger(__name__)
+
+METRICS_SYNC_S = 1.0
+"""How often responder counters and new observations are carried into Prometheus metrics."""
+
+#: the sniffer's plain counter attributes shown under ``counters.sniffer`` in /v1/observations
+SNIFFER_COUNTERS: tuple[str, ...] = (
+    "packets_seen",
+    "syns",
+    "data_segments",
+    "tagged",
+    "tokens",
+    "forged",
+    "replayed",
+    "malformed",
+    "untagged",
+    "kernel_packets",
+    "kernel_drops",
+)
+
+_STOP_GRACE_S = 0.8
+"""Per component; the whole stop stays under the 2 s an orchestrator's SIGTERM grace needs."""
+
+
+class ProviderAgent:
+    """The provider role's resources: store, responder, sniffer, API; started and stopped as one.
+
+    ``responder_port`` / ``api_listen`` override the configuration (tests bind port 0).
+    The daemon (``plprobe run``) passes its own ``registry``/``metrics`` and ``serve_api=False``:
+    it serves one API for both roles (with ``/-/reload``) from ``store`` and
+    ``counter_sources()``, and keeps the store across a provider restart on reload.
+    """
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        key: bytes,
+        *,
+        responder_port: int | None = None,
+        api_listen: str | None = None,
+        out: TextIO | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics: Any = None,
+        store: ObservationStore | None = None,
+        serve_api: bool = True,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.out = out
+        self.store = store or ObservationStore(
+            max_entries=config.max_observations, ttl_s=config.observation_ttl
+        )
+        self.registry = registry or CollectorRegistry()
+        self._serve_api = serve_api
+        self.responder: Responder | None = None
+        self.sniffer: Any = None
+        self.sniffer_error: str | None = None
+        self.api_addresses: list[tuple[str, int]] = []
+        self._responder_port = responder_port
+        self._api_listen = api_listen or config.listen
+        self._stack = contextlib.AsyncExitStack()
+        self._metrics: Any = metrics
+        #: observations already in a kept store were counted by the agent before a reload
+        self.sync_cursor = self.store.counters.appended
+
+    def _say(self, line: str) -> None:
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start everything; on a failure, stop what already started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        if self._metrics is not None:
+            self._metrics.new_responder()  # a fresh responder's counters start at 0
+        who = f"plprobe observe: agent {cfg.agent_id} (provider)"
+        self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
+        if cfg.insecure:
+            log.warning("insecure: true: probe tokens and replies are not authenticated")
+
+        rc = cfg.responder
+        if rc.enabled:
+            self.responder = Responder(
+                key=self.key,
+                insecure=cfg.insecure,
+                agent_id=cfg.agent_id,
+                store=self.store,
+                host=rc.bind,
+                port=rc.port if self._responder_port is None else self._responder_port,
+                proxy_v2=rc.proxy_v2,
+                max_connections=rc.max_connections,
+                read_timeout=rc.read_timeout,
+                max_bytes=rc.max_bytes,
+                replay_guard=ReplayGuard(window_s=rc.replay_window),
+                expected_endpoint_ids=cfg.expected_endpoint_ids,
+            )
+            await self.responder.start()
+            self._stack.push_async_callback(self.responder.stop, _STOP_GRACE_S)
+            host, port = self.responder.addresses[0]
+            self._say(
+                f"responder listening on {host}:{port} "
+                f"(proxy_v2 {'on' if rc.proxy_v2 else 'off'}, "
+                f"max_connections {rc.max_connections}, read_timeout {rc.read_timeout}s)"
+            )
+        else:
+            self._say("responder disabled")
+
+        await self._start_sniffer()
+        if self._serve_api:
+            await self._start_api()
+        self._stack.push_async_callback(self._cancel_task, self._start_metrics_sync())
+
+    async def stop(self) -> None:
+        """Stop in reverse order of start; every step is bounded."""
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> ProviderAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- components -------------------------------------------------------------------------
+
+    async def _start_sniffer(self) -> None:
+        """Start the passive sniffer if configured and present; degrade loudly, not fatally.
+
+        The responder alone is still useful evidence, so a missing module or missing
+        privileges (CAP_NET_RAW) is a warning on the console and in ``sniffer_error``.
+        """
+        sc = self.config.sniffer
+        if not sc.enabled:
+            self._say("sniffer disabled")
+            return
+        try:
+            module = importlib.import_module("agent.observe.sniffer")
+        except ImportError as exc:
+            self.sniffer_error = f"agent.observe.sniffer is not available ({exc})"
+        else:
+            try:
+                self.sniffer = self._make_sniffer(module)
+                self.sniffer.start()
+            except (PlprobeError, OSError, ValueError) as exc:
+                self.sniffer, self.sniffer_error = None, str(exc)
+        if self.sniffer is None:
+            self._say(f"WARNING: sniffer not running: {self.sniffer_error}")
+            log.warning("sniffer not running: %s", self.sniffer_error)
+            return
+        self._stack.push_async_callback(self._stop_sniffer)
+        ports = ",".join(str(p) for p in sc.ports)
+        self._say(f"sniffer on {sc.interface}, service ports {ports}")
+
+    def _make_sniffer(self, module: Any) -> Any:
+        sc = self.config.sniffer
+        return module.Sniffer(
+            sc.interface,
+            sc.ports,
+            key=self.key,
+            target=self.config.agent_id,
+            insecure=self.config.insecure,
+            sink=self.store.append,
+            replay_window_s=self.config.responder.replay_window,
+        )
+
+    async def _stop_sniffer(self) -> None:
+        if self.sniffer is None:
+            return
+        try:
+            self.sniffer.close()
+        except (PlprobeError, OSError) as exc:
+            log.warning("sniffer did not stop cleanly: %s", exc)
+
+    def counter_sources(self) -> dict[str, Callable[[], dict[str, int]]]:
+        """Plain counters of the responder and sniffer, for ``/v1/observations``."""
+        return self._counter_sources()
+
+    def _counter_sources(self) -> dict[str, Callable[[], dict[str, int]]]:
+        sources: dict[str, Callable[[], dict[str, int]]] = {}
+        if self.responder is not None:
+            responder = self.responder
+            sources["responder"] = responder.counters.as_dict
+        if self.sniffer is not None:
+            sniffer = self.sniffer
+            sources["sniffer"] = lambda: {
+                name: int(getattr(sniffer, name)) for name in SNIFFER_COUNTERS
+            }
+        return sources
+
+    async def _start_api(self) -> None:
+        from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
+
+        if self._metrics is None:
+            from agent.metrics import make_metrics
+
+            self._metrics = make_metrics(self.registry, role="provider")
+        host, port = parse_listen(self._api_listen)
+        deps = ApiDeps(
+            registry=self.registry,
+            metrics=self._metrics,
+            config=ApiConfig(
+                host=host,
+                port=port,
+                token=read_token_file(self.config, "api_token_file"),
+                agent_id=self.config.agent_id,
+            ),
+            observations=self.store,
+            observation_counters=self._counter_sources(),
+            config_loaded=True,
+            first_round_done=True,  # a provider is ready once its listeners are up
+        )
+        server = ApiServer(build_app(deps), host=host, port=port, shutdown_timeout=_STOP_GRACE_S)
+        self.api_addresses = await server.start()
+        self._stack.push_async_callback(server.stop)
+        for h, p in self.api_addresses:
+            shown = f"[{h}]" if ":" in h else h
+            self._say(f"observations API on http://{shown}:{p}/v1/observations")
+
+    def _start_metrics_sync(self) -> asyncio.Task[None]:
+        return asyncio.create_task(self._metrics_sync(), name="plprobe-observe-metrics")
+
+    async def _metrics_sync(self) -> None:
+        """Carry counters and new observations into Prometheus families, once a second.
+
+        A copy on a timer rather than a hook in the responder keeps the hot path free of
+        metric code and works the same for the sniffer's thread.
+        """
+        while True:
+            try:
+                self.sync_cursor = self.sync_metrics(self.sync_cursor)
+            except Exception:  # a bug here must not freeze the provider's metrics for good
+                log.exception("provider metrics sync failed; retrying")
+            await asyncio.sleep(METRICS_SYNC_S)
+
+    def sync_metrics(self, cursor: int) -> int:
+        """One sync step; returns the store cursor for the next call."""
+        if self.sniffer is not None:
+            self.sniffer.drain()  # its own ring duplicates the store (it also feeds the sink)
+        m = self._metrics
+        if m is None:
+            return cursor
+        if self.responder is not None:
+            m.sync_responder(self.responder.counters.as_dict())
+        if self.sniffer is not None:
+            packets, drops = self.sniffer.kernel_packets, self.sniffer.kernel_drops
+            with contextlib.suppress(OSError):
+                self.sniffer.poll_kernel_stats()
+            m.count_sniffer(
+                packets=self.sniffer.kernel_packets - packets,
+                dropped=self.sniffer.kernel_drops - drops,
+            )
+        fresh, cursor = self.store.tail(cursor)
+        for obs in fresh:
+            m.observe_observation(obs)
+        return cursor
+
+    @staticmethod
+    async def _cancel_task(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def serve(
+    config: ProviderConfig,
+    key: bytes,
+    *,
+    stop: asyncio.Event | None = None,
+    out: TextIO | None = sys.stdout,
+    responder_port: int | None = None,
+    api_listen: str | None = None,
+    on_ready: Callable[[ProviderAgent], None] | None = None,
+) -> int:
+    """Run the provider agent until ``stop`` is set or SIGINT/SIGTERM arrives; returns 0."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            stop.set()
+        elif main is not None:  # a second signal: do not wait for anything
+            main.cancel()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    agent = ProviderAgent(
+        config, key, responder_port=responder_port, api_listen=api_listen, out=out
+    )
+    try:
+        async with agent:
+            if on_ready is not None:
+                on_ready(agent)
+            await stop.wait()
+            if out is not None:
+                print("plprobe observe: stopping", file=out, flush=True)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,806 @@
+"""``plprobe run``: the agent as a daemon, for either role, with signals and reload.
+
+Layers, as uvicorn's: ``agent/cli/run.py`` parses flags and loads the file once; ``Daemon``
+holds the state; ``serve()`` = startup -> wait for a stop -> shutdown, every resource on one
+``AsyncExitStack`` so teardown mirrors setup (only what started is stopped, in reverse order).
+
+**Signals** belong to the daemon (the API server is embedded with ``handle_signals=False``):
+SIGTERM/SIGINT set the stop event (a second one cancels at once); the whole stop is bounded
+(schedules cancelled, API shutdown 0.5 s, each provider component 0.8 s) to stay within the
+2 s an orchestrator grants. SIGHUP and ``POST /-/reload`` call the same ``reload()``, serialised
+by one lock: the file is decoded into a *new* config (unknown keys rejected, the key re-read);
+a bad one keeps the old config running, sets ``plprobe_config_last_reload_successful 0`` and
+logs the error; a good one is swapped in: removed paths are forgotten (metrics, API, logs),
+new ones added, the schedules restarted. Schedules are restarted in a ``finally``: a swap that
+fails or is cancelled half-way restarts the running configuration's schedules, so the daemon
+never ends up probing nothing (``POST /-/reload`` also shields the reload from a client that
+disconnects).
+
+**Client role.** One schedule per configured endpoint (``paths[]`` entry, which covers its AZs
+and ports): a first round within ``first_jitter_s`` of start, then a round every
+``interval × U(1 − jitter, 1)`` (``interval`` is the path's override, else the client's),
+measured from the previous round's start. The jitter keeps endpoints out of lock-step but
+only ever *shortens* a period: a break is probed at most ``interval`` after it happens, so
+``plprobe_path_up`` flips at most ``interval + timeout × (1 + retries)`` (+ DNS and
+diagnosis, milliseconds) after a break — the worst case docs/BENCHMARKS.md measures.
+Rounds of different endpoints overlap; probes in flight are bounded daemon-wide by one
+semaphore (``concurrency``). Each round has an explicit budget (DNS + connect attempts +
+provider fetch + one interval); an overrun is cancelled and logged. After a round:
+``agent.diagnose.pipeline`` diagnoses it with the current configuration view
+(``agent.sources.views``, its own
+slower refresh with backoff; the view's static analysis, when not cached, runs in a worker
+thread), and the results, evidence and verdicts are published to the API holder and to the
+metrics; one log line per verdict *change* (``agent.logs``). A round that fails in any way
+(a bug included) is logged with its traceback and the schedule goes on. Paths labelled at run
+time from DNS answers (``<agent>/<ip>/<port>``, ``<agent>/<name>/<port>``) that a round of
+their endpoint no longer produces (an ENI IP changed) are forgotten, as a reload forgets
+removed paths; ids declared by the configuration are kept.
+
+``/probe`` only probes configured targets: an ENI IP or DNS name of a configured endpoint (or
+one its DNS answers produced) with one of its ports — anything else is a 400, so the agent is
+not an open prober of arbitrary addresses (169.254.169.254, other hosts) — and its probes take
+the daemon's one semaphore (``concurrency``). Targets are found by dict lookup ((host, port),
+and endpoint name), rebuilt on reload and updated after each round.
+``/healthz/ready`` turns 200 once every endpoint has had its first round.
+
+What a round does not redo (the daemon's idle cost is per-round work; docs/BENCHMARKS.md):
+one ``runner.SharedProbes`` (an aiohttp session whose connector still opens a new connection
+per http probe, and one SYN engine: raw sockets and scapy-built templates made once, replaced
+if a socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per view and
+path) live from client start to stop, and are replaced on reload. Modules only the provider
+role or one probe kind needs (the observe stack, scapy, botocore) are imported when used.
+
+Memory, when the daemon owns its process (``handle_signals``): glibc is asked for at most
+``MALLOC_ARENAS`` malloc arenas (by default every thread that mallocs — the resolver threads
+of the dns probes, the view loader — gets its own, each keeping freed memory resident), and
+freed heap pages are returned to the kernel (``malloc_trim``) once every endpoint has had its
+first round and after each view refresh (the snapshot parse is the largest transient). Both
+are no-ops off glibc. Measured on the 50-path bench: -2 MiB each.
+
+**Provider role.** ``agent.daemon.provider.ProviderAgent`` (responder, sniffer when enabled and
+permitted — without CAP_NET_RAW it logs and continues — and the observation store) with this
+daemon's registry and API; its metric sync exports ``plprobe_target_probes_seen_total{path}``
+from the path id in each authenticated token, the same label the client uses, so Prometheus
+joins both sides. Ready once the listeners are up.
+
+Nothing here assumes the host: the bind address comes from ``listen`` (or ``--listen``), so
+the same Daemon runs on EC2, in ECS, or inside a lab namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from agent.api.server import ApiConfig, ApiDeps, ApiServer, ProbeModule, ProbeReport, build_app
+from agent.config import (
+    AgentConfig,
+    ClientConfig,
+    PathConfig,
+    ProviderConfig,
+    load_config,
+    load_key,
+    parse_listen,
+    path_id,
+    read_token_file,
+)
+from agent.diagnose.pipeline import (
+    FindingsCache,
+    SelfIdentity,
+    diagnose_round,
+    imds_instance_id,
+    self_identity,
+    static_findings,
+)
+from agent.diagnose.rounds import (
+    ObservationSource,
+    RoundResult,
+    SharedProbes,
+    raw_allowed,
+    run_round,
+)
+from agent.errors import ConfigError, PlprobeError
+from agent.logs import VerdictLog, setup_logging
+from agent.metrics import Metrics, make_metrics
+from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
+from agent.sources.views import ViewKeeper, for_daemon, source_for
+
+if TYPE_CHECKING:
+    from agent.daemon.provider import ProviderAgent
+    from agent.observe.store import ObservationStore
+
+__all__ = ["Daemon", "declared_paths", "parse_target", "schedule_period"]
+
+log = logging.getLogger(__name__)
+
+#: the API's graceful shutdown, and how long cancelled rounds get to unwind
+API_SHUTDOWN_S = 0.5
+TASK_CANCEL_S = 0.5
+#: how long start-up waits for the first configuration view before probing anyway
+FIRST_VIEW_WAIT_S = 10.0
+#: runner slack per prober call (agent.diagnose.rounds._GRACE_S)
+_GRACE_S = 0.5
+_CONNECTING = ("syn", "tcp", "http")
+#: glibc malloc arenas for the whole process (module docstring, "Memory")
+MALLOC_ARENAS = 1
+_M_ARENA_MAX = -8  # mallopt parameter number (malloc.h)
+
+
+def _glibc() -> Any:
+    """libc through ctypes when it is glibc (has mallopt and malloc_trim), else None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for this process; False where that is not possible."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def release_free_memory() -> bool:
+    """Give freed heap pages back to the kernel (glibc ``malloc_trim``); True if any were."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) == 1)
+
+
+def declared_paths(config: ClientConfig) -> dict[str, PathConfig]:
+    """Path ids known from the config alone (AZ ids x ports) -> their endpoint entry.
+
+    As the runner plans them: the ``expected_ips`` AZs when given, else the ``zonal`` ones.
+    Endpoints configured only by a regional name get their ids from DNS at run time.
+    """
+    out: dict[str, PathConfig] = {}
+    for p in config.paths:
+        for az in sorted(p.expected_ips or p.zonal):
+            for port in p.ports:
+                out[path_id(config.agent_id, az, port)] = p
+    return out
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` -> (host, port); ``ValueError`` otherwise (HTTP 400)."""
+    host, sep, port = target.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("target must be HOST:PORT")
+    return host, int(port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_key(host: str) -> str:
+    """One spelling per host for the /probe index: canonical IP text, or a lower-case name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def schedule_period(interval: float, jitter: float) -> float:
+    """Seconds from one round's start to the next: ``interval × U(1 − jitter, 1)``.
+
+    Jitter only shortens the period, so the detection bound stays ``interval`` (plus the
+    time to call a failure), never ``interval × (1 + jitter)``.
+    """
+    return interval * random.uniform(1.0 - min(max(jitter, 0.0), 1.0), 1.0)
+
+
+def round_budget(config: ClientConfig, path: PathConfig) -> float:
+    """The most one endpoint's round may take before it is cut off (explicit, derived)."""
+    s = config.for_path(path)
+    dns = s.timeout + _GRACE_S
+    connect = s.timeout * (1 + s.retries) + _GRACE_S
+    fetch = max(config.timeout, 1.0) + 1.0
+    return dns + connect + config.provider_delay + fetch + s.interval
+
+
+def _modules(config: AgentConfig) -> dict[str, ProbeModule]:
+    """``/probe`` modules: each probe kind, and each endpoint by its ``name``."""
+    modules = {kind: ProbeModule(kind, kind) for kind in PROBE_KINDS}
+    if isinstance(config, ClientConfig):
+        for p in config.paths:
+            if p.name in modules:
+                continue
+            kind = next((k for k in p.probes if k in _CONNECTING), p.probes[0])
+            timeout = config.for_path(p).timeout + _GRACE_S
+            modules[p.name] = ProbeModule(p.name, kind, timeout_s=timeout)
+    return modules
+
+
+class Daemon:
+    """One agent process: API, metrics, and the client schedules or the provider listeners."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        key: bytes,
+        *,
+        listen: str | None = None,
+        out: TextIO | None = None,
+        registry: CollectorRegistry | None = None,
+        provider: ObservationSource | None = None,
+        me: SelfIdentity | None = None,
+        check_raw: Callable[[], bool] = raw_allowed,
+        handle_signals: bool = True,
+        jitter: float = 0.1,
+        first_jitter_s: float = 1.0,
+        responder_port: int | None = None,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.listen = listen or config.listen
+        self.out = out
+        self.registry = registry or CollectorRegistry()
+        self.metrics: Metrics = make_metrics(self.registry, role=config.role)
+        self.provider = provider
+        self.check_raw = check_raw
+        self.handle_signals = handle_signals
+        self.jitter = jitter
+        self.first_jitter_s = first_jitter_s
+        self.responder_port = responder_port
+        self._me = me
+        self.deps = ApiDeps(registry=self.registry, metrics=self.metrics)
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.api_addresses: list[tuple[str, int]] = []
+        self.reloads = 0
+        self._reload_lock = asyncio.Lock()
+        self._hup_tasks: set[asyncio.Task[Any]] = set()
+        self._main: asyncio.Task[Any] | None = None
+        self._signals = 0
+        # client role
+        self._schedules: dict[int, asyncio.Task[None]] = {}
+        self._sem = asyncio.Semaphore(config.concurrency if isinstance(config, ClientConfig) else 1)
+        self._keeper: ViewKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+        self._owner: dict[str, PathConfig] = {}
+        self._refs: dict[str, PathRef] = {}
+        self._first_pending: set[int] = set()
+        self._declared: set[str] = set()
+        #: /probe: configured (host, port) -> endpoint; endpoint name -> endpoint; and the
+        #: run-time path refs by (host, port) (module docstring)
+        self._configured: dict[tuple[str, int], PathConfig] = {}
+        self._by_name: dict[str, PathConfig] = {}
+        self._by_target: dict[tuple[str, int], PathRef] = {}
+        self._vlog = VerdictLog()
+        self._shared = SharedProbes()
+        self._findings = FindingsCache()
+        # provider role
+        self._agent: ProviderAgent | None = None
+        self._store: ObservationStore | None = None
+
+    def _say(self, line: str) -> None:
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Start, run until a stop signal (or ``stop()``), stop everything; returns 0."""
+        self._main = asyncio.current_task()
+        if self.handle_signals:  # the daemon owns the process: its allocator too
+            limit_malloc_arenas()
+        async with contextlib.AsyncExitStack() as stack:
+            if self.handle_signals:
+                self._install_signals(stack)
+            await self._startup(stack)
+            self._say("plprobe run: ready" if self.deps.ready else "plprobe run: started")
+            await self.stop_event.wait()
+            self._say("plprobe run: stopping")
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def _startup(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        self.metrics.config_reloaded(True)
+        self.deps.config = self._api_config(cfg)
+        self.deps.reload_fn = self.reload
+        self.deps.config_loaded = True
+        if isinstance(cfg, ClientConfig):
+            self.deps.probe_fn = self._probe
+        else:
+            from agent.observe.store import ObservationStore  # provider role only
+
+            self._store = ObservationStore(
+                max_entries=cfg.max_observations, ttl_s=cfg.observation_ttl
+            )
+            self.deps.observations = self._store
+            self.deps.observation_counters = self._live_counters()
+        host, port = parse_listen(self.listen)
+        server = ApiServer(
+            build_app(self.deps), host=host, port=port, shutdown_timeout=API_SHUTDOWN_S
+        )
+        self.api_addresses = await server.start()
+        stack.push_async_callback(server.stop)
+        who = f"plprobe run: agent {cfg.agent_id} ({cfg.role})"
+        self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
+        for h, p in self.api_addresses:
+            self._say(f"plprobe run: API on http://{f'[{h}]' if ':' in h else h}:{p}")
+        if isinstance(cfg, ClientConfig):
+            stack.push_async_callback(self._stop_client)
+            await self._start_client(cfg)
+        else:
+            stack.push_async_callback(self._stop_provider)
+            await self._start_provider(cfg, self.key)
+            self._set_ready()
+        stack.push_async_callback(self._cancel_hups)
+
+    def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        handlers = {
+            signal.SIGTERM: self._on_stop_signal,
+            signal.SIGINT: self._on_stop_signal,
+            signal.SIGHUP: self._on_hup,
+        }
+        for sig, fn in handlers.items():
+            try:
+                loop.add_signal_handler(sig, fn)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                continue
+            stack.callback(loop.remove_signal_handler, sig)
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stop requested")
+            self.stop_event.set()
+        elif self._main is not None:  # a second signal: do not wait for anything
+            self._main.cancel()
+
+    def _on_hup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="plprobe-reload")
+        self._hup_tasks.add(task)
+        task.add_done_callback(self._hup_tasks.discard)
+
+    async def _cancel_hups(self) -> None:
+        await _cancel_all(list(self._hup_tasks))
+
+    def _set_ready(self) -> None:
+        self.deps.first_round_done = True
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("ready")
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.handle_signals:
+            release_free_memory()
+
+    def _view_refreshed(self, kind: str, ok: bool) -> None:
+        self.metrics.set_evidence_source(kind, ok)
+        if ok:
+            self._trim()
+
+    def _api_config(self, config: AgentConfig) -> ApiConfig:
+        host, port = parse_listen(self.listen)
+        return ApiConfig(
+            host=host,
+            port=port,
+            token=read_token_file(config, "api_token_file"),
+            modules=_modules(config),
+            agent_id=config.agent_id,
+        )
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file (SIGHUP, ``POST /-/reload``); keep the old one if bad."""
+        async with self._reload_lock:
+            source = self.config.source
+            try:
+                if source is None:
+                    raise ConfigError("the configuration did not come from a file")
+                new = await asyncio.to_thread(load_config, source)
+                key = load_key(new)
+                if new.role != self.config.role:
+                    raise ConfigError(
+                        f"role cannot change on reload ({self.config.role} -> {new.role}); "
+                        "restart the agent",
+                        path=source,
+                        key="role",
+                    )
+                await self._apply(new, key)
+            except PlprobeError as exc:
+                self.metrics.config_reloaded(False)
+                log.error(
+                    "reload failed, keeping the running configuration: %s",
+                    exc,
+                    extra={"fields": {"event": "reload", "ok": False}},
+                )
+                return False, f"reload failed: {exc}"
+            self.reloads += 1
+            self.metrics.config_reloaded(True)
+            log.info(
+                "configuration reloaded from %s",
+                source,
+                extra={"fields": {"event": "reload", "ok": True}},
+            )
+            return True, "configuration reloaded"
+
+    async def _apply(self, new: AgentConfig, key: bytes) -> None:
+        """Swap in a validated config; raises (keeping the old one) if it cannot be applied."""
+        if new.listen != self.config.listen and self.listen == self.config.listen:
+            log.warning("listen changed to %s: takes effect after a restart", new.listen)
+        api = self._api_config(new)  # may raise (token file): before anything changes
+        if isinstance(new, ClientConfig):
+            view_source = for_daemon(source_for(new))  # may raise (missing snapshot dir)
+            await self._swap_client(new, key, view_source)
+        else:
+            assert isinstance(new, ProviderConfig)
+            await self._swap_provider(new, key)
+        if new.log_format != self.config.log_format:
+            setup_logging(new.log_format)
+        self.config, self.key = new, key
+        self.deps.config = api
+
+    # -- client role ------------------------------------------------------------------------
+
+    async def _start_client(self, config: ClientConfig) -> None:
+        self._sem = asyncio.Semaphore(config.concurrency)
+        await self._start_view(for_daemon(source_for(config)), config)
+        self._start_schedules(config, self.key)
+
+    async def _start_view(self, source: Any, config: ClientConfig) -> None:
+        keeper = ViewKeeper(
+            source,
+            interval_s=config.config_sources.refresh_interval,
+            on_refresh=self._view_refreshed,
+        )
+        self._keeper = keeper
+        if source is None:
+            return
+        if self._me is None and source.kind == "aws":
+            instance_id = await asyncio.to_thread(imds_instance_id)
+            self._me = self_identity(config.agent_id, instance_id=instance_id)
+        first = asyncio.create_task(keeper.refresh())
+        done, _ = await asyncio.wait({first}, timeout=FIRST_VIEW_WAIT_S)
+        if not done:
+            log.warning(
+                "configuration view %s not read within %.0fs: probing without it for now",
+                source.description,
+                FIRST_VIEW_WAIT_S,
+            )
+        keeper.next_due = time.time() + (keeper.interval_s if done else 0.0)
+        self._keeper_task = asyncio.create_task(self._keep_view(keeper, first))
+
+    @staticmethod
+    async def _keep_view(keeper: ViewKeeper, first: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(Exception):
+            await first
+        await keeper.run()
+
+    def _identity(self) -> SelfIdentity:
+        return self._me or self_identity(self.config.agent_id)
+
+    def _start_schedules(self, config: ClientConfig, key: bytes) -> None:
+        declared = declared_paths(config)
+        for pid, pc in declared.items():
+            self.metrics.add_path(pid, interval_s=config.for_path(pc).interval, probes=pc.probes)
+            self._owner[pid] = pc
+        self._declared = set(declared)
+        self._index_targets(config)
+        self._first_pending = set(range(len(config.paths)))
+        for i, pc in enumerate(config.paths):
+            self._schedules[i] = asyncio.create_task(
+                self._schedule(config, i, pc, key), name=f"plprobe-path-{pc.name}"
+            )
+
+    async def _stop_schedules(self) -> None:
+        tasks = list(self._schedules.values())
+        self._schedules.clear()
+        await _cancel_all(tasks)
+
+    async def _stop_client(self) -> None:
+        await self._stop_schedules()
+        if self._keeper_task is not None:
+            await _cancel_all([self._keeper_task])
+            self._keeper_task = None
+        await self._shared.close()
+
+    async def _swap_client(self, new: ClientConfig, key: bytes, view_source: Any) -> None:
+        old = self.config
+        assert isinstance(old, ClientConfig)
+        await self._stop_schedules()
+        started = False
+        try:
+            keep = {pid for pid, pc in self._owner.items() if pc in new.paths}
+            keep |= set(declared_paths(new))
+            for pid in sorted(set(self._owner) - keep):
+                self._forget(pid)
+            if (
+                self._keeper is None
+                or view_source != self._keeper.source
+                or (new.config_sources.refresh_interval != old.config_sources.refresh_interval)
+            ):
+                if self._keeper_task is not None:
+                    await _cancel_all([self._keeper_task])
+                    self._keeper_task = None
+                await self._start_view(view_source, new)
+            if new.concurrency != old.concurrency:
+                self._sem = asyncio.Semaphore(new.concurrency)
+            # probe resources and cached analysis follow the new config (key, paths, identity)
+            old_shared, self._shared = self._shared, SharedProbes()
+            self._findings = FindingsCache()
+            self._start_schedules(new, key)
+            started = True
+            await old_shared.close()
+        finally:
+            if not started:  # failed or cancelled half-way: never leave the daemon idle
+                log.error("reload interrupted: restarting the running configuration's schedules")
+                self._start_schedules(old, self.key)
+
+    def _forget(self, pid: str, why: str = "removed from the configuration") -> None:
+        self.metrics.forget_path(pid)
+        self._owner.pop(pid, None)
+        if self._refs.pop(pid, None) is not None:
+            self._by_target = {k: r for k, r in self._by_target.items() if r.id != pid}
+        self._vlog.forget(pid)
+        self.deps.results = {k: v for k, v in self.deps.results.items() if k != pid}
+        self.deps.evidence = {k: v for k, v in self.deps.evidence.items() if k != pid}
+        self.deps.verdicts = {k: v for k, v in self.deps.verdicts.items() if k != pid}
+        log.info("path %s %s", pid, why)
+
+    def _index_targets(self, config: ClientConfig) -> None:
+        """Rebuild the /probe lookups from the configuration (start, reload)."""
+        self._by_name = {p.name: p for p in config.paths}
+        self._configured = {}
+        for p in config.paths:
+            hosts = [*p.expected_ips.values(), *p.zonal.values(), p.regional, p.private]
+            for host in hosts:
+                if host:
+                    for port in p.ports:
+                        self._configured.setdefault((_host_key(host), port), p)
+        self._by_target = {}
+        for ref in self._refs.values():
+            self._index_ref(ref)
+
+    def _index_ref(self, ref: PathRef) -> None:
+        for host in (ref.ip, ref.name):
+            if host:
+                self._by_target[(_host_key(host), ref.port)] = ref
+
+    async def _schedule(self, config: ClientConfig, index: int, pc: PathConfig, key: bytes) -> None:
+        """Probe one endpoint forever: first round after a short jitter, then every interval."""
+        loop = asyncio.get_running_loop()
+        settings = config.for_path(pc)
+        sub = config.model_copy(update={"paths": [pc]})
+        budget = round_budget(config, pc)
+        await asyncio.sleep(random.uniform(0, min(self.first_jitter_s, settings.interval)))
+        while True:
+            started = loop.time()
+            await self._round(sub, pc, key, budget)
+            if index in self._first_pending:
+                self._first_pending.discard(index)
+                if not self._first_pending:
+                    self._set_ready()
+            period = schedule_period(settings.interval, self.jitter)
+            await asyncio.sleep(max(0.0, started + period - loop.time()))
+
+    async def _round(
+        self, sub: ClientConfig, pc: PathConfig, key: bytes, budget: float
+    ) -> RoundResult | None:
+        try:
+            try:
+                async with asyncio.timeout(budget):
+                    result = await run_round(
+                        sub,
+                        key=key,
+                        provider=self.provider,
+                        check_raw=self.check_raw,
+                        semaphore=self._sem,
+                        shared=self._shared,
+                    )
+            except TimeoutError:
+                log.warning(
+                    "round of %s overran its %.1fs budget and was cancelled", pc.name, budget
+                )
+                return None
+            await self._publish(result, pc)
+        except PlprobeError as exc:
+            log.warning("round of %s could not run: %s", pc.name, exc)
+            return None
+        except Exception:  # a bug must not end this endpoint's schedule for good
+            log.exception("round of %s failed; the schedule continues", pc.name)
+            return None
+        return result
+
+    async def _diagnose(self, result: RoundResult) -> Any:
+        """``diagnose_round`` with the view's uncached analysis done in a worker thread."""
+        view = self._keeper.view if self._keeper is not None else None
+        me, cache = self._identity(), self._findings
+        topology = view.topology if view is not None else None
+        if topology is not None:
+            missing = cache.missing(topology, result.paths, me)
+            if missing:
+                computed = await asyncio.to_thread(static_findings, topology, missing, me)
+                cache.put(topology, me, computed)
+        return diagnose_round(result, view, me, cache=cache)
+
+    async def _publish(self, result: RoundResult, pc: PathConfig) -> None:
+        """Diagnose a round and hand everything to metrics, the API holder and the log."""
+        diagnosis = await self._diagnose(result)
+        config = self.config
+        assert isinstance(config, ClientConfig)
+        interval = config.for_path(pc).interval
+        seen = {ref.id for ref in result.paths}
+        for pid, owner in list(self._owner.items()):  # run-time ids the round no longer has
+            if owner == pc and pid not in seen and pid not in self._declared:
+                self._forget(pid, "no longer produced by its endpoint's DNS answers")
+        for ref in result.paths:
+            self._refs[ref.id] = ref
+            self._index_ref(ref)
+            if ref.id not in self._owner:
+                self._owner[ref.id] = pc
+                self.metrics.add_path(ref.id, interval_s=interval, probes=pc.probes)
+        by_path: dict[str, list[ProbeResult]] = {}
+        for r in result.results:
+            by_path.setdefault(r.path, []).append(r)
+            try:
+                self.metrics.observe_result(r)
+            except ValueError as exc:  # an outcome outside the catalogue: a bug, not a crash
+                log.error("cannot export result of %s: %s", r.path, exc)
+        verdicts: dict[str, Verdict] = {}
+        for v in diagnosis.verdicts:
+            verdicts[v.path] = v
+            try:
+                self.metrics.set_verdict(v)
+            except ValueError as exc:
+                log.error("cannot export verdict of %s: %s", v.path, exc)
+        if self.provider is not None or config.for_path(pc).provider_urls:
+            fetched = result.observations is not None and not result.provider_error
+            self.metrics.set_evidence_source("provider_api", fetched)
+        evidence: dict[str, PathEvidence] = {e.path: e for e in diagnosis.evidence}
+        self.deps.results = {**self.deps.results, **by_path}
+        self.deps.evidence = {**self.deps.evidence, **evidence}
+        self.deps.verdicts = {**self.deps.verdicts, **verdicts}
+        self._vlog.update(diagnosis.verdicts)
+
+    # -- /probe (blackbox multi-target) -----------------------------------------------------
+
+    async def _probe(self, target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
+        """One probe of ``target`` (host:port) with ``module`` (a kind or an endpoint name)."""
+        from agent.diagnose.rounds import _run_probe
+        from agent.probes.base import ProbeContext, ProbeTarget
+
+        config = self.config
+        assert isinstance(config, ClientConfig)
+        host, port = parse_target(target)
+        kind = module.prober
+        where = (_host_key(host), port)
+        ref = self._by_target.get(where)
+        configured = self._configured.get(where)
+        if ref is None and configured is None:
+            raise ValueError("target is not a configured path")
+        owner = self._owner.get(ref.id) if ref else None
+        pc = self._by_name.get(module.name) or owner or configured
+        if ref is None:
+            az = "probe"
+            ref = PathRef(
+                id=path_id(config.agent_id, az, port),
+                agent=config.agent_id,
+                name=host,
+                ip=host if _is_ip(host) else None,
+                port=port,
+            )
+        ctx = ProbeContext(
+            agent_id=config.agent_id,
+            key=self.key,
+            insecure=config.insecure,
+            timeout_s=timeout_s,
+            retries=0,
+            raw_allowed=False,
+        )
+        responder = pc is not None and port in pc.responder_ports
+        if kind == "dns":
+            expected = tuple(sorted(set(pc.expected_ips.values()))) if pc else ()
+            dns_ref = replace(ref, ip=None, name=host)
+            probe_target = ProbeTarget(path=dns_ref, expected_ips=expected)
+        else:
+            probe_target = ProbeTarget(
+                path=ref,
+                responder=responder,
+                http_path=pc.http_path if pc else "/",
+                http_host=pc.http_host if pc else None,
+            )
+        result = await _run_probe(kind, probe_target, ctx, self._sem, False)
+        verdict = self.deps.verdicts.get(ref.id) if result.outcome != "ok" else None
+        return ProbeReport(result=result, verdict=verdict)
+
+    # -- provider role ----------------------------------------------------------------------
+
+    def _live_counters(self) -> Mapping[str, Callable[[], Mapping[str, int]]]:
+        """Counter sources that follow the current ProviderAgent across reloads."""
+
+        def source(name: str) -> Callable[[], Mapping[str, int]]:
+            def read() -> Mapping[str, int]:
+                agent = self._agent
+                fn = agent.counter_sources().get(name) if agent is not None else None
+                return fn() if fn is not None else {}
+
+            return read
+
+        return {name: source(name) for name in ("responder", "sniffer")}
+
+    async def _start_provider(self, config: ProviderConfig, key: bytes) -> None:
+        from agent.daemon.provider import ProviderAgent  # provider role only
+
+        assert self._store is not None
+        agent = ProviderAgent(
+            config,
+            key,
+            responder_port=self.responder_port,
+            out=self.out,
+            registry=self.registry,
+            metrics=self.metrics,
+            store=self._store,
+            serve_api=False,
+        )
+        await agent.start()
+        self._agent = agent
+        if agent.sniffer_error:
+            log.warning(
+                "sniffer not running: %s (continuing with the responder)", agent.sniffer_error
+            )
+
+    async def _stop_provider(self) -> None:
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            await agent.stop()
+
+    async def _swap_provider(self, new: ProviderConfig, key: bytes) -> None:
+        old = self.config
+        assert isinstance(old, ProviderConfig)
+        same = (
+            new.responder == old.responder
+            and new.sniffer == old.sniffer
+            and new.agent_id == old.agent_id
+            and new.insecure == old.insecure
+            and new.expected_endpoint_ids == old.expected_endpoint_ids
+            and key == self.key
+        )
+        if same:
+            return
+        await self._stop_provider()
+        try:
+            await self._start_provider(new, key)
+        except PlprobeError:
+            log.error("the new provider configuration cannot start; restarting the old one")
+            await self._start_provider(old, self.key)
+            raise
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=TASK_CANCEL_S)
+
+
+def default_out() -> TextIO:
+    return sys.stdout

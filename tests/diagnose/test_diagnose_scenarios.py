@@ -1,0 +1,68 @@
+"""The fault matrix at the configuration level: the static findings alone must name the control
+and the rule of each fault (the scenarios live in ``tests/scenarios.py``)."""
+
+from __future__ import annotations
+
+import pytest
+from scenarios import (
+    SCENARIOS,
+    Scenario,
+    broken,
+    findings_for,
+    first_denied,
+    multi_az,
+    the_nlb,
+)
+
+from agent.analyze.path import flows, walk
+from agent.diagnose.verdict import diagnose_static
+
+# --- configuration-level matrix -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("s", SCENARIOS, ids=lambda s: f"s{s.n}")
+def test_static_verdict_names_the_control_of_each_fault(s: Scenario) -> None:
+    t = broken(s)
+    v = diagnose_static(findings_for(t, s.client), path="p", now=0.0)
+    assert (v.status, v.blocked_at) == (s.status, s.control)
+    if s.control is not None:
+        assert v.stage == s.stage
+        assert v.fix
+
+
+@pytest.mark.parametrize("s", [s for s in SCENARIOS if s.control], ids=lambda s: f"s{s.n}")
+def test_the_blamed_hop_names_the_rule_or_resource(s: Scenario) -> None:
+    t = broken(s)
+    v = diagnose_static(findings_for(t, s.client), path="p", now=0.0)
+    hop = next(f for f in v.findings if f.control == s.control and f.status == "denied")
+    text = " ".join([hop.resource, hop.rule, hop.detail, *hop.checked, hop.fix, hop.target])
+    for needle in s.rule_text:
+        assert needle in text, (needle, text)
+
+
+@pytest.mark.parametrize("s", [s for s in SCENARIOS if s.bystander], ids=lambda s: f"s{s.n}")
+def test_the_other_client_is_not_blamed(s: Scenario) -> None:
+    t = broken(s)
+    assert s.bystander is not None
+    v = diagnose_static(findings_for(t, s.bystander), path="p", now=0.0)
+    assert (v.status, v.blocked_at) == ("pass", None)
+
+
+def test_multi_az_blames_target_health_only_on_the_az_without_targets() -> None:
+    t = multi_az()
+    verdicts = {
+        f.az_id: diagnose_static(walk(t, f), path=f.path_id, now=0.0)
+        for f in flows(t, "client-2", 80)
+    }
+    assert verdicts["apne1-az1"].blocked_at == "target-health"
+    assert verdicts["apne1-az1"].status == "fail"
+    hop = first_denied(verdicts["apne1-az1"].findings)
+    assert hop.ra_code == "ELBV2_NO_TARGETS_IN_AZ"
+    assert (verdicts["apne1-az4"].status, verdicts["apne1-az4"].blocked_at) == ("pass", None)
+
+
+def test_multi_az_with_cross_zone_on_passes_on_both_azs() -> None:
+    t = multi_az()
+    the_nlb(t).cross_zone = True
+    for f in flows(t, "client-2", 80):
+        assert diagnose_static(walk(t, f), path=f.path_id, now=0.0).status == "pass"

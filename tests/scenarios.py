@@ -1,0 +1,301 @@
+"""The fault matrix as data shared by the analysis and diagnosis tests.
+
+Each scenario edits the reference topology in memory (the same edit ``plprobe lab break``
+would make) and says what the packets would show (docs/DIAGNOSIS.md, "what a failure looks
+like on the wire"). ``tests/diagnose/test_diagnose.py`` feeds the scenarios to ``diagnose``
+with synthetic evidence; ``tests/diagnose/test_diagnose_scenarios.py`` checks that the static
+findings alone name the control and the rule.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from agent.analyze.path import analyze_flow
+from agent.model import Nacl, NaclEntry, Rule, SecurityGroup, Topology
+from agent.results import HopFinding
+from agent.sources.topology import load_topology
+
+MULTI_AZ = Path(__file__).resolve().parents[1] / "configs" / "lab" / "multi-az.yaml"
+
+
+@cache
+def _reference() -> Topology:
+    return load_topology()
+
+
+@cache
+def _multi_az() -> Topology:
+    return load_topology(MULTI_AZ)
+
+
+def reference() -> Topology:
+    """A private copy of the reference topology (loading once keeps the suite fast)."""
+    return copy.deepcopy(_reference())
+
+
+def multi_az() -> Topology:
+    return copy.deepcopy(_multi_az())
+
+
+# --- edits --------------------------------------------------------------------------------
+
+
+def sg(t: Topology, name: str) -> SecurityGroup:
+    group = t.sg_by_name(name)
+    assert group is not None, name
+    return group
+
+
+def rule(t: Topology, sg_name: str, rule_id: str) -> Rule:
+    return next(r for r in sg(t, sg_name).rules if r.id == rule_id)
+
+
+def drop_rule(t: Topology, sg_name: str, rule_id: str) -> None:
+    group = sg(t, sg_name)
+    group.rules = [r for r in group.rules if r.id != rule_id]
+
+
+def set_nacl(
+    t: Topology, subnet_name: str, ingress: list[NaclEntry], egress: list[NaclEntry]
+) -> Nacl:
+    """Give a subnet its own NACL (taking it off the VPC's default one)."""
+    subnet = next(s for s in t.subnets.values() if s.name == subnet_name)
+    for n in t.nacls.values():
+        n.subnet_ids = [s for s in n.subnet_ids if s != subnet.id]
+    nacl = Nacl(
+        f"acl-{subnet_name}",
+        f"{subnet_name}-acl",
+        subnet.account,
+        subnet.vpc_id,
+        [subnet.id],
+        [*ingress, *egress],
+    )
+    t.nacls[nacl.id] = nacl
+    return nacl
+
+
+def allow_all(egress: bool, number: int = 100) -> NaclEntry:
+    return NaclEntry(number, egress, "-1", "allow", "0.0.0.0/0")
+
+
+def the_tg(t: Topology):
+    return next(iter(t.target_groups.values()))
+
+
+def the_nlb(t: Topology):
+    return next(iter(t.nlbs.values()))
+
+
+def the_endpoint(t: Topology):
+    return next(iter(t.endpoints.values()))
+
+
+def s1(t: Topology) -> None:
+    drop_rule(t, "client-2", "client-2-egress-endpoint")
+
+
+def s2(t: Topology) -> None:
+    r = rule(t, "client-2", "client-2-egress-endpoint")
+    r.from_port = r.to_port = 8080
+
+
+def s3(t: Topology) -> None:
+    drop_rule(t, "endpoint", "endpoint-from-client-1")
+
+
+def s4(t: Topology) -> None:
+    r = rule(t, "endpoint", "endpoint-from-client-2")
+    r.sg_ref, r.cidrs = None, ("10.9.0.0/16",)
+
+
+def s5(t: Topology) -> None:
+    the_endpoint(t).state = "pendingAcceptance"
+
+
+def s6(t: Topology) -> None:
+    the_endpoint(t).state = "rejected"
+
+
+def s7(t: Topology) -> None:
+    next(iter(t.endpoint_services.values())).allowed_principals = ["arn:aws:iam::333333333333:root"]
+
+
+def s8(t: Topology) -> None:
+    for rid in ("nlb-from-client-1", "nlb-from-client-2"):
+        rule(t, "nlb", rid).cidrs = ("10.2.0.0/24",)
+
+
+def s9(t: Topology) -> None:
+    s8(t)
+    the_nlb(t).enforce_sg_inbound_on_privatelink = False
+
+
+def s10(t: Topology) -> None:
+    r = rule(t, "nlb", "nlb-egress-server")
+    r.from_port = r.to_port = 8080
+
+
+def s11(t: Topology) -> None:
+    """Health checks on 8080: the targets allow it, the NLB SG egress does not."""
+    the_tg(t).health_check.port = 8080
+    sg(t, "server").rules.append(
+        Rule("server-from-nlb-health", "ingress", "tcp", 8080, 8080, sg_ref=sg(t, "nlb").id)
+    )
+    for name in ("server-1", "server-2"):
+        inst = t.instance_by_name(name)
+        assert inst is not None
+        inst.services = [80, 8080]
+
+
+def s12(t: Topology) -> None:
+    r = rule(t, "server", "server-from-nlb")
+    r.sg_ref, r.cidrs = None, ("10.1.0.10/32", "10.2.1.15/32")
+
+
+def s13(t: Topology) -> None:
+    """server-2 gets its own group without the NLB rule (the NLB may still send to it)."""
+    server = sg(t, "server")
+    egress = [r for r in server.rules if r.direction == "egress"]
+    broken = SecurityGroup("sg-0broken", "server-2-broken", server.account, server.vpc_id, egress)
+    t.security_groups[broken.id] = broken
+    sg(t, "nlb").rules.append(Rule("nlb-egress-broken", "egress", "tcp", 80, 80, sg_ref=broken.id))
+    inst = t.instance_by_name("server-2")
+    assert inst is not None
+    inst.sg_ids = [broken.id]
+
+
+def s14(t: Topology) -> None:
+    set_nacl(
+        t,
+        "vpc-2-client",
+        [allow_all(False)],
+        [NaclEntry(90, True, "tcp", "deny", "0.0.0.0/0", 80, 80), allow_all(True)],
+    )
+
+
+def s15(t: Topology) -> None:
+    set_nacl(
+        t,
+        "vpc-2-client",
+        [NaclEntry(100, False, "tcp", "allow", "0.0.0.0/0", 22, 22)],
+        [allow_all(True)],
+    )
+
+
+def s16(t: Topology) -> None:
+    set_nacl(
+        t,
+        "vpc-3-server",
+        [allow_all(False)],
+        [NaclEntry(100, True, "tcp", "allow", "0.0.0.0/0", 443, 443)],
+    )
+
+
+def s18(t: Topology) -> None:
+    t.listeners.clear()
+
+
+def s19(t: Topology) -> None:
+    for name in ("server-1", "server-2"):
+        inst = t.instance_by_name(name)
+        assert inst is not None
+        inst.services = []
+
+
+def noop(t: Topology) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the fault matrix: the edit, the client, what the verdict must say."""
+
+    n: int
+    edit: Callable[[Topology], None]
+    client: str
+    control: str | None  # blocked_at
+    status: str  # static status
+    stage: str
+    #: (client outcome, seen at target) the packets would show
+    wire: tuple[str, str]
+    #: which account's configuration names the control
+    side: str = "provider"
+    #: a second client that must be unaffected
+    bystander: str | None = None
+    rule_text: tuple[str, ...] = field(default=())
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(1, s1, "client-2", "client-sg-egress", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-1", ("client-2-egress-https",)),
+    Scenario(2, s2, "client-2", "client-sg-egress", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-1", ("TCP 8080",)),
+    Scenario(3, s3, "client-1", "endpoint-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-2", ("endpoint-from-client-2",)),
+    Scenario(4, s4, "client-2", "endpoint-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-1", ("10.9.0.0/16",)),
+    Scenario(5, s5, "client-2", "endpoint-acceptance", "fail", "endpoint", ("timeout", "no"),
+             "consumer", None, ("pendingAcceptance",)),
+    Scenario(6, s6, "client-2", "endpoint-acceptance", "fail", "endpoint", ("timeout", "no"),
+             "consumer", None, ("rejected",)),
+    Scenario(7, s7, "client-2", "service-principal", "fail", "endpoint", ("timeout", "no"),
+             "provider", None, ("333333333333",)),
+    Scenario(8, s8, "client-2", "nlb-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "provider", None, ("10.2.0.0/24",)),
+    Scenario(9, s9, "client-2", None, "pass", "pass", ("ok", "yes")),
+    Scenario(10, s10, "client-2", "nlb-sg-egress", "fail", "forward", ("timeout", "no"),
+             "provider", None, ("TCP 8080",)),
+    Scenario(11, s11, "client-2", "nlb-sg-egress", "degraded", "pass", ("ok", "yes"),
+             "provider", None, ("nlb-egress-server",)),
+    Scenario(12, s12, "client-2", "target-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "provider", None, ("10.2.1.15/32",)),
+    Scenario(13, s13, "client-2", "target-sg-ingress", "degraded", "pass", ("ok", "yes"),
+             "provider", None, ("server-2",)),
+    Scenario(14, s14, "client-2", "client-nacl", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-1", ("#90 deny",)),
+    Scenario(15, s15, "client-2", "client-nacl", "fail", "return", ("timeout", "yes"),
+             "consumer", "client-1", ("32768-60999",)),
+    Scenario(16, s16, "client-2", "provider-nacl", "fail", "return", ("timeout", "yes"),
+             "provider", None, ("1024-65535",)),
+    Scenario(18, s18, "client-2", "nlb-listener", "fail", "forward", ("timeout", "no"),
+             "provider", None, ("port 80",)),
+    Scenario(19, s19, "client-2", "target-service", "fail", "service", ("refused", "yes"),
+             "provider", None, ("server-1",)),
+    Scenario(21, noop, "client-2", None, "pass", "pass", ("ok", "yes")),
+)  # fmt: skip
+
+BY_N = {s.n: s for s in SCENARIOS}
+
+
+def broken(s: Scenario) -> Topology:
+    t = reference()
+    s.edit(t)
+    return t
+
+
+def consumer_only(t: Topology) -> Topology:
+    """What the consumer's credentials can read: drop every provider resource."""
+    t = copy.deepcopy(t)
+    provider = {a.name for a in t.accounts.values() if a.role == "provider"}
+    t.visible_accounts = set(t.accounts) - provider
+    for table in (t.vpcs, t.subnets, t.security_groups, t.nacls, t.instances):
+        for key in [k for k, v in table.items() if v.account in provider]:
+            del table[key]
+    t.endpoint_services.clear()
+    t.nlbs.clear()
+    t.listeners.clear()
+    t.target_groups.clear()
+    return t
+
+
+def findings_for(t: Topology, client: str, port: int = 80) -> list[HopFinding]:
+    return analyze_flow(t, client, None, port)
+
+
+def first_denied(findings: list[HopFinding]) -> HopFinding:
+    return next(f for f in findings if f.status == "denied")
