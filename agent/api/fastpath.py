@@ -8,6 +8,10 @@ requests through the same ``answer_probe`` as the aiohttp route (same checks, sa
 codes, same body) and hands the connection to aiohttp — with the exact bytes received so far —
 at the first request that is anything else (another path or method, a body, an upgrade, a
 malformed or oversized head). ``ApiServer(fast_probe=False)`` turns it off.
+
+This module knows the server only through the ``ServerState`` it is handed (``agent.api.state``:
+the handlers' holder, the live connection set, the stopping flag, the hand-over factory), and
+the answer only through ``agent.api.answer``; it never imports ``agent.api.server``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,12 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
 
 from aiohttp import __version__ as aiohttp_version
 from yarl import URL
 
-from agent.api.server import _SCRAPE_TIMEOUT_HEADER, ProbeAnswer, answer_probe
-
-if TYPE_CHECKING:
-    from agent.api.server import ApiServer
+from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeAnswer, answer_probe
+from agent.api.state import ServerState
 
 __all__ = ["ProbeConnection"]
 
@@ -97,7 +98,7 @@ def _parse_fast_request(head: bytes) -> _FastRequest | None:
         keep_alive = "keep-alive" in connection
     # the same query decoding as aiohttp's parser (yarl), so both paths read the same values
     query = URL.build(path=path, query_string=query_string, encoded=True).query
-    scrape = headers.get(_SCRAPE_TIMEOUT_HEADER.lower())
+    scrape = headers.get(SCRAPE_TIMEOUT_HEADER.lower())
     return _FastRequest(
         version=version,
         keep_alive=keep_alive,
@@ -145,8 +146,8 @@ class ProbeConnection(asyncio.Protocol):
     exact bytes received.
     """
 
-    def __init__(self, owner: ApiServer) -> None:
-        self._owner = owner
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._task: asyncio.Task[None] | None = None
@@ -157,7 +158,7 @@ class ProbeConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._owner._connections.add(self)
+        self._state.connections.add(self)
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -173,7 +174,7 @@ class ProbeConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._owner._connections.discard(self)
+        self._state.connections.discard(self)
         self._transport = None
         if self._idle is not None:
             self._idle.cancel()
@@ -222,7 +223,7 @@ class ProbeConnection(asyncio.Protocol):
     async def _serve(self, request: _FastRequest) -> None:
         try:
             answer = await answer_probe(
-                self._owner.deps,
+                self._state.deps,
                 request.target,
                 request.module,
                 request.scrape_timeout,
@@ -231,7 +232,7 @@ class ProbeConnection(asyncio.Protocol):
             transport = self._transport
             if transport is None or transport.is_closing():
                 return
-            keep_alive = request.keep_alive and not self._owner.stopping
+            keep_alive = request.keep_alive and not self._state.stopping
             transport.write(_http_response(request.version, keep_alive, answer))
         except Exception:  # a bug here must not leave the scraper hanging
             log.exception("/probe fast path failed")
@@ -252,13 +253,10 @@ class ProbeConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self._owner._connections.discard(self)
-        protocol = self._owner.aiohttp_protocol()
+        self._state.connections.discard(self)
+        protocol = self._state.aiohttp_protocol()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self._buf = bytes(self._buf), bytearray()
         self._transport = None
         protocol.data_received(data)
-
-
-# -- server --------------------------------------------------------------------------------

@@ -21,47 +21,44 @@ What changes at runtime lives in one holder, ``ApiDeps``: the daemon swaps its d
 objects, on the event loop) after each round and its ``config`` on reload; app state itself is
 frozen at startup, so the app keeps only the holder.
 
-``/probe`` follows blackbox_exporter: a failed probe is a *successful* request whose body says
-``probe_success 0`` (plus plprobe's ``plprobe_probe_result{result}`` and, when a verdict is
-available, ``plprobe_probe_blocked{control}``); only a bad request (no target, a target the probe
-function cannot parse, an unknown module — also counted) is an HTTP error. The deadline is the
-scraper's ``X-Prometheus-Scrape-Timeout-Seconds`` minus an offset, or the module's timeout if
-that is smaller; with ``handler_cancellation`` a scraper that gives up cancels its probe.
+``/probe`` follows blackbox_exporter (``agent.api.answer``: a failed probe is a *successful*
+request whose body says ``probe_success 0``; only a bad request is an HTTP error); with
+``handler_cancellation`` a scraper that gives up cancels its probe.
 
 ``/probe`` is the one endpoint on a hot path (a scraper asks once per target per interval), so
 it costs no more CPU than blackbox_exporter's (docs/BENCHMARKS.md): its answer is rendered from
-text precomputed at import (``render_probe``), and plain ``GET /probe`` requests are answered
-below aiohttp by ``agent.api.fastpath.ProbeConnection``, which hands a connection to aiohttp
-at its first request that is anything else. ``ApiServer(fast_probe=False)`` serves everything
-through aiohttp.
+text precomputed at import (``agent.api.answer.render_probe``), and plain ``GET /probe``
+requests are answered below aiohttp by ``agent.api.fastpath.ProbeConnection``, which hands a
+connection to aiohttp at its first request that is anything else. ``ApiServer(fast_probe=False)``
+serves everything through aiohttp.
+
+Modules, without a cycle: ``answer`` (the probe answer, a leaf) <- ``state`` (what the server
+shares with its connections: ``ServerState``) <- ``fastpath`` (knows only those two) <- this
+module (the aiohttp app and ``ApiServer``, which hands each fast-path connection its state).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import importlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.utils import floatToGoString
 
-from agent.controls import IDS as CONTROL_IDS
-from agent.errors import ConfigError, PlprobeError
+from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeFn, ProbeModule, answer_probe
+from agent.api.fastpath import ProbeConnection
+from agent.api.state import ServerState
+from agent.errors import ConfigError
 from agent.metrics import Metrics
 from agent.observe.store import ObservationStore
-from agent.results import OUTCOMES, PROBE_KINDS, PathEvidence, ProbeResult, Verdict
-
-if TYPE_CHECKING:
-    from agent.api.fastpath import ProbeConnection
+from agent.results import PROBE_KINDS, PathEvidence, ProbeResult, Verdict
 
 __all__ = [
     "DEFAULT_PORT",
@@ -69,32 +66,12 @@ __all__ = [
     "ApiConfig",
     "ApiDeps",
     "ApiServer",
-    "ProbeFn",
-    "ProbeModule",
-    "ProbeReport",
     "build_app",
-    "probe_timeout",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9720
-MAX_TARGET_LEN = 512
-
-
-@dataclass(frozen=True)
-class ProbeModule:
-    """A named probe setting for ``/probe?module=NAME`` (blackbox's modules)."""
-
-    name: str
-    prober: str  # a PROBE_KINDS value
-    timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.prober not in PROBE_KINDS:
-            raise ValueError(f"module {self.name!r}: prober {self.prober!r} not in {PROBE_KINDS}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"module {self.name!r}: timeout_s must be positive")
 
 
 def _default_modules() -> dict[str, ProbeModule]:
@@ -114,18 +91,6 @@ class ApiConfig:
     scrape_timeout_offset_s: float = 0.5
     #: agent id reported by /v1/observations
     agent_id: str = ""
-
-
-@dataclass(frozen=True)
-class ProbeReport:
-    """What a probe function returns for ``/probe``: the result, and a verdict if it has one."""
-
-    result: ProbeResult
-    verdict: Verdict | None = None
-
-
-#: ``probe_fn(target, module, timeout_s)``; raises ``ValueError`` for a target it cannot parse
-ProbeFn = Callable[[str, ProbeModule, float], Awaitable[ProbeReport]]
 
 
 @dataclass
@@ -287,161 +252,6 @@ def _observation_routes(deps: ApiDeps) -> list[web.RouteDef]:
 # -- /probe --------------------------------------------------------------------------------
 
 
-def probe_timeout(header: str | None, module: ProbeModule, offset_s: float) -> float:
-    """blackbox_exporter's rule: scrape timeout minus offset, unless the module's is smaller.
-
-    A missing header, or one that leaves no time after the offset, gives the module's timeout.
-    ``ValueError`` for a header that is not a number.
-    """
-    if not header:
-        return module.timeout_s
-    try:
-        scrape = float(header)
-    except ValueError:
-        raise ValueError(
-            f"X-Prometheus-Scrape-Timeout-Seconds is not a number: {header!r}"
-        ) from None
-    if not math.isfinite(scrape):
-        raise ValueError(f"X-Prometheus-Scrape-Timeout-Seconds is not finite: {header!r}")
-    budget = scrape - offset_s
-    if budget <= 0:
-        return module.timeout_s
-    return min(budget, module.timeout_s)
-
-
-def _escape_label(value: str) -> str:
-    """Label-value escaping of both text formats: backslash, double quote, newline."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _family(name: str, help_text: str) -> str:
-    help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
-
-
-_SUCCESS_HEAD = _family("probe_success", "Whether the probe succeeded.")
-_DURATION_HEAD = _family("probe_duration_seconds", "How long the probe took.")
-_RESULT_HEAD = _family("plprobe_probe_result", "The probe's client-side result, one-hot.")
-_BLOCKED_HEAD = _family("plprobe_probe_blocked", "1 for the control that blocked the probed path.")
-
-#: success -> the probe_success family plus the head of probe_duration_seconds' sample line
-_PROBE_HEAD: dict[bool, str] = {
-    ok: f"{_SUCCESS_HEAD}probe_success {1.0 if ok else 0.0}\n"
-    f"{_DURATION_HEAD}probe_duration_seconds "
-    for ok in (False, True)
-}
-#: outcome -> the one-hot plprobe_probe_result family (every outcome, in OUTCOMES' order)
-_PROBE_RESULT: dict[str, str] = {
-    outcome: _RESULT_HEAD
-    + "".join(
-        f'plprobe_probe_result{{result="{_escape_label(v)}"}} {1.0 if v == outcome else 0.0}\n'
-        for v in OUTCOMES
-    )
-    for outcome in OUTCOMES
-}
-#: control -> the plprobe_probe_blocked family naming it
-_PROBE_BLOCKED: dict[str, str] = {
-    control: f'{_BLOCKED_HEAD}plprobe_probe_blocked{{control="{_escape_label(control)}"}} 1.0\n'
-    for control in CONTROL_IDS
-}
-_OPENMETRICS_EOF = "# EOF\n"
-
-
-def render_probe(
-    success: bool, duration_s: float, outcome: str, control: str | None, *, openmetrics: bool
-) -> bytes:
-    """The ``/probe`` answer, from text precomputed at import.
-
-    Why not a prometheus-client registry: building one with its gauges and running its
-    exposition cost more CPU per request than the probe itself (docs/BENCHMARKS.md). Every
-    label value comes from a fixed set (OUTCOMES, the control catalogue), so each family's
-    text is built (and escaped) once; only the duration is formatted per request, with
-    prometheus-client's own float formatting. tests/test_api.py holds the output byte-equal
-    to prometheus-client's encoders for every outcome and control, in both formats.
-    """
-    parts = [_PROBE_HEAD[success], floatToGoString(duration_s), "\n", _PROBE_RESULT[outcome]]
-    if control is not None:
-        parts.append(_PROBE_BLOCKED[control])
-    if openmetrics:
-        parts.append(_OPENMETRICS_EOF)
-    return "".join(parts).encode()
-
-
-@functools.lru_cache(maxsize=32)
-def _probe_content_type(accept: str) -> tuple[bool, str]:
-    """(openmetrics?, Content-Type) for an Accept header, as prometheus-client negotiates.
-
-    Cached: a scraper sends the same Accept header on every request, and the set of
-    distinct headers is small (bounded by the cache either way).
-    """
-    _, content_type = choose_encoder(accept)
-    return content_type.startswith("application/openmetrics-text"), content_type
-
-
-_TEXT = "text/plain; charset=utf-8"
-_SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
-
-#: (HTTP status, Content-Type, body) of a ``/probe`` answer
-ProbeAnswer = tuple[int, str, bytes]
-
-
-def _text(status: int, message: str) -> ProbeAnswer:
-    return status, _TEXT, message.encode()
-
-
-async def answer_probe(
-    deps: ApiDeps, target: str, module_name: str, scrape_timeout: str | None, accept: str
-) -> ProbeAnswer:
-    """One ``/probe`` request, independent of the HTTP layer that carries it.
-
-    Both the aiohttp route and the fast path (``ProbeConnection``) answer through here, so
-    they cannot drift apart: same checks, same status codes, same body.
-    """
-    config = deps.config
-    if not target:
-        return _text(400, "target parameter is missing\n")
-    if len(target) > MAX_TARGET_LEN:
-        return _text(400, "target parameter is too long\n")
-    module = config.modules.get(module_name)
-    if module is None:
-        if deps.metrics is not None:
-            deps.metrics.probe_module_unknown.inc()
-        return _text(400, f"unknown module {module_name!r}\n")
-    if deps.probe_fn is None:
-        return _text(503, "this agent does not probe (provider role)\n")
-    try:
-        timeout_s = probe_timeout(scrape_timeout, module, config.scrape_timeout_offset_s)
-    except ValueError as exc:
-        return _text(400, f"{exc}\n")
-
-    started = time.perf_counter()
-    verdict: Verdict | None = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            report = await deps.probe_fn(target, module, timeout_s)
-        outcome = report.result.outcome if report.result.outcome in OUTCOMES else "error"
-        verdict = report.verdict
-    except TimeoutError:
-        outcome = "timeout"
-    except ValueError as exc:
-        return _text(400, f"bad target {target!r}: {exc}\n")
-    except PlprobeError as exc:
-        log.info("probe of %s (%s) could not run: %s", target, module_name, exc)
-        outcome = "error"
-    except Exception:  # a failed probe is a successful request (blackbox_exporter)
-        log.exception("probe of %s (%s) failed unexpectedly", target, module_name)
-        outcome = "error"
-    duration = time.perf_counter() - started
-    control: str | None = None
-    if verdict is not None and verdict.status == "fail":
-        control = verdict.blocked_at if verdict.blocked_at in _PROBE_BLOCKED else "unknown"
-    openmetrics, content_type = _probe_content_type(accept)
-    body = render_probe(
-        outcome == "ok" and control is None, duration, outcome, control, openmetrics=openmetrics
-    )
-    return 200, content_type, body
-
-
 async def _probe(request: web.Request) -> web.Response:
     """The aiohttp route of ``/probe``: HEAD, unusual requests, and the test client."""
     query = request.query
@@ -449,7 +259,7 @@ async def _probe(request: web.Request) -> web.Response:
         request.app[DEPS_KEY],
         query.get("target", ""),
         query.get("module", "tcp"),
-        request.headers.get(_SCRAPE_TIMEOUT_HEADER),
+        request.headers.get(SCRAPE_TIMEOUT_HEADER),
         ",".join(request.headers.getall(hdrs.ACCEPT, ())),
     )
     return web.Response(status=status, body=body, headers={hdrs.CONTENT_TYPE: content_type})
@@ -497,7 +307,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     return app
 
 
-# -- /probe fast path ----------------------------------------------------------------------
+# -- server --------------------------------------------------------------------------------
 
 
 class ApiServer:
@@ -523,7 +333,6 @@ class ApiServer:
         self.port = port
         self.deps = app[DEPS_KEY]
         self.fast_probe = fast_probe
-        self.stopping = False
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -532,8 +341,14 @@ class ApiServer:
             access_log=None,
         )
         self._server: asyncio.Server | None = None
-        self._connections: set[ProbeConnection] = set()
+        #: all the fast path's connections see of this server
+        self.state = ServerState(deps=self.deps, aiohttp_protocol=self.aiohttp_protocol)
         self._started = False
+
+    @property
+    def stopping(self) -> bool:
+        """True from ``stop()`` until the next ``start()``: answers stop offering keep-alive."""
+        return self.state.stopping
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
         """A fresh aiohttp connection handler (tracked by aiohttp for its own shutdown)."""
@@ -544,15 +359,13 @@ class ApiServer:
     def _protocol(self) -> asyncio.Protocol:
         if not self.fast_probe:
             return self.aiohttp_protocol()
-        from agent.api.fastpath import ProbeConnection  # it builds on this module
-
-        return ProbeConnection(self)
+        return ProbeConnection(self.state)
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen; returns the bound (host, port) pairs (port 0 picks a free port)."""
         await self._runner.setup()
         self._started = True
-        self.stopping = False
+        self.state.stopping = False
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
@@ -575,11 +388,11 @@ class ApiServer:
         if not self._started:
             return
         self._started = False
-        self.stopping = True
+        self.state.stopping = True
         if self._server is not None:
             self._server.close()
             self._server = None
-        for connection in list(self._connections):
+        for connection in list(self.state.connections):
             connection.close()
         await self._runner.cleanup()
 

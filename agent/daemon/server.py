@@ -83,7 +83,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from agent.api.server import ApiConfig, ApiDeps, ApiServer, ProbeModule, ProbeReport, build_app
+from agent.api.answer import ProbeModule, ProbeReport
+from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
 from agent.config import (
     AgentConfig,
     ClientConfig,

@@ -18,16 +18,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.api.server import (
-    ApiConfig,
-    ApiDeps,
-    ApiServer,
-    ProbeModule,
-    ProbeReport,
-    build_app,
-    probe_timeout,
-    render_probe,
-)
+from agent.api.answer import ProbeModule, ProbeReport, probe_timeout, render_probe
+from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
 from agent.controls import IDS as CONTROL_IDS
 from agent.errors import ConfigError, ProbeError
 from agent.metrics import make_metrics
