@@ -43,6 +43,7 @@ __all__ = [
     "ProviderConfig",
     "ResponderConfig",
     "SnifferConfig",
+    "check_listen",
     "load_config",
     "load_key",
     "parse_listen",
@@ -68,7 +69,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_listen(value: str) -> str:
+def check_listen(value: str) -> str:
+    """A ``HOST:PORT`` listen address, returned unchanged; ``ValueError`` saying what is wrong.
+
+    Public because ``plprobe run --listen`` checks its override with the same rule as the
+    file's ``listen`` key.
+    """
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:9720")
@@ -112,7 +118,7 @@ class _Common(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _check_listen(value)
+        return check_listen(value)
 
     @field_validator("key_env")
     @classmethod

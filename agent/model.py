@@ -52,6 +52,19 @@ def normalize_protocol(value: str | int) -> Protocol:
     return {"6": "tcp", "17": "udp", "1": "icmp", "all": "-1", "-1": "-1"}.get(text, text)
 
 
+def is_ip(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (not a name, not a CIDR block).
+
+    Users name hosts either way (a client by instance name or IP, a ``/probe`` target by DNS
+    name or ENI IP); one spelling of the test keeps every caller's notion of "an IP" the same.
+    """
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class Account:
     """One AWS account; ``role`` is ``consumer`` or ``provider``."""

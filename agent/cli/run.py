@@ -15,24 +15,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agent.config import load_config, load_key
+from agent.config import check_listen, load_config, load_key
+from agent.errors import ConfigError
 
 __all__ = ["main", "register", "run_daemon"]
 
 
 def run_daemon(config_path: str, *, listen: str | None = None, debug: bool = False) -> int:
     """Load the config and key, then serve until a stop signal; 130 after a second signal."""
-    from agent.config import _check_listen
     from agent.daemon.server import Daemon
     from agent.logs import setup_logging
 
     config = load_config(config_path)
     if listen is not None:
         try:
-            _check_listen(listen)
+            check_listen(listen)
         except ValueError as exc:
-            from agent.errors import ConfigError
-
             raise ConfigError(str(exc), key="--listen") from None
     key = load_key(config)
     setup_logging(config.log_format, level=logging.DEBUG if debug else logging.INFO)

@@ -36,11 +36,10 @@ time from DNS answers (``<agent>/<ip>/<port>``, ``<agent>/<name>/<port>``) that 
 their endpoint no longer produces (an ENI IP changed) are forgotten, as a reload forgets
 removed paths; ids declared by the configuration are kept.
 
-``/probe`` only probes configured targets: an ENI IP or DNS name of a configured endpoint (or
-one its DNS answers produced) with one of its ports — anything else is a 400, so the agent is
-not an open prober of arbitrary addresses (169.254.169.254, other hosts) — and its probes take
-the daemon's one semaphore (``concurrency``). Targets are found by dict lookup ((host, port),
-and endpoint name), rebuilt on reload and updated after each round.
+``/probe`` only probes configured targets (``agent.daemon.targets``: an ENI IP or DNS name of a
+configured endpoint, or one its DNS answers produced, with one of its ports; anything else is a
+400, so the agent is not an open prober), and its probes take the daemon's one semaphore
+(``concurrency``). The target index is rebuilt on reload and updated after each round.
 ``/healthz/ready`` turns 200 once every endpoint has had its first round.
 
 What a round does not redo (the daemon's idle cost is per-round work; docs/BENCHMARKS.md):
@@ -50,12 +49,9 @@ if a socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per
 path) live from client start to stop, and are replaced on reload. Modules only the provider
 role or one probe kind needs (the observe stack, scapy, botocore) are imported when used.
 
-Memory, when the daemon owns its process (``handle_signals``): glibc is asked for at most
-``MALLOC_ARENAS`` malloc arenas (by default every thread that mallocs — the resolver threads
-of the dns probes, the view loader — gets its own, each keeping freed memory resident), and
-freed heap pages are returned to the kernel (``malloc_trim``) once every endpoint has had its
-first round and after each view refresh (the snapshot parse is the largest transient). Both
-are no-ops off glibc. Measured on the 50-path bench: -2 MiB each.
+Memory, when the daemon owns its process (``handle_signals``): malloc arenas capped and freed
+heap pages returned to the kernel once every endpoint has had its first round and after each
+view refresh (``agent.daemon.memory``; no-ops off glibc).
 
 **Provider role.** ``agent.daemon.provider.ProviderAgent`` (responder, sniffer when enabled and
 permitted — without CAP_NET_RAW it logs and continues — and the observation store) with this
@@ -71,7 +67,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import signal
@@ -93,9 +88,10 @@ from agent.config import (
     load_config,
     load_key,
     parse_listen,
-    path_id,
     read_token_file,
 )
+from agent.daemon.memory import limit_malloc_arenas, release_free_memory
+from agent.daemon.targets import TargetIndex, declared_paths
 from agent.diagnose.pipeline import (
     FindingsCache,
     SelfIdentity,
@@ -109,11 +105,13 @@ from agent.diagnose.rounds import (
     RoundResult,
     SharedProbes,
     raw_allowed,
+    run_probe,
     run_round,
 )
 from agent.errors import ConfigError, PlprobeError
 from agent.logs import VerdictLog, setup_logging
 from agent.metrics import Metrics, make_metrics
+from agent.probes.base import ProbeContext, ProbeTarget
 from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
 from agent.sources.views import ViewKeeper, for_daemon, source_for
 
@@ -121,7 +119,7 @@ if TYPE_CHECKING:
     from agent.daemon.provider import ProviderAgent
     from agent.observe.store import ObservationStore
 
-__all__ = ["Daemon", "declared_paths", "parse_target", "schedule_period"]
+__all__ = ["Daemon", "round_budget", "schedule_period"]
 
 log = logging.getLogger(__name__)
 
@@ -133,72 +131,6 @@ FIRST_VIEW_WAIT_S = 10.0
 #: runner slack per prober call (agent.diagnose.rounds._GRACE_S)
 _GRACE_S = 0.5
 _CONNECTING = ("syn", "tcp", "http")
-#: glibc malloc arenas for the whole process (module docstring, "Memory")
-MALLOC_ARENAS = 1
-_M_ARENA_MAX = -8  # mallopt parameter number (malloc.h)
-
-
-def _glibc() -> Any:
-    """libc through ctypes when it is glibc (has mallopt and malloc_trim), else None."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas for this process; False where that is not possible."""
-    libc = _glibc()
-    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
-
-
-def release_free_memory() -> bool:
-    """Give freed heap pages back to the kernel (glibc ``malloc_trim``); True if any were."""
-    libc = _glibc()
-    return bool(libc is not None and libc.malloc_trim(0) == 1)
-
-
-def declared_paths(config: ClientConfig) -> dict[str, PathConfig]:
-    """Path ids known from the config alone (AZ ids x ports) -> their endpoint entry.
-
-    As the runner plans them: the ``expected_ips`` AZs when given, else the ``zonal`` ones.
-    Endpoints configured only by a regional name get their ids from DNS at run time.
-    """
-    out: dict[str, PathConfig] = {}
-    for p in config.paths:
-        for az in sorted(p.expected_ips or p.zonal):
-            for port in p.ports:
-                out[path_id(config.agent_id, az, port)] = p
-    return out
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` -> (host, port); ``ValueError`` otherwise (HTTP 400)."""
-    host, sep, port = target.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError("target must be HOST:PORT")
-    return host, int(port)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _host_key(host: str) -> str:
-    """One spelling per host for the /probe index: canonical IP text, or a lower-case name."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host.lower().rstrip(".")
 
 
 def schedule_period(interval: float, jitter: float) -> float:
@@ -282,11 +214,8 @@ class Daemon:
         self._refs: dict[str, PathRef] = {}
         self._first_pending: set[int] = set()
         self._declared: set[str] = set()
-        #: /probe: configured (host, port) -> endpoint; endpoint name -> endpoint; and the
-        #: run-time path refs by (host, port) (module docstring)
-        self._configured: dict[tuple[str, int], PathConfig] = {}
-        self._by_name: dict[str, PathConfig] = {}
-        self._by_target: dict[tuple[str, int], PathRef] = {}
+        #: which configured path a /probe target names (agent.daemon.targets)
+        self._targets = TargetIndex()
         self._vlog = VerdictLog()
         self._shared = SharedProbes()
         self._findings = FindingsCache()
@@ -505,7 +434,7 @@ class Daemon:
             self.metrics.add_path(pid, interval_s=config.for_path(pc).interval, probes=pc.probes)
             self._owner[pid] = pc
         self._declared = set(declared)
-        self._index_targets(config)
+        self._targets.rebuild(config, self._refs.values())
         self._first_pending = set(range(len(config.paths)))
         for i, pc in enumerate(config.paths):
             self._schedules[i] = asyncio.create_task(
@@ -560,31 +489,12 @@ class Daemon:
         self.metrics.forget_path(pid)
         self._owner.pop(pid, None)
         if self._refs.pop(pid, None) is not None:
-            self._by_target = {k: r for k, r in self._by_target.items() if r.id != pid}
+            self._targets.forget(pid)
         self._vlog.forget(pid)
         self.deps.results = {k: v for k, v in self.deps.results.items() if k != pid}
         self.deps.evidence = {k: v for k, v in self.deps.evidence.items() if k != pid}
         self.deps.verdicts = {k: v for k, v in self.deps.verdicts.items() if k != pid}
         log.info("path %s %s", pid, why)
-
-    def _index_targets(self, config: ClientConfig) -> None:
-        """Rebuild the /probe lookups from the configuration (start, reload)."""
-        self._by_name = {p.name: p for p in config.paths}
-        self._configured = {}
-        for p in config.paths:
-            hosts = [*p.expected_ips.values(), *p.zonal.values(), p.regional, p.private]
-            for host in hosts:
-                if host:
-                    for port in p.ports:
-                        self._configured.setdefault((_host_key(host), port), p)
-        self._by_target = {}
-        for ref in self._refs.values():
-            self._index_ref(ref)
-
-    def _index_ref(self, ref: PathRef) -> None:
-        for host in (ref.ip, ref.name):
-            if host:
-                self._by_target[(_host_key(host), ref.port)] = ref
 
     async def _schedule(self, config: ClientConfig, index: int, pc: PathConfig, key: bytes) -> None:
         """Probe one endpoint forever: first round after a short jitter, then every interval."""
@@ -655,7 +565,7 @@ class Daemon:
                 self._forget(pid, "no longer produced by its endpoint's DNS answers")
         for ref in result.paths:
             self._refs[ref.id] = ref
-            self._index_ref(ref)
+            self._targets.add(ref)
             if ref.id not in self._owner:
                 self._owner[ref.id] = pc
                 self.metrics.add_path(ref.id, interval_s=interval, probes=pc.probes)
@@ -686,29 +596,11 @@ class Daemon:
 
     async def _probe(self, target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
         """One probe of ``target`` (host:port) with ``module`` (a kind or an endpoint name)."""
-        from agent.diagnose.rounds import _run_probe
-        from agent.probes.base import ProbeContext, ProbeTarget
-
         config = self.config
         assert isinstance(config, ClientConfig)
-        host, port = parse_target(target)
+        host, ref, pc = self._targets.resolve(target, module.name, self._owner, config.agent_id)
         kind = module.prober
-        where = (_host_key(host), port)
-        ref = self._by_target.get(where)
-        configured = self._configured.get(where)
-        if ref is None and configured is None:
-            raise ValueError("target is not a configured path")
-        owner = self._owner.get(ref.id) if ref else None
-        pc = self._by_name.get(module.name) or owner or configured
-        if ref is None:
-            az = "probe"
-            ref = PathRef(
-                id=path_id(config.agent_id, az, port),
-                agent=config.agent_id,
-                name=host,
-                ip=host if _is_ip(host) else None,
-                port=port,
-            )
+        port = ref.port
         ctx = ProbeContext(
             agent_id=config.agent_id,
             key=self.key,
@@ -729,7 +621,7 @@ class Daemon:
                 http_path=pc.http_path if pc else "/",
                 http_host=pc.http_host if pc else None,
             )
-        result = await _run_probe(kind, probe_target, ctx, self._sem, False)
+        result = await run_probe(kind, probe_target, ctx, self._sem, False)
         verdict = self.deps.verdicts.get(ref.id) if result.outcome != "ok" else None
         return ProbeReport(result=result, verdict=verdict)
 

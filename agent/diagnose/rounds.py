@@ -69,6 +69,7 @@ __all__ = [
     "SharedProbes",
     "build_dns_targets",
     "raw_allowed",
+    "run_probe",
     "run_round",
 ]
 
@@ -358,9 +359,14 @@ async def _attempt(
         return _error_result(target, kind, f"internal error: {type(exc).__name__}: {exc}", started)
 
 
-async def _run_probe(
+async def run_probe(
     kind: str, target: ProbeTarget, ctx: ProbeContext, sem: asyncio.Semaphore, raw: bool
 ) -> ProbeResult:
+    """One probe of ``target`` with retries, under ``sem``; never raises for a failed probe.
+
+    Public because the daemon's ``/probe`` runs single probes through the same path as a
+    round (same fallbacks from syn to tcp, same retry rule, same result fields).
+    """
     fallback: str | None = None
     prober = get_prober(kind)
     if kind == "syn" and (prober is None or not raw):
@@ -506,7 +512,7 @@ async def run_round(
             for kind in path.config.probes:
                 if kind == "dns" or (kind == "http" and responder):
                     continue
-                jobs.append(_run_probe(kind, target, ctx, sem, raw))
+                jobs.append(run_probe(kind, target, ctx, sem, raw))
         connect_results = list(await asyncio.gather(*jobs))
 
     results = [r for path in paths for r in path.dns] + connect_results

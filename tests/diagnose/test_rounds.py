@@ -279,7 +279,7 @@ async def test_a_syn_probe_of_an_ipv6_address_falls_back_to_tcp_and_says_so() ->
         port = s.getsockname()[1]
     ref = PathRef(id=f"c1/::1/{port}", agent="c1", name="::1", ip="::1", port=port)
     ctx = ProbeContext(agent_id="c1", key=KEY, insecure=False, timeout_s=1.0, retries=0)
-    result = await runner._run_probe("syn", ProbeTarget(path=ref), ctx, asyncio.Semaphore(1), True)
+    result = await runner.run_probe("syn", ProbeTarget(path=ref), ctx, asyncio.Semaphore(1), True)
     assert result.probe == "syn" and result.outcome == "refused"
     assert result.fallback is not None and "IPv6" in result.fallback
 
