@@ -31,7 +31,7 @@ from pathlib import Path
 from agent.controls import BREAKABLE
 from agent.lab import faults
 from agent.lab.lab import Lab, all_lab_names, require_privileges, teardown
-from agent.lab.render import DEFAULT_NAME, check_lab_name, render
+from agent.lab.plan import DEFAULT_NAME, check_lab_name, render
 
 
 def _progress(line: str) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 from agent.errors import LabError, PrivilegeError
 from agent.lab import faults, nlbnat
 from agent.lab.commands import CommandRunner, SubprocessRunner
-from agent.lab.render import (
+from agent.lab.plan import (
     NETNS_ETC,
     STATE_ROOT,
     LabPlan,

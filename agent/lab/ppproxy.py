@@ -94,7 +94,7 @@ class EniRoute:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """What one node's proxy needs; rendered by ``agent.lab.render``, written as JSON."""
+    """What one node's proxy needs; rendered by ``agent.lab.plan``, written as JSON."""
 
     nat: nlbnat.NodeConfig
     enis: tuple[EniRoute, ...] = ()
