@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent.lab import faults
+from agent.lab import agents, faults
 from agent.lab.agents import LEVELS
 from agent.lab.lab import Lab
 from agent.model import NaclEntry, Rule, SecurityGroup, Topology, stable_id
@@ -415,8 +415,10 @@ def run_scenario(lab: Lab, scenario: Scenario) -> dict[str, dict[str, dict]]:
     if scenario.health:
         lab.wait_health(_health_ok(lab, scenario.health), timeout=HEALTH_WAIT_S)
     if scenario.agents_down:
-        lab.stop_agents()
-    answers = lab.check(levels=LEVELS, timeout=PROBE_TIMEOUT_S, retries=PROBE_RETRIES)
+        agents.stop_agents(lab)
+    answers = agents.check_answers(
+        lab, levels=LEVELS, timeout=PROBE_TIMEOUT_S, retries=PROBE_RETRIES
+    )
     out: dict[str, dict[str, dict]] = {lv: {} for lv in LEVELS}
     for answer in answers.values():
         for v in answer["check"]["verdicts"]:
@@ -429,7 +431,7 @@ def run_scenario(lab: Lab, scenario: Scenario) -> dict[str, dict[str, dict]]:
 
 def restore_scenario(lab: Lab, scenario: Scenario) -> None:
     if scenario.agents_down:
-        lab.start_agents()
+        agents.start_agents(lab, lab.progress)
     if scenario.edit is not None:
         lab.restore()
         wait_healthy(lab)
@@ -462,7 +464,7 @@ def matrix_lab(kind: str) -> Iterator[Lab]:
     lab = Lab(f"da{secrets.token_hex(4)}")
     try:
         lab.up(lab_topology(kind))
-        lab.start_agents()
+        agents.start_agents(lab, lab.progress)
         wait_healthy(lab)
         yield lab
     finally:

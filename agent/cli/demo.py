@@ -68,6 +68,7 @@ def _check(lab, screen: _Screen) -> tuple[int, str]:
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:
+    from agent.lab import agents
     from agent.lab.lab import Lab, require_privileges
     from agent.sources.topology import load_topology
 
@@ -94,7 +95,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     try:
         screen.heading("[1/6]", "lab up, with a provider agent on every target")
         lab.up(load_topology())
-        lab.start_agents()
+        agents.start_agents(lab, lab.progress)
         lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=10)
 
         screen.heading("[2/6]", "check from inside each client: every path should pass")

@@ -31,7 +31,8 @@ from pathlib import Path
 from agent.controls import BREAKABLE
 from agent.lab import faults
 from agent.lab.lab import Lab, all_lab_names, require_privileges, teardown
-from agent.lab.render import DEFAULT_NAME, check_lab_name, render
+from agent.lab.plan import DEFAULT_NAME, check_lab_name, render
+from agent.lab.procs import answer, in_netns
 
 
 def _progress(line: str) -> None:
@@ -52,8 +53,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
     lab.up(_load(args.topology))
     if args.with_agents:
+        from agent.lab.agents import start_agents
+
         try:
-            lab.start_agents()
+            start_agents(lab, lab.progress)
         except BaseException:
             lab.down()
             raise
@@ -62,11 +65,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _print_runs(runs: list, output: str, key: str) -> int:
     """Table: each client's output under a heading. JSON: one object keyed by client."""
-    from agent.lab.lab import _answer
-
     code = max((r.returncode for r in runs), default=0)
     if output == "json":
-        body = {r.client: _answer(r)[key] for r in runs}
+        body = {r.client: answer(r)[key] for r in runs}
         print(json.dumps({"clients": body}, indent=2))
         return code
     for r in runs:
@@ -185,8 +186,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print("plprobe: lab exec: give a command after --", file=sys.stderr)
         return 2
     lab = _lab(args)
-    cmd = ["ip", "netns", "exec", lab.ns(args.node), *argv]
-    return subprocess.call(cmd, env=lab._env())
+    return subprocess.call(in_netns(lab.ns(args.node), argv), env=lab.env())
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The agents in the lab: provider agents on the targets, client rounds inside client nodes.
 
-``plprobe lab up --with-agents`` / ``Lab.start_agents()`` starts one provider agent
+``plprobe lab up --with-agents`` / ``start_agents(lab)`` starts one provider agent
 (``plprobe observe --config configs/lab/provider.yaml``) inside each provider instance's
 namespace, with ``PLPROBE_AGENT_ID=<instance name>`` and the lab's HMAC key in ``PLPROBE_KEY``.
 The key is generated once per lab and kept in ``<state dir>/agents/key`` (mode 0600), so every
@@ -42,7 +42,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -54,7 +53,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from agent.errors import LabError, PlprobeError, ProbeError
-from agent.lab.lab import pid_alive
+from agent.lab.procs import answer as run_answer
+from agent.lab.procs import kill_group, pid_alive
 from agent.results import Observation
 from agent.sources.topology import TOPOLOGIES
 
@@ -67,12 +67,16 @@ __all__ = [
     "ClientRun",
     "NamespaceObservationSource",
     "agents_running",
+    "check_answers",
     "check_clients",
     "client_config_path",
+    "endpoint_paths",
     "ensure_key",
     "generated_client_config",
     "main",
+    "probe_answers",
     "probe_clients",
+    "shipped_config_matches",
     "start_agents",
     "stop_agents",
     "write_lab_snapshot",
@@ -206,19 +210,12 @@ def stop_agents(lab: Lab, nodes: Sequence[str] | None = None) -> list[str]:
         _pidfile(lab, node).unlink(missing_ok=True)
         if pid is None:
             continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, sig)
-            deadline = time.monotonic() + 2.0
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if not pid_alive(pid):
-                break
+        kill_group(pid, grace_s=2.0)
         stopped.append(node)
     return stopped
 
 
-def _endpoint_paths(topology: Topology) -> list[dict[str, Any]]:
+def endpoint_paths(topology: Topology) -> list[dict[str, Any]]:
     """One client-config path per endpoint: regional + zonal names, ENI IPs, listener ports."""
     out = []
     for ep in sorted(topology.endpoints.values(), key=lambda e: e.name):
@@ -259,19 +256,18 @@ def generated_client_config(topology: Topology, client: str) -> dict[str, Any]:
         "retries": 1,
         "concurrency": 32,
         "provider_delay": 0.2,
-        "paths": _endpoint_paths(topology),
+        "paths": endpoint_paths(topology),
     }
 
 
-def _matches(shipped: Path, topology: Topology) -> bool:
+def shipped_config_matches(shipped: Path, topology: Topology) -> bool:
     """Does the shipped config probe exactly the lab's endpoint names, IPs and ports?"""
     try:
         data = yaml.safe_load(shipped.read_text())
     except (OSError, yaml.YAMLError):
         return False
     want = [
-        (p["regional"], p["zonal"], p["expected_ips"], p["ports"])
-        for p in _endpoint_paths(topology)
+        (p["regional"], p["zonal"], p["expected_ips"], p["ports"]) for p in endpoint_paths(topology)
     ]
     have = [
         (p.get("regional"), p.get("zonal"), p.get("expected_ips"), p.get("ports"))
@@ -287,7 +283,7 @@ def client_config_path(lab: Lab, client: str) -> Path:
         names = ", ".join(c.name for c in topology.clients())
         raise LabError(f"lab {lab.name} has no client {client!r}; clients: {names}")
     shipped = SHIPPED_CONFIGS / f"{client}.yaml"
-    if shipped.is_file() and _matches(shipped, topology):
+    if shipped.is_file() and shipped_config_matches(shipped, topology):
         return shipped
     path = _agents_dir(lab) / f"{client}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,6 +409,24 @@ def check_clients(
     for ns in _provider_namespaces(lab):
         args += ["--provider-ns", ns]
     return _run_clients(lab, _clients(lab, client), args, capture=capture)
+
+
+def probe_answers(lab: Lab, client: str | None = None, **options: Any) -> dict[str, dict]:
+    """One probe round per client (inside its node): client -> ``{"round": ...}`` JSON.
+
+    ``options``: ``timeout``, ``retries`` (as ``probe_clients``).
+    """
+    runs = probe_clients(lab, client, output="json", **options)
+    return {r.client: run_answer(r) for r in runs}
+
+
+def check_answers(lab: Lab, client: str | None = None, **options: Any) -> dict[str, dict]:
+    """``check`` per client (inside its node): client -> ``{"exit", "check", "levels"}``.
+
+    ``options``: ``levels`` (subset of ``LEVELS``), ``timeout``, ``retries``.
+    """
+    runs = check_clients(lab, client, output="json", **options)
+    return {r.client: run_answer(r) for r in runs}
 
 
 # --- inside the client namespace ------------------------------------------------------------

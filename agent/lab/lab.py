@@ -37,19 +37,17 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from agent.errors import LabError, PrivilegeError
 from agent.lab import faults, nlbnat
 from agent.lab.commands import CommandRunner, SubprocessRunner
-from agent.lab.render import (
+from agent.lab.plan import (
     NETNS_ETC,
     STATE_ROOT,
     LabPlan,
@@ -60,11 +58,10 @@ from agent.lab.render import (
     render,
     state_dir,
 )
+from agent.lab.procs import in_netns, kill_pids, lab_env, lab_pids, pid_alive, spawn
 from agent.model import Topology, to_plain, topology_from_plain
 
 NETNS_RUN = Path("/run/netns")
-ENV_MARK = "PLPROBE_LAB"
-_REPO = Path(__file__).resolve().parent.parent.parent
 _WORKERS = 8
 
 
@@ -104,23 +101,6 @@ def lab_namespaces(name: str) -> list[str]:
         return []
 
 
-def lab_pids(name: str) -> set[int]:
-    """Processes started for this lab (they carry ``PLPROBE_LAB=<name>``)."""
-    mark = f"{ENV_MARK}={name}".encode() + b"\0"
-    out: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if mark in env or env.endswith(mark[:-1]):
-            out.add(int(entry))
-    out.discard(os.getpid())
-    return out
-
-
 def all_lab_names() -> list[str]:
     names: set[str] = set()
     with contextlib.suppress(FileNotFoundError):
@@ -130,30 +110,6 @@ def all_lab_names() -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         names.update(os.listdir(STATE_ROOT))
     return sorted(names)
-
-
-def _kill(pids: set[int], grace_s: float = 1.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            pids = {p for p in pids if pid_alive(p)}
-            if not pids:
-                return
-            time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    """Is the process running (not gone, not a zombie)? Reaps our own children on the way."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def teardown(name: str, runner: CommandRunner | None = None, *, keep_state: bool = False) -> int:
@@ -166,7 +122,7 @@ def teardown(name: str, runner: CommandRunner | None = None, *, keep_state: bool
         proc = runner.run(["ip", "netns", "pids", ns], check=False, timeout=10)
         pids.update(int(p) for p in proc.stdout.split() if p.isdigit())
     pids.discard(os.getpid())
-    _kill(pids)
+    kill_pids(pids)
     if nss:
         batch = "".join(f"netns del {ns}\n" for ns in nss)
         runner.run(["ip", "-force", "-batch", "-"], input=batch, check=False, timeout=30)
@@ -406,11 +362,9 @@ class Lab:
                     Path(path).unlink()
 
     # --- daemons --------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env[ENV_MARK] = self.name
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
-        return env
+    def env(self) -> dict[str, str]:
+        """The environment of the lab's processes (it carries the lab's mark, see procs)."""
+        return lab_env(self.name)
 
     def _pidfile(self, spec: ProcessSpec) -> Path:
         return self.dir / "run" / f"{spec.key}.pid"
@@ -426,15 +380,15 @@ class Lab:
                 with contextlib.suppress(FileNotFoundError):
                     ready_file.unlink()
             log = self.dir / "logs" / f"{spec.key}.log"
-            argv = ["ip", "netns", "exec", plan.node(spec.node).ns]
-            argv += [sys.executable, "-m", spec.module, *spec.args]
+            argv = [sys.executable, "-m", spec.module, *spec.args]
             with open(log, "ab") as fh:
-                proc = subprocess.Popen(
+                proc = spawn(
+                    plan.node(spec.node).ns,
                     argv,
+                    self.env(),
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,
-                    env=self._env(),
                     start_new_session=True,
                 )
             self._children[proc.pid] = proc
@@ -460,7 +414,7 @@ class Lab:
             if pid in lab_pids(self.name):
                 pids.add(pid)
             path.unlink(missing_ok=True)
-        _kill(pids)
+        kill_pids(pids)
         for pid in pids:
             proc = self._children.pop(pid, None)
             if proc is not None:
@@ -481,7 +435,7 @@ class Lab:
 
         ``env`` adds variables to the lab's environment (e.g. the agents' ``PLPROBE_KEY``).
         """
-        cmd = ["ip", "netns", "exec", self.ns(node), *argv]
+        cmd = in_netns(self.ns(node), argv)
         try:
             return subprocess.run(
                 cmd,
@@ -489,7 +443,7 @@ class Lab:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env={**self._env(), **(env or {})},
+                env={**self.env(), **(env or {})},
             )
         except subprocess.TimeoutExpired as exc:
             raise LabError(
@@ -510,9 +464,7 @@ class Lab:
 
         ``env`` adds variables to the lab's environment (which carries the lab's mark).
         """
-        cmd = ["ip", "netns", "exec", self.ns(node), *argv]
-        full_env = {**self._env(), **(env or {})}
-        proc = subprocess.Popen(cmd, env=full_env, **popen)  # type: ignore[call-overload]
+        proc = spawn(self.ns(node), argv, {**self.env(), **(env or {})}, **popen)
         self._children[proc.pid] = proc
         return proc
 
@@ -527,36 +479,6 @@ class Lab:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError) as exc:
             raise LabError(f"httpcheck in {node}: {proc.stdout} {proc.stderr}") from exc
-
-    # --- agents (agent/lab/agents.py) -------------------------------------------------------
-    def start_agents(self) -> list[str]:
-        """A provider agent in every provider node (shared lab key); returns the nodes started."""
-        from agent.lab import agents
-
-        return agents.start_agents(self, self.progress)
-
-    def stop_agents(self, nodes: Sequence[str] | None = None) -> list[str]:
-        """Stop provider agents (all, by default: rounds then run without provider evidence)."""
-        from agent.lab import agents
-
-        return agents.stop_agents(self, nodes)
-
-    def probe(self, client: str | None = None, **options: Any) -> dict[str, dict]:
-        """One probe round per client (inside its node): client -> ``{"round": ...}`` JSON."""
-        from agent.lab import agents
-
-        runs = agents.probe_clients(self, client, output="json", **options)
-        return {r.client: _answer(r) for r in runs}
-
-    def check(self, client: str | None = None, **options: Any) -> dict[str, dict]:
-        """``check`` per client (inside its node): client -> ``{"exit", "check", "levels"}``.
-
-        ``options``: ``levels`` (subset of ``agents.LEVELS``), ``timeout``, ``retries``.
-        """
-        from agent.lab import agents
-
-        runs = agents.check_clients(self, client, output="json", **options)
-        return {r.client: _answer(r) for r in runs}
 
     # --- health and status ----------------------------------------------------------------
     def _health_files(self) -> dict[str, dict]:
@@ -680,16 +602,6 @@ class Lab:
             "processes": procs,
             "warnings": plan.warnings,
         }
-
-
-def _answer(run: Any) -> dict:
-    """The JSON a client helper printed, or LabError with what it said instead."""
-    if run.data is None:
-        raise LabError(
-            f"the round in {run.client} failed (exit {run.returncode}): "
-            f"{(run.stderr or run.stdout).strip()[-800:]}"
-        )
-    return run.data
 
 
 def _batch(cmds: list[list[str]]) -> str:

@@ -25,7 +25,7 @@ destination: the ENI namespace already DNATed ``eni_ip -> node_ip``. The rendere
 gives the proxy, per endpoint ENI that DNATs to this node (same AZ id), the endpoint id, the
 ENI IP and the consumer CIDRs that can reach that ENI (its VPC and active peers), and the
 proxy keys on the client's source address. This is the same key the lab already routes
-PrivateLink replies by (``render._privatelink``: provider router -> endpoint link by
+PrivateLink replies by (``agent.lab.plan._privatelink``: provider router -> endpoint link by
 destination CIDR, consumer router -> ENI by NLB node IP), so it is exact wherever the lab's
 data plane is; where two endpoints reaching the same NLB node share a consumer CIDR, reply
 routing is already ambiguous and the renderer warns. Rejected alternatives: a per-ENI port
@@ -94,7 +94,7 @@ class EniRoute:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """What one node's proxy needs; rendered by ``agent.lab.render``, written as JSON."""
+    """What one node's proxy needs; rendered by ``agent.lab.plan``, written as JSON."""
 
     nat: nlbnat.NodeConfig
     enis: tuple[EniRoute, ...] = ()

@@ -30,8 +30,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.lab.lab import Lab, lab_namespaces, lab_pids
-from agent.lab.render import NETNS_ETC, ns_prefix, state_dir
+from agent.lab.lab import Lab, lab_namespaces
+from agent.lab.plan import NETNS_ETC, ns_prefix, state_dir
+from agent.lab.procs import lab_pids
 from agent.model import Topology
 
 

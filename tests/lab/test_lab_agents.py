@@ -43,7 +43,7 @@ def all_healthy(lab: Lab) -> bool:
 @pytest.fixture(scope="module")
 def agents_lab() -> Iterator[Lab]:
     with lab_up(fast_reference(), "ag") as lab:
-        lab.start_agents()
+        agents.start_agents(lab, lab.progress)
         assert all_healthy(lab)
         yield lab
 
@@ -53,13 +53,13 @@ def lab(agents_lab: Lab) -> Iterator[Lab]:
     try:
         yield agents_lab
     finally:
-        agents_lab.start_agents()
+        agents.start_agents(agents_lab, agents_lab.progress)
         agents_lab.restore()
         all_healthy(agents_lab)
 
 
 def evidence(lab: Lab, client: str) -> dict:
-    (path,) = lab.probe(client, **FAST)[client]["round"]["paths"]
+    (path,) = agents.probe_answers(lab, client, **FAST)[client]["round"]["paths"]
     return path
 
 
@@ -80,9 +80,9 @@ def observations(lab: Lab, node: str) -> dict:
 @pytest.mark.parametrize("client", ["client-1", "client-2"])
 def test_the_shipped_client_config_probes_exactly_the_reference_labs_endpoint(client: str) -> None:
     shipped = REPO / "configs" / "lab" / f"{client}.yaml"
-    assert agents._matches(shipped, load_topology()), (
+    assert agents.shipped_config_matches(shipped, load_topology()), (
         f"{shipped} no longer matches the reference topology's endpoint names/IPs/ports: "
-        f"{agents._endpoint_paths(load_topology())}"
+        f"{agents.endpoint_paths(load_topology())}"
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from labfixtures import lab_up
 
+from agent.lab import agents
 from agent.lab.lab import Lab
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.lab
 
 def _started(topology_kind: str, prefix: str) -> Iterator[Lab]:
     with lab_up(matrix.lab_topology(topology_kind), prefix) as lab:
-        lab.start_agents()
+        agents.start_agents(lab, lab.progress)
         assert matrix.wait_healthy(lab)
         yield lab
 

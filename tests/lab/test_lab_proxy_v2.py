@@ -24,7 +24,7 @@ from labfixtures import endpoint_name, lab_up
 
 from agent.lab import healthd, nlbnat, ppproxy
 from agent.lab.lab import Lab
-from agent.lab.render import render
+from agent.lab.plan import render
 from agent.model import Topology
 from agent.sources.topology import load_topology
 from agent.wire import (

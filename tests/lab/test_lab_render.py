@@ -12,7 +12,7 @@ from agent.cli import main
 from agent.controls import BREAKABLE
 from agent.errors import RenderError
 from agent.lab import faults, nlbnat
-from agent.lab.render import LabPlan, render
+from agent.lab.plan import LabPlan, render
 from agent.sources.topology import load_topology
 
 MULTI_AZ = Path(__file__).resolve().parents[2] / "configs" / "lab" / "multi-az.yaml"

@@ -1,22 +1,19 @@
-"""Topology -> LabPlan: namespaces, veths, routes and nftables rulesets, as plain data.
+"""Topology -> LabPlan: namespaces, veths, addresses, routes and daemons, as plain data.
 
 Pure and deterministic: no root, no I/O, same topology -> same plan. ``plprobe lab render``
-prints it so the lab can be reviewed; ``agent.lab.lab`` applies it.
+prints it so the lab can be reviewed; ``agent.lab.lab`` applies it. The nftables rulesets
+in the plan are written by ``agent.lab.nft`` (routers, endpoint ENIs) and
+``agent.lab.nlbnat`` (NLB nodes); this module decides the layout they sit in.
 
-Layout (DESIGN.md "The lab"):
+Layout:
 
 * one namespace per instance (``client-1``), per endpoint ENI (``<endpoint>-<az>``), per NLB
   node (``<nlb>-<az>``) and one router per VPC (``router-<vpc>``); the namespace is
   ``pl-<lab>-<node>``;
 * every ENI is ``eth0`` in its namespace, a veth to its VPC router, with its IP as a /32 and
   the subnet's ``.1`` as gateway; the router has a /32 route per ENI. There is no shared
-  bridge, so even same-subnet traffic crosses the router, where the controls are;
-* security groups and NACLs live in the router's ``forward`` hook, keyed by the veth that
-  leads to each ENI (never in the ENI's own namespace: AF_PACKET sends bypass the sender's
-  output hook and sniffers see packets before the receiver's input hook). Order in the
-  ``forward`` chain: PrivateLink legs, NACLs (stateless, also cut established flows),
-  ``ct state established,related accept``, then the source ENI's SG egress and the
-  destination ENI's SG ingress (``return`` on allow, ``drop`` at the end: silent);
+  bridge, so even same-subnet traffic crosses the router, where the controls are (the
+  router's ``forward`` hook, see ``agent.lab.nft``);
 * peered VPCs (active peering only) get a router-to-router veth with routes for each other's
   CIDR; every router has ``blackhole default``, so unrouted traffic disappears silently;
 * the endpoint ENI namespace DNATs ``eni_ip:*`` (TCP) to the NLB node in the same AZ id,
@@ -25,16 +22,13 @@ Layout (DESIGN.md "The lab"):
   Replies coming back over that link are policy-routed by source (the NLB node IP) to the
   ENI namespace, whose conntrack un-DNATs them. The ENI <-> link legs inside the consumer
   router are AWS's backbone: no SG or NACL applies to them again;
-* the provider router sees NLB SG ingress (client source; skipped for PrivateLink traffic
-  when the enforce flag is off), NLB SG egress and target SG ingress as three forward checks;
-  the NLB node's own ruleset comes from ``agent.lab.nlbnat``;
+* every NLB node runs a health checker (``agent.lab.healthd``) that keeps the node's ruleset
+  (``agent.lab.nlbnat``) in step with target health;
 * a listener whose target group has ``proxy_protocol_v2`` is redirected to a userspace proxy
   in the NLB node (``agent.lab.ppproxy``, one daemon per node that has such a listener) that
-  prepends AWS's PROXY v2 header; the health checker then opens its checks with a LOCAL header.
-
-NACLs apply to traffic crossing the subnet boundary: ``nacl_<subnet>_in`` on the way into one
-of the subnet's veths from anywhere outside the subnet (including a PrivateLink link on the
-provider side), ``nacl_<subnet>_out`` on the way out of them; intra-subnet traffic is exempt.
+  prepends AWS's PROXY v2 header; the health checker then opens its checks with a LOCAL header;
+* instances that serve ports run ``agent.lab.httpd``; every instance gets a hosts file with
+  the endpoint DNS names it can resolve.
 """
 
 from __future__ import annotations
@@ -46,10 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.errors import RenderError
-from agent.lab import nlbnat, ppproxy
-from agent.model import Endpoint, Instance, Nacl, Rule, Subnet, Topology
+from agent.lab import nft, nlbnat, ppproxy
+from agent.model import Endpoint, Instance, Subnet, Topology
 
-TABLE = "plprobe"
 STATE_ROOT = Path("/run/plprobe/lab")
 NETNS_ETC = Path("/etc/netns")
 LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,12}$")
@@ -90,11 +83,6 @@ def _ifname(prefix: str, lab: str, link_id: str) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
-
-
-def _ident(text: str) -> str:
-    """An nft identifier (chain/set name) from a human name."""
-    return re.sub(r"[^A-Za-z0-9_]+", "_", text)
 
 
 @dataclass(frozen=True)
@@ -333,11 +321,14 @@ def render(
             if node.kind in ("endpoint-eni", "nlb-node"):
                 plan.sysctls[node.ns] = list(_ROUTER_SYSCTLS)
             plan.ip[node.ns] = _eni_ip_commands(ctx, node)
-    for vpc_id, router in sorted(ctx.routers.items(), key=lambda kv: kv[1].name):
-        plan.nft[router.ns] = _router_ruleset(ctx, vpc_id, eni_nodes, pl_links)
+    for router in sorted(ctx.routers.values(), key=lambda n: n.name):
+        plan.nft[router.ns] = nft.router_ruleset(
+            topology, router, eni_nodes, pl_links, ctx.warnings
+        )
     for node in eni_nodes:
         if node.kind == "endpoint-eni":
-            plan.nft[node.ns] = _endpoint_ruleset(ctx, node)
+            target = _dnat_target(topology, node)
+            plan.nft[node.ns] = nft.endpoint_ruleset(topology, node, target, ctx.warnings)
     nlb_configs = _nlb_configs(ctx, eni_nodes)
     for node in eni_nodes:
         if node.kind == "nlb-node":
@@ -541,7 +532,9 @@ def _peerings(ctx: _Ctx) -> None:
 
 
 @dataclass(frozen=True)
-class _PlLink:
+class PlLink:
+    """One endpoint's PrivateLink link: the veth pair between the two VPC routers."""
+
     endpoint_id: str
     consumer_router: str
     consumer_if: str
@@ -550,10 +543,10 @@ class _PlLink:
     nlb_ips: tuple[str, ...]
 
 
-def _privatelink(ctx: _Ctx) -> list[_PlLink]:
+def _privatelink(ctx: _Ctx) -> list[PlLink]:
     """One link per existing endpoint between its VPC router and its NLB's VPC router."""
     topo = ctx.topo
-    out: list[_PlLink] = []
+    out: list[PlLink] = []
     table = 100
     for ep_id in sorted(ctx.endpoints, key=lambda e: topo.endpoints[e].name):
         ep = topo.endpoints[ep_id]
@@ -567,7 +560,7 @@ def _privatelink(ctx: _Ctx) -> list[_PlLink]:
         ctx.links.append(Link(f"pl:{ep.name}", rc.ns, ic, rp.ns, ip_))
         c_ip, p_ip = ctx.next_link_net()
         nlb_ips = tuple(n.ip for n in nlb.nodes)
-        out.append(_PlLink(ep.id, rc.ns, ic, rp.ns, ip_, nlb_ips))
+        out.append(PlLink(ep.id, rc.ns, ic, rp.ns, ip_, nlb_ips))
         cmds = ctx.router_ip[rc.ns]
         cmds += [["link", "set", ic, "up"], ["addr", "add", f"{c_ip}/30", "dev", ic]]
         # ENI -> provider: only packets arriving from this endpoint's ENI veths
@@ -600,6 +593,14 @@ def _privatelink(ctx: _Ctx) -> list[_PlLink]:
     return out
 
 
+def _dnat_target(topo: Topology, node: Node) -> str | None:
+    """The NLB node an endpoint ENI forwards to: the one in the ENI's AZ id, if any."""
+    ep = topo.endpoints[node.owner]
+    svc = topo.endpoint_services.get(ep.service_id)
+    nlb = topo.nlb_of_service(svc) if svc else None
+    return _nlb_ip_for_az(topo, nlb.id, node.az_id) if nlb else None
+
+
 def _nlb_ip_for_az(topo: Topology, nlb_id: str, az_id: str) -> str | None:
     for nn in topo.nlbs[nlb_id].nodes:
         if topo.subnets[nn.subnet_id].az_id == az_id:
@@ -607,218 +608,7 @@ def _nlb_ip_for_az(topo: Topology, nlb_id: str, az_id: str) -> str | None:
     return None
 
 
-# --- router nftables ----------------------------------------------------------------------
-
-
-def _q(names: list[str]) -> str:
-    if len(names) == 1:
-        return f'"{names[0]}"'
-    return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
-
-
-def _addr(values: list[str]) -> str:
-    return values[0] if len(values) == 1 else "{ " + ", ".join(values) + " }"
-
-
-def _proto_ports(protocol: str, from_port: int, to_port: int) -> str:
-    if protocol == "-1":
-        return ""
-    if protocol in ("tcp", "udp"):
-        if from_port <= 0 and to_port >= 65535:
-            return f"meta l4proto {protocol}"
-        ports = str(from_port) if from_port == to_port else f"{from_port}-{to_port}"
-        return f"meta l4proto {protocol} th dport {ports}"
-    if protocol == "icmp":
-        return "meta l4proto icmp"
-    return f"meta l4proto {protocol}"
-
-
-def _comment(text: str) -> str:
-    text = text.replace('"', "'")[:120]
-    return f'comment "{text}"'
-
-
-class _Sets:
-    """SG references render to named sets of member IPs (``sg_<name>``)."""
-
-    def __init__(self, topo: Topology) -> None:
-        self.topo = topo
-        self.used: dict[str, str] = {}
-        names = [g.name for g in topo.security_groups.values()]
-        self.names = {
-            g.id: _ident(f"sg_{g.name}" if names.count(g.name) == 1 else f"sg_{g.name}_{g.id}")
-            for g in topo.security_groups.values()
-        }
-
-    def ref(self, sg_id: str) -> str:
-        name = self.names.get(sg_id) or _ident(f"sg_{sg_id}")
-        self.used[sg_id] = name
-        return name
-
-    def render(self) -> list[str]:
-        out = []
-        for sg_id, name in sorted(self.used.items(), key=lambda kv: kv[1]):
-            ips = self.topo.sg_member_ips(sg_id)
-            elems = f" elements = {{ {', '.join(ips)} }};" if ips else ""
-            out.append(f"  set {name} {{ type ipv4_addr; flags interval;{elems} }}")
-        return out
-
-
-def _sg_chain(
-    ctx: _Ctx, sets: _Sets, chain: str, sg_ids: list[str], egress: bool, prelude: list[str]
-) -> list[str]:
-    topo = ctx.topo
-    lines = [f"  chain {chain} {{", *(f"    {p}" for p in prelude)]
-    field_ = "daddr" if egress else "saddr"
-    for sg_id in sg_ids:
-        sg = topo.security_groups.get(sg_id)
-        if sg is None:
-            continue
-        for rule in sg.egress() if egress else sg.ingress():
-            lines += [f"    {r}" for r in _sg_rule(ctx, sets, sg.name, rule, field_)]
-    lines += ["    drop", "  }"]
-    return lines
-
-
-def _sg_rule(ctx: _Ctx, sets: _Sets, sg_name: str, rule: Rule, field_: str) -> list[str]:
-    pp = _proto_ports(rule.protocol, rule.from_port, rule.to_port)
-    com = _comment(f"{sg_name}: {rule.id}")
-    matches: list[str] = []
-    if rule.cidrs:
-        matches.append(f"ip {field_} {_addr(list(rule.cidrs))}")
-    if rule.sg_ref:
-        matches.append(f"ip {field_} @{sets.ref(rule.sg_ref)}")
-    if rule.prefix_list:
-        ctx.warnings.append(f"{sg_name}: rule {rule.id}: prefix lists are not emulated (no match)")
-    return [" ".join(x for x in (m, pp, "return", com) if x) for m in matches]
-
-
-def _nacl_chain(
-    ctx: _Ctx, nacl: Nacl, chain: str, subnet_ifs: list[str], egress: bool
-) -> list[str]:
-    field_ = "daddr" if egress else "saddr"
-    other = "oifname" if egress else "iifname"
-    lines = [f"  chain {chain} {{", f"    {other} {_q(subnet_ifs)} return"]
-    for e in nacl.ordered(egress):
-        match = "" if e.cidr in ("0.0.0.0/0",) else f"ip {field_} {e.cidr}"
-        pp = _proto_ports(e.protocol, e.from_port, e.to_port)
-        verdict = "return" if e.action == "allow" else "drop"
-        com = _comment(f"{nacl.name} #{e.rule_number} {e.action}")
-        lines.append("    " + " ".join(x for x in (match, pp, verdict, com) if x))
-    lines += ['    drop comment "NACL final deny"', "  }"]
-    return lines
-
-
-def _router_ruleset(ctx: _Ctx, vpc_id: str, enis: list[Node], pls: list[_PlLink]) -> str:
-    topo = ctx.topo
-    router = ctx.routers[vpc_id]
-    sets = _Sets(topo)
-    local = [n for n in enis if n.vpc_id == vpc_id]
-    chains: list[str] = []
-    fwd: list[str] = []
-    # PrivateLink legs
-    for pl in pls:
-        if pl.consumer_router == router.ns:
-            ep_ifs = [n.veth for n in local if n.owner == pl.endpoint_id]
-            if ep_ifs:
-                fwd.append(
-                    f"iifname {_q(ep_ifs)} oifname {_q([pl.consumer_if])} accept "
-                    + _comment("PrivateLink: endpoint ENI to provider")
-                )
-                fwd.append(
-                    f"iifname {_q([pl.consumer_if])} oifname {_q(ep_ifs)} accept "
-                    + _comment("PrivateLink: provider replies to the endpoint ENI")
-                )
-            fwd.append(f'iifname "{pl.consumer_if}" drop')
-        if pl.provider_router == router.ns:
-            fwd.append(
-                f'iifname "{pl.provider_if}" ip daddr != {_addr(list(pl.nlb_ips))} drop '
-                + _comment("PrivateLink reaches the NLB only")
-            )
-    # NACLs (stateless: before conntrack)
-    by_subnet: dict[str, list[Node]] = {}
-    for n in local:
-        by_subnet.setdefault(n.subnet_id, []).append(n)
-    for subnet_id, members in sorted(by_subnet.items(), key=lambda kv: topo.subnets[kv[0]].name):
-        nacl = topo.nacl_of_subnet(subnet_id)
-        if nacl is None:
-            continue
-        ifs = sorted(n.veth for n in members)
-        base = _ident(f"nacl_{topo.subnets[subnet_id].name}")
-        fwd.append(f"iifname {_q(ifs)} jump {base}_out")
-        fwd.append(f"oifname {_q(ifs)} jump {base}_in")
-        chains += _nacl_chain(ctx, nacl, f"{base}_out", ifs, egress=True)
-        chains += _nacl_chain(ctx, nacl, f"{base}_in", ifs, egress=False)
-    fwd.append("ct state established,related accept")
-    # SGs (stateful): egress of the source ENI, then ingress of the destination ENI
-    for n in local:
-        chain = _ident(n.name)
-        if n.kind == "instance":
-            sg_ids = topo.instances[n.resource].sg_ids
-            fwd.append(f'iifname "{n.veth}" jump eg_{chain}')
-            fwd.append(f'oifname "{n.veth}" jump in_{chain}')
-            chains += _sg_chain(ctx, sets, f"eg_{chain}", sg_ids, True, [])
-            chains += _sg_chain(ctx, sets, f"in_{chain}", sg_ids, False, [])
-        elif n.kind == "endpoint-eni":
-            # egress rules of an endpoint SG are irrelevant: the endpoint never initiates
-            sg_ids = topo.endpoints[n.owner].sg_ids
-            fwd.append(f'oifname "{n.veth}" jump in_{chain}')
-            chains += _sg_chain(ctx, sets, f"in_{chain}", sg_ids, False, [])
-        elif n.kind == "nlb-node":
-            nlb = topo.nlbs[n.owner]
-            if nlb.sg_ids is None:
-                continue  # created without security groups: nothing to check
-            fwd.append(f'iifname "{n.veth}" jump eg_{chain}')
-            fwd.append(f'oifname "{n.veth}" jump in_{chain}')
-            prelude: list[str] = []
-            pl_ifs = [pl.provider_if for pl in pls if pl.provider_router == router.ns]
-            if not nlb.enforce_sg_inbound_on_privatelink and pl_ifs:
-                prelude.append(
-                    f"iifname {_q(pl_ifs)} return "
-                    + _comment("enforce_security_group_inbound_rules_on_private_link_traffic off")
-                )
-            chains += _sg_chain(ctx, sets, f"eg_{chain}", nlb.sg_ids, True, [])
-            chains += _sg_chain(ctx, sets, f"in_{chain}", nlb.sg_ids, False, prelude)
-    lines = [
-        f"table ip {TABLE} {{}}",
-        f"delete table ip {TABLE}",
-        f"table ip {TABLE} {{",
-        *sets.render(),
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy accept;",
-        *(f"    {r}" for r in fwd),
-        "  }",
-        *chains,
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-# --- endpoint ENI and NLB nodes -----------------------------------------------------------
-
-
-def _endpoint_ruleset(ctx: _Ctx, node: Node) -> str:
-    topo = ctx.topo
-    ep = topo.endpoints[node.owner]
-    svc = topo.endpoint_services.get(ep.service_id)
-    nlb = topo.nlb_of_service(svc) if svc else None
-    target = _nlb_ip_for_az(topo, nlb.id, node.az_id) if nlb else None
-    pre: list[str] = []
-    inp = ["ct state established,related accept", 'iif "lo" accept']
-    if not ep.is_available():
-        if topo.lab.endpoint_unavailable == "reset":
-            inp.append(f"meta l4proto tcp reject with tcp reset {_comment(f'endpoint {ep.state}')}")
-    elif target is None:
-        ctx.warnings.append(
-            f"endpoint {ep.name}: no NLB node in {node.az} ({node.az_id}); "
-            "the ENI there drops (VPCE_SERVICE_NOT_INSTALLED_IN_AZ)"
-        )
-    else:
-        pre.append(
-            f"ip daddr {node.ip} meta l4proto tcp dnat ip to {target} "
-            + _comment(f"PrivateLink to NLB node in {node.az_id}")
-        )
-    return nlbnat.nat_table(pre, inp)
+# --- NLB nodes ----------------------------------------------------------------------------
 
 
 def _nlb_configs(ctx: _Ctx, enis: list[Node]) -> dict[str, nlbnat.NodeConfig]:
