@@ -3,7 +3,7 @@
 Pure and deterministic: no root, no I/O, same topology -> same plan. ``plprobe lab render``
 prints it so the lab can be reviewed; ``agent.lab.lab`` applies it.
 
-Layout (DESIGN.md "The lab"):
+Layout (docs/ARCHITECTURE.md "The lab and AWS"):
 
 * one namespace per instance (``client-1``), per endpoint ENI (``<endpoint>-<az>``), per NLB
   node (``<nlb>-<az>``) and one router per VPC (``router-<vpc>``); the namespace is
