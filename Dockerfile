@@ -18,7 +18,7 @@ COPY configs ./configs
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[aws]"
 
 FROM python:3.11-slim-bookworm
-# tcpdump + libpcap: scapy compiles BPF filter strings through them (DESIGN.md).
+# tcpdump + libpcap: scapy compiles BPF filter strings through them (agent/observe/sniffer.py).
 # libcap2-bin: setcap, so the non-root user can use NET_RAW when the container grants it.
 # Debian's security updates replace pinned versions; the base image tag is the pin.
 # hadolint ignore=DL3008

@@ -15,7 +15,7 @@ error at load time that points at the ``key_file`` line, not a surprise at the f
 ``agent_id`` may be left out: it then comes from ``$PLPROBE_AGENT_ID`` or the host name, so
 one provider config can serve every target.
 
-Path ids (DESIGN.md, stable: metric labels on both sides) are ``<agent_id>/<az_id>/<port>``,
+Path ids (stable: metric labels on both sides) are ``<agent_id>/<az_id>/<port>``,
 one per (endpoint ENI/AZ, port). They must be unique within one agent and, with the agent id,
 fit in a probe token (``agent.wire.TOKEN_STRINGS_MAX``); both are checked at load time.
 """
@@ -51,7 +51,7 @@ __all__ = [
     "read_token_file",
 ]
 
-#: default bind of the agent's HTTP API (DESIGN.md "Interfaces")
+#: default bind of the agent's HTTP API (docs/CONFIGURATION.md)
 DEFAULT_LISTEN = "0.0.0.0:9720"
 #: fills ``agent_id`` when the YAML leaves it out
 AGENT_ID_ENV = "PLPROBE_AGENT_ID"
@@ -390,7 +390,7 @@ _ROLES: dict[str, type[ClientConfig] | type[ProviderConfig]] = {
 
 
 def path_id(agent_id: str, az_id: str, port: int) -> str:
-    """The stable path id (DESIGN.md): ``<agent_id>/<az_id>/<port>``."""
+    """The stable path id (docs/CONFIGURATION.md): ``<agent_id>/<az_id>/<port>``."""
     return f"{agent_id}/{az_id}/{port}"
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 Protocol = str  # "tcp", "udp", "icmp", "-1" (all)
 Direction = Literal["ingress", "egress"]
 
-#: Endpoint states as AWS spells them (compare case-insensitively; see AWS-FACTS.md).
+#: Endpoint states as AWS spells them (compare case-insensitively; docs/AWS-BEHAVIOUR.md).
 ENDPOINT_STATES = (
     "pendingAcceptance",
     "pending",
@@ -34,7 +34,7 @@ ENDPOINT_STATES = (
     "deleted",
 )
 
-#: The NLB rewrites the source port into this range (AWS-FACTS.md "Addresses at each hop").
+#: The NLB rewrites the source port into this range (docs/AWS-BEHAVIOUR.md "Addresses at each hop").
 NLB_EPHEMERAL = (1024, 65535)
 #: Linux clients' default ip_local_port_range.
 LINUX_EPHEMERAL = (32768, 60999)
@@ -328,7 +328,7 @@ class TargetGroup:
 
 @dataclass
 class LabSettings:
-    """How the emulator behaves where AWS documents nothing (UNCONFIRMED in AWS-FACTS.md).
+    """How the emulator behaves where AWS documents nothing (docs/AWS-BEHAVIOUR.md, last section).
 
     Each default is the most likely behaviour; a topology may override it to rehearse the
     other one.
@@ -427,7 +427,7 @@ class Topology:
         return next((li for li in self.listeners_of(nlb_id) if li.port == port), None)
 
     def endpoint_dns_names(self, endpoint: Endpoint) -> dict[str, list[str]]:
-        """Regional and zonal DNS names -> ENI IPs, as AWS publishes them (AWS-FACTS.md)."""
+        """Regional and zonal DNS names -> ENI IPs as AWS publishes them (docs/AWS-BEHAVIOUR.md)."""
         svc = endpoint.service_id
         h = endpoint.dns_hash or stable_id("h", endpoint.id, width=8)[2:]
         base = f"vpce-svc-{svc.removeprefix('vpce-svc-')}.{self.region}.vpce.amazonaws.com"

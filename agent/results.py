@@ -1,7 +1,7 @@
 """The records that flow between probes, observers, correlation, analysis and diagnosis.
 
 One definition each, shared by the client agent, the provider agent, the API and the CLI.
-Field names of ``to_json()`` output are stable (DESIGN.md): tests and users rely on them.
+Field names of ``to_json()`` output are stable (docs/ARCHITECTURE.md): tests and users rely on them.
 
     ProbeResult   client side: what one probe of one kind on one path saw
     Observation   provider side: what arrived at a target (token or ISN tag)
@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-#: client outcomes, nmap-style for SYN probes (DESIGN.md "Probes and correlation")
+#: client outcomes, nmap-style for SYN probes (docs/DIAGNOSIS.md)
 Outcome = Literal["ok", "refused", "timeout", "icmp_unreachable", "dns_error", "error"]
 OUTCOMES: tuple[str, ...] = ("ok", "refused", "timeout", "icmp_unreachable", "dns_error", "error")
 
@@ -157,7 +157,7 @@ class ControlState(_Json):
 
 @dataclass
 class Verdict(_Json):
-    """Diagnosis of one path (stable JSON field names, DESIGN.md)."""
+    """Diagnosis of one path (stable JSON field names, docs/ARCHITECTURE.md)."""
 
     path: str
     status: Status

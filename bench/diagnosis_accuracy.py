@@ -262,7 +262,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         7,
         "consumer principal not allowed: the endpoint was never created (③ principal)",
         _fault("service-principal"),
-        # the name does not resolve, but ③ is the endpoint hop (DESIGN.md stage order)
+        # the name does not resolve, but ③ is the endpoint hop (stage order: docs/DIAGNOSIS.md)
         {C1: fail("service-principal", "endpoint"), C2: fail("service-principal", "endpoint")},
         recreate_endpoints=True,
     ),

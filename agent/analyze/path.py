@@ -67,7 +67,7 @@ EMITTED_CONTROLS: tuple[str, ...] = (
     "target-health",
 )
 
-#: endpoint states and the fix for each (AWS-FACTS.md "States and APIs")
+#: endpoint states and the fix for each (docs/AWS-BEHAVIOUR.md "States and APIs")
 _STATE_FIX = {
     "pendingacceptance": "accept the connection",
     "rejected": "accept the connection (or delete and recreate the endpoint)",
@@ -101,7 +101,7 @@ class Flow:
 
 
 def path_id(client: str, az_id: str | None, port: int) -> str:
-    """The stable path label (DESIGN.md): ``client-2/apne1-az4/80``."""
+    """The stable path label (docs/CONFIGURATION.md): ``client-2/apne1-az4/80``."""
     return f"{client}/{az_id or 'unknown-az'}/{port}"
 
 

@@ -82,7 +82,7 @@ def _default_modules() -> dict[str, ProbeModule]:
 class ApiConfig:
     """The API's part of the configuration; replaced as a whole on reload."""
 
-    host: str = "0.0.0.0"  # every interface, on DEFAULT_PORT
+    host: str = "0.0.0.0"  # the API listens on :9720 (docs/CONFIGURATION.md)
     port: int = DEFAULT_PORT
     #: bearer token required on /v1/* (None: open)
     token: str | None = None

@@ -16,7 +16,7 @@ alone and the output says so.
 Table output: one row per path (status, stage, blocked at), then the rule and the fix indented
 below it; colour only on a terminal (and never with ``NO_COLOR``). JSON:
 ``{"status", "verdicts": [...], "evidence": [...], "view", "notes", "provider_error"}`` with
-the stable Verdict field names (DESIGN.md).
+the stable Verdict field names (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def correlate(
     ``provider_error`` (it is copied to every path).
 
     ``isn_preserved`` says whether the NLB keeps the client's initial sequence number — which
-    AWS does not document (AWS-FACTS.md: UNCONFIRMED). A SYN tag that *arrives* proves the
+    AWS does not document (docs/AWS-BEHAVIOUR.md, last section). A SYN tag that *arrives* proves the
     probe arrived either way; only a tag that does *not* arrive depends on it: ``False`` means
     a missing tag proves nothing; ``True`` means it proves the SYN did not arrive; ``None``
     (auto) assumes it is kept unless this very round contradicts it — a syn probe that

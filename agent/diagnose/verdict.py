@@ -1,7 +1,7 @@
 """PathEvidence + hop findings -> Verdict: which control blocked the path, which rule, the fix.
 
 Packets decide *whether* and *where*; configuration decides *which control and rule* inside
-that stage (DESIGN.md "Diagnosis"):
+that stage (docs/DIAGNOSIS.md):
 
     client outcome       seen at target   stage      blame
     dns_error            -                dns        dns

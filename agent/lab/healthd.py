@@ -4,14 +4,14 @@
 namespace. Every ``interval_s`` it checks each registered target of the node's listeners
 (TCP connect, or an HTTP GET for HTTP/HTTPS health checks; 200-399 is healthy) from the
 node's own IP, so the checks cross the VPC router like any other packet and obey the NLB SG
-egress, the target SG ingress and the NACLs (AWS-FACTS.md: common mistakes 2 and 3).
+egress, the target SG ingress and the NACLs (docs/AWS-BEHAVIOUR.md "Common mistakes").
 
 Target groups with ``proxy_protocol_v2``: AWS's health-check connections carry a PROXY v2
 header without client information, so every check to such a target starts with a LOCAL
 header (``0x20``, TCP4 family with the check's own addresses, which the receiver ignores, and
 a CRC32C TLV; no endpoint id). The exact TLVs AWS puts on a LOCAL header are not documented.
 A service that cannot parse the header fails HTTP checks (it answers the header with an error,
-not 200-399) — AWS-FACTS.md common mistake 7; a TCP check only needs the connect, so it
+not 200-399) — docs/AWS-BEHAVIOUR.md; a TCP check only needs the connect, so it
 passes whatever the service makes of the header.
 
 ``threshold`` consecutive results flip a target between ``healthy`` and ``unhealthy``

@@ -10,7 +10,7 @@ and the health checker reads back from the state directory. Per listener it list
 *candidate* targets of this node: every registered target of the listener's target group in
 this node's AZ when cross-zone load balancing is off (in every AZ with an NLB node when it is
 on). The node forwards to the healthy candidates; when none is healthy it fails open to all
-candidates (AWS-FACTS.md); when there is no candidate at all, the listener behaves as
+candidates (docs/AWS-BEHAVIOUR.md); when there is no candidate at all, the listener behaves as
 ``no_target_in_az`` says (timeout or reset, an UNCONFIRMED behaviour kept as a setting).
 
 Traffic to a port without a listener behaves as ``no_listener`` says.

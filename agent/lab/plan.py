@@ -5,7 +5,7 @@ prints it so the lab can be reviewed; ``agent.lab.lab`` applies it. The nftables
 in the plan are written by ``agent.lab.nft`` (routers, endpoint ENIs) and
 ``agent.lab.nlbnat`` (NLB nodes); this module decides the layout they sit in.
 
-Layout:
+Layout (docs/ARCHITECTURE.md "The lab and AWS"):
 
 * one namespace per instance (``client-1``), per endpoint ENI (``<endpoint>-<az>``), per NLB
   node (``<nlb>-<az>``) and one router per VPC (``router-<vpc>``); the namespace is

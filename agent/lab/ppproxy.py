@@ -12,7 +12,7 @@ this proxy instead of DNATing it. Per connection the proxy
 2. connects to it FROM the node's IP with a random source port in 1024-65535 (as the NLB's
    SNAT does), so the provider router checks NLB SG egress, the NACLs and the target SG
    ingress exactly as for DNATed traffic;
-3. writes a header laid out as AWS's (AWS-FACTS.md, "Addresses at each hop"): signature,
+3. writes a header laid out as AWS's (docs/AWS-BEHAVIOUR.md, "Addresses at each hop"): signature,
    ``0x21`` PROXY, ``0x11`` TCP4, src = the client's IP and port as the NLB saw them (the
    endpoint hop keeps the client source), dst = the endpoint ENI IP and the listener port the
    client connected to, then TLVs CRC32C (``0x03``), AWS ``0xEA`` subtype ``0x01`` = the

@@ -5,7 +5,7 @@ outbound), the client cannot tell "never arrived" from "arrived, answer lost". T
 agent's store answers that out of band. The handler only formats a snapshot of the store: no
 I/O, no awaiting, so a slow scraper costs nothing.
 
-Response (field names are stable, DESIGN.md)::
+Response (field names are stable: clients of other versions read them)::
 
     {
       "agent": "target-1",            # the provider agent id

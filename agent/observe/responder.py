@@ -20,7 +20,7 @@ the NLB's health check: it usually closes right after, and is counted as a healt
 as malformed or as a timeout. A connection without a header is still answered (counted in
 ``proxy_missing``: the reply then shows no endpoint id, which is itself a diagnosis). With
 ``proxy_v2=False`` a PROXY header is not accepted (counted in ``proxy_unexpected`` and
-``malformed``): that is AWS-FACTS "common mistake 7", the service cannot parse what arrives.
+``malformed``): a PROXY v2 mistake (docs/AWS-BEHAVIOUR.md): the service cannot parse it.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class LiveSource:
     """Live, read-only AWS for the side this agent runs on (its own credentials).
 
     The client reads the consumer account, the provider the provider account: each side
-    evaluates only what its own credentials can read (DESIGN.md "Diagnosis").
+    evaluates only what its own credentials can read (docs/DIAGNOSIS.md).
     """
 
     side: str  # "consumer" | "provider"

@@ -1,5 +1,5 @@
 """Diagnosis: packets decide the stage, configuration the control; never guess, never blame
-a healthy path. Synthetic evidence per AWS-FACTS.md "What a failure looks like on the wire"."""
+a healthy path. Synthetic evidence per the wire table of docs/AWS-BEHAVIOUR.md."""
 
 from __future__ import annotations
 
