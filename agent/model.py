@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Protocol = str  # "tcp", "udp", "icmp", "-1" (all)
 Direction = Literal["ingress", "egress"]
@@ -488,7 +488,8 @@ def to_plain(obj: object) -> object:
     return obj
 
 
-def _from_plain(hint: object, value: object) -> object:
+def _from_plain(hint: object, value: Any) -> object:
+    """``value`` is untyped JSON data whose shape ``hint`` describes, hence ``Any``."""
     import dataclasses
     import types
     import typing
@@ -501,16 +502,16 @@ def _from_plain(hint: object, value: object) -> object:
         inner = [a for a in args if a is not type(None)]
         return _from_plain(inner[0], value) if len(inner) == 1 else value
     if origin is list:
-        return [_from_plain(args[0], v) for v in value]  # type: ignore[union-attr]
+        return [_from_plain(args[0], v) for v in value]
     if origin is tuple:
-        return tuple(_from_plain(args[0], v) for v in value)  # type: ignore[union-attr]
+        return tuple(_from_plain(args[0], v) for v in value)
     if origin is set:
-        return {_from_plain(args[0], v) for v in value}  # type: ignore[union-attr]
+        return {_from_plain(args[0], v) for v in value}
     if origin is dict:
-        return {k: _from_plain(args[1], v) for k, v in value.items()}  # type: ignore[union-attr]
+        return {k: _from_plain(args[1], v) for k, v in value.items()}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
-        return hint(**{k: _from_plain(hints[k], v) for k, v in value.items()})  # type: ignore[union-attr]
+        return hint(**{k: _from_plain(hints[k], v) for k, v in value.items()})
     return value
 
 

@@ -112,6 +112,8 @@ class Forwarder:
             infos = socket.getaddrinfo(upstream[0], upstream[1], type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise LabError(f"upstream {upstream[0]!r} is not an address: {exc}") from exc
+        self._family: socket.AddressFamily
+        self._addr: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
         self._family, _, _, _, self._addr = infos[0]
 
     async def __aenter__(self) -> Forwarder:

@@ -599,7 +599,7 @@ class _Parser:
 
     def listeners(self, body: Any) -> None:
         for li in body["Listeners"]:
-            forward = next(
+            forward: dict[str, Any] = next(
                 (a for a in li.get("DefaultActions") or [] if a.get("Type") == "forward"), {}
             )
             tg = forward.get("TargetGroupArn")

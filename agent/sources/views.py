@@ -73,11 +73,20 @@ SNAPSHOT_TIMEOUT_S = 30.0
 class ViewSource(Protocol):
     """One place configuration can be read from; ``load`` blocks (run it in a thread)."""
 
-    #: the ``plprobe_evidence_source_up{source}`` label: "snapshot" or "aws"
-    kind: str
-    #: for messages: the directories, the region / role
-    description: str
-    timeout_s: float
+    # Read-only properties: the sources are frozen dataclasses (and ``description`` is computed).
+
+    @property
+    def kind(self) -> str:
+        """The ``plprobe_evidence_source_up{source}`` label: "snapshot" or "aws"."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """For messages: the directories, the region / role."""
+        ...
+
+    @property
+    def timeout_s(self) -> float: ...
 
     def load(self) -> Topology: ...
 
