@@ -1199,6 +1199,7 @@ class _Walker:
 
     def nacl_hop(self, hop: str, control: str, subnet: Subnet | None, **kw: object) -> None:
         direction = str(kw.pop("direction", "forward"))
+        # kw: nacl_finding's keywords (egress, peer_ip, peer_name, ports, why), passed through
         finding = self.nacl_finding(hop, control, subnet, **kw)  # type: ignore[arg-type]
         finding.direction = direction
         self.add(finding)

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent import controls
-from agent.results import ControlState, HopFinding, PathEvidence, ProbeResult, Verdict
+from agent.results import ControlState, HopFinding, PathEvidence, ProbeResult, Status, Verdict
 
 CONNECT_PROBES = ("tcp", "syn", "http")
 FAILED = ("timeout", "refused", "icmp_unreachable")
@@ -323,7 +323,7 @@ def _unique(ids: Iterable[str]) -> list[str]:
 
 def _verdict(
     path: str,
-    status: str,
+    status: Status,
     stage: str,
     now: float,
     findings: list[HopFinding],
@@ -342,7 +342,7 @@ def _verdict(
         fix = controls.get("unknown").fix
     return Verdict(
         path=path,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         stage=stage,
         blocked_at=blocked_at,
         candidates=_unique(candidates),

@@ -254,6 +254,7 @@ def exposed(
     box: dict[str, object] = {}
 
     async def run() -> None:
+        # options are Forwarder's keywords: max_connections, buffer_bytes (ints) and timeouts
         fwd = Forwarder(netns, (upstream_host, port), port=listen_port, **options)  # type: ignore[arg-type]
         try:
             await fwd.start()
@@ -276,9 +277,12 @@ def exposed(
     try:
         if not started.wait(timeout=10):
             raise LabError(f"forwarder for {netns}:{port} did not start")
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        yield int(box["port"])  # type: ignore[call-overload]
+        error, local_port = box.get("error"), box.get("port")
+        if isinstance(error, PlprobeError):
+            raise error
+        if not isinstance(local_port, int):
+            raise LabError(f"forwarder for {netns}:{port} started without a port")
+        yield local_port
     finally:
         stop_event = box.get("stop")
         if isinstance(stop_event, asyncio.Event):

@@ -513,6 +513,7 @@ class Lab:
         """
         cmd = ["ip", "netns", "exec", self.ns(node), *argv]
         full_env = {**self._env(), **(env or {})}
+        # popen: Popen's own keywords, passed through; its overloads cannot see them in **
         proc = subprocess.Popen(cmd, env=full_env, **popen)  # type: ignore[call-overload]
         self._children[proc.pid] = proc
         return proc

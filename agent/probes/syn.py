@@ -858,6 +858,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
     if isinstance(engine, SynEngine):
         return await engine.probe(target, timeout_s=ctx.timeout_s, retries=ctx.retries)
     factory = ctx.extras.get("syn_socket_factory") or default_socket_factory
+    # extras values are untyped (object); this one is a SocketFactory when set (tests, benches)
     engine = SynEngine(tagger=tagger_for(ctx), socket_factory=factory, max_outstanding=16)  # type: ignore[arg-type]
     try:
         engine.open()
