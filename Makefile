@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   the product demo on the built-in lab (needs root)"
 	@echo "make test   install everything, ruff, and the whole test suite (needs root)"
-	@echo "make lint   ruff only"
+	@echo "make lint   ruff and mypy"
 
 # Debian packages: apt-get update first, install only when something is missing.
 apt:
@@ -39,6 +39,7 @@ deps: apt venv
 lint: venv
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/mypy agent
 
 test: deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -47,4 +48,4 @@ demo: deps
 	$(PY) -m agent.cli.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 Protocol = str  # "tcp", "udp", "icmp", "-1" (all)
 Direction = Literal["ingress", "egress"]
@@ -497,11 +497,13 @@ def to_plain(obj: object) -> object:
     if isinstance(obj, list | tuple):
         return [to_plain(v) for v in obj]
     if isinstance(obj, set):
+        # the members of the model's sets are strings and numbers, so they sort
         return sorted(to_plain(v) for v in obj)  # type: ignore[type-var]
     return obj
 
 
-def _from_plain(hint: object, value: object) -> object:
+def _from_plain(hint: object, value: Any) -> object:
+    """``value`` is untyped JSON data whose shape ``hint`` describes, hence ``Any``."""
     import dataclasses
     import types
     import typing
@@ -514,19 +516,19 @@ def _from_plain(hint: object, value: object) -> object:
         inner = [a for a in args if a is not type(None)]
         return _from_plain(inner[0], value) if len(inner) == 1 else value
     if origin is list:
-        return [_from_plain(args[0], v) for v in value]  # type: ignore[union-attr]
+        return [_from_plain(args[0], v) for v in value]
     if origin is tuple:
-        return tuple(_from_plain(args[0], v) for v in value)  # type: ignore[union-attr]
+        return tuple(_from_plain(args[0], v) for v in value)
     if origin is set:
-        return {_from_plain(args[0], v) for v in value}  # type: ignore[union-attr]
+        return {_from_plain(args[0], v) for v in value}
     if origin is dict:
-        return {k: _from_plain(args[1], v) for k, v in value.items()}  # type: ignore[union-attr]
+        return {k: _from_plain(args[1], v) for k, v in value.items()}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
-        return hint(**{k: _from_plain(hints[k], v) for k, v in value.items()})  # type: ignore[union-attr]
+        return hint(**{k: _from_plain(hints[k], v) for k, v in value.items()})
     return value
 
 
 def topology_from_plain(data: dict) -> Topology:
     """Inverse of ``to_plain`` for a Topology."""
-    return _from_plain(Topology, data)  # type: ignore[return-value]
+    return cast(Topology, _from_plain(Topology, data))  # a dict always takes the dataclass branch

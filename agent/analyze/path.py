@@ -246,8 +246,30 @@ class _Walker:
         self.out.append(finding)
         return finding
 
-    def hidden(self, hop: str, control: str, why: str, **kw: str) -> HopFinding:
-        return self.add(HopFinding(hop, control, "not_visible", detail=why, **kw))
+    def hidden(
+        self,
+        hop: str,
+        control: str,
+        why: str,
+        *,
+        resource: str = "",
+        fix: str = "",
+        direction: str = "forward",
+        target: str = "",
+    ) -> HopFinding:
+        """A hop the visible accounts cannot evaluate (keywords as on HopFinding)."""
+        return self.add(
+            HopFinding(
+                hop,
+                control,
+                "not_visible",
+                resource=resource,
+                detail=why,
+                fix=fix,
+                direction=direction,
+                target=target,
+            )
+        )
 
     # -- entry -----------------------------------------------------------------------------
     def run(self) -> list[HopFinding]:
@@ -286,7 +308,7 @@ class _Walker:
             self.hidden("client-sg-egress", "client-sg-egress", "no endpoint ENI to evaluate")
         else:
             d = evaluate_sg(t, f.client.sg_ids, "egress", eni_ip, PROTO, f.port)
-            peer = self.endpoint_peer_text()
+            peer = self.endpoint_peer_text(eni_ip)
             self.add(
                 self.sg_finding(
                     "client-sg-egress",
@@ -322,11 +344,11 @@ class _Walker:
         else:
             self.hidden("client-nacl-out", "client-nacl", "no endpoint ENI to evaluate")
 
-    def endpoint_peer_text(self) -> str:
+    def endpoint_peer_text(self, eni_ip: str) -> str:
         ep = self.f.endpoint
         if ep is not None and ep.sg_ids:
-            return f"{sg_label(self.t, ep.sg_ids[0])} (or {_host(self.f.eni_ip)}, the endpoint ENI)"
-        return f"{_host(self.f.eni_ip)} (the endpoint ENI)"
+            return f"{sg_label(self.t, ep.sg_ids[0])} (or {_host(eni_ip)}, the endpoint ENI)"
+        return f"{_host(eni_ip)} (the endpoint ENI)"
 
     def client_peer_text(self) -> str:
         """How the endpoint SG should name the client: its SG when referenceable, else its IP."""
@@ -1177,6 +1199,7 @@ class _Walker:
 
     def nacl_hop(self, hop: str, control: str, subnet: Subnet | None, **kw: object) -> None:
         direction = str(kw.pop("direction", "forward"))
+        # kw: nacl_finding's keywords (egress, peer_ip, peer_name, ports, why), passed through
         finding = self.nacl_finding(hop, control, subnet, **kw)  # type: ignore[arg-type]
         finding.direction = direction
         self.add(finding)

@@ -16,6 +16,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from agent import __version__
 from agent.errors import PlprobeError
@@ -34,7 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad flags already; make its message match ours."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"plprobe: error: {message}", file=sys.stderr)
         raise SystemExit(2)

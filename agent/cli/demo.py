@@ -20,9 +20,12 @@ import secrets
 import signal
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from agent.errors import PlprobeError
+
+if TYPE_CHECKING:
+    from agent.lab.lab import Lab
 
 BROKEN = "nlb-sg-ingress"
 
@@ -51,7 +54,7 @@ class _Screen:
         self.out.flush()
 
 
-def _check(lab, screen: _Screen) -> tuple[int, str]:
+def _check(lab: Lab, screen: _Screen) -> tuple[int, str]:
     """``lab check`` for every client; prints each client's verdict table."""
     from agent.lab.agents import check_clients
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return exit_code(verdicts)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "explain",
         help="static analysis of a client's path through the endpoint (no packets)",

@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.controls import BREAKABLE
@@ -33,6 +34,7 @@ from agent.lab import faults
 from agent.lab.lab import Lab, all_lab_names, require_privileges, teardown
 from agent.lab.plan import DEFAULT_NAME, check_lab_name, render
 from agent.lab.procs import answer, in_netns
+from agent.model import Topology
 
 
 def _progress(line: str) -> None:
@@ -43,7 +45,7 @@ def _lab(args: argparse.Namespace) -> Lab:
     return Lab(args.name, progress=_progress)
 
 
-def _load(path: str | None):
+def _load(path: str | None) -> Topology:
     from agent.sources.topology import load_topology
 
     return load_topology(path)
@@ -230,7 +232,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
     sub.required = True
 
-    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--name", default=DEFAULT_NAME, help="lab name (default: %(default)s)")
         p.set_defaults(func=func)

@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from agent.results import Observation, PathEvidence, ProbeResult
+from agent.results import Observation, PathEvidence, ProbeResult, SeenAtTarget
 
 __all__ = ["FAILURE_ORDER", "correlate", "deciding_outcome", "isn_rewritten"]
 
@@ -178,6 +178,7 @@ def correlate(
                 seen_ids.add(id(o))
                 joined.append(o)
         replies = [r.reply for r in path_results if r.reply]
+        seen: SeenAtTarget
         if joined or replies:
             seen = "yes"
         elif observations is None or not tagged_sent:
@@ -187,7 +188,7 @@ def correlate(
         ev = PathEvidence(
             path=path,
             outcome=deciding_outcome(path_results),
-            seen_at_target=seen,  # type: ignore[arg-type]
+            seen_at_target=seen,
             results=list(path_results),
             observations=sorted(joined, key=lambda o: o.seen_at),
             rtt_s=_rtt(path_results),

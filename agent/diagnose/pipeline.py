@@ -155,11 +155,11 @@ def _find_endpoint(topology: Topology, ref: PathRef) -> tuple[Endpoint, Endpoint
         for ep in sorted(topology.endpoints.values(), key=lambda e: e.id):
             names = topology.endpoint_dns_names(ep)
             if ref.name in names:
-                eni = next(
+                zonal = next(
                     (e for e in ep.enis if _az(topology, e.subnet_id) == ref.az_id),
                     None,
                 )
-                return ep, eni
+                return ep, zonal
     return None
 
 
@@ -322,7 +322,7 @@ def diagnose_round(
     verdicts: list[Verdict] = []
     notes: dict[str, str] = {}
     for ev in evidence:
-        findings = []
+        findings: list[HopFinding] = []
         ref = refs.get(ev.path)
         if topology is not None and ref is None:
             notes[ev.path] = "the round does not say which endpoint this path probes"

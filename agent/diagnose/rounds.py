@@ -279,6 +279,8 @@ def _plan_paths(
         elif r.addresses:
             regional.extend(a for a in r.addresses if a not in regional)
     slots: dict[str, tuple[str | None, str | None]] = {}  # label -> (az_id, ip)
+    az: str | None  # the loops below bind a slot's parts, either of which may be missing
+    ip: str | None
     if p.expected_ips:
         for az, ip in sorted(p.expected_ips.items()):
             slots[az] = (az, ip)

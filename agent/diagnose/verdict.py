@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent import controls
-from agent.results import ControlState, HopFinding, PathEvidence, ProbeResult, Verdict
+from agent.results import ControlState, HopFinding, PathEvidence, ProbeResult, Status, Verdict
 
 CONNECT_PROBES = ("tcp", "syn", "http")
 FAILED = ("timeout", "refused", "icmp_unreachable")
@@ -154,9 +154,9 @@ def predict(findings: list[HopFinding]) -> Prediction:
         ]
         out = [v for v in views if v not in rotation]
         blocked = [v for v in rotation if v.blocked_by is not None]
+        blocking = [v.blocked_by for v in blocked if v.blocked_by is not None]
         if rotation and len(blocked) == len(rotation):
-            hop = blocked[0].blocked_by
-            assert hop is not None
+            hop = blocking[0]
             reason = ""
             if fail_open:
                 reason = "no target is healthy, so the NLB fails open, and every target blocks"
@@ -168,15 +168,15 @@ def predict(findings: list[HopFinding]) -> Prediction:
     # 4. degraded: some targets, fail-open, partial ranges
     if views:
         if blocked:
-            hop = blocked[0].blocked_by
+            hop = blocking[0]
             names = ", ".join(v.name for v in blocked)
             reason = (
                 f"{len(blocked)} of {len(rotation)} targets receiving traffic block it "
                 f"({names}): some flows fail"
             )
-            return Prediction("degraded", _stage_of(hop), hop, reason, denied, hidden)  # type: ignore[arg-type]
+            return Prediction("degraded", _stage_of(hop), hop, reason, denied, hidden)
         if fail_open and aggregate is not None:
-            root = next((v.root for v in views if v.root is not None), aggregate)
+            root: HopFinding | None = next((v.root for v in views if v.root is not None), aggregate)
             return Prediction("degraded", "pass", root, aggregate.degraded, denied, hidden)
         if out:
             root = next((v.root for v in out if v.root is not None), out[0].health)
@@ -323,7 +323,7 @@ def _unique(ids: Iterable[str]) -> list[str]:
 
 def _verdict(
     path: str,
-    status: str,
+    status: Status,
     stage: str,
     now: float,
     findings: list[HopFinding],
@@ -342,7 +342,7 @@ def _verdict(
         fix = controls.get("unknown").fix
     return Verdict(
         path=path,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         stage=stage,
         blocked_at=blocked_at,
         candidates=_unique(candidates),

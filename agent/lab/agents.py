@@ -59,6 +59,7 @@ from agent.results import Observation
 from agent.sources.topology import TOPOLOGIES
 
 if TYPE_CHECKING:
+    from agent.config import ClientConfig
     from agent.lab.lab import Lab
     from agent.model import Topology
 
@@ -498,7 +499,7 @@ class NamespaceObservationSource:
         return out
 
 
-def _load_client_config(path: str, timeout: float | None, retries: int | None):
+def _load_client_config(path: str, timeout: float | None, retries: int | None) -> ClientConfig:
     from agent.config import ClientConfig, load_config
 
     config = load_config(path)

@@ -112,6 +112,8 @@ class Forwarder:
             infos = socket.getaddrinfo(upstream[0], upstream[1], type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise LabError(f"upstream {upstream[0]!r} is not an address: {exc}") from exc
+        self._family: socket.AddressFamily
+        self._addr: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
         self._family, _, _, _, self._addr = infos[0]
 
     async def __aenter__(self) -> Forwarder:
@@ -252,6 +254,7 @@ def exposed(
     box: dict[str, object] = {}
 
     async def run() -> None:
+        # options are Forwarder's keywords: max_connections, buffer_bytes (ints) and timeouts
         fwd = Forwarder(netns, (upstream_host, port), port=listen_port, **options)  # type: ignore[arg-type]
         try:
             await fwd.start()
@@ -274,9 +277,12 @@ def exposed(
     try:
         if not started.wait(timeout=10):
             raise LabError(f"forwarder for {netns}:{port} did not start")
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        yield int(box["port"])  # type: ignore[call-overload]
+        error, local_port = box.get("error"), box.get("port")
+        if isinstance(error, PlprobeError):
+            raise error
+        if not isinstance(local_port, int):
+            raise LabError(f"forwarder for {netns}:{port} started without a port")
+        yield local_port
     finally:
         stop_event = box.get("stop")
         if isinstance(stop_event, asyncio.Event):

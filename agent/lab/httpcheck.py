@@ -25,7 +25,7 @@ def _resolve(host: str, port: int) -> str | None:
         infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror:
         return None
-    return infos[0][4][0] if infos else None
+    return str(infos[0][4][0]) if infos else None  # AF_INET: the host is a str
 
 
 def _classify(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ the whole lab (namespaces are recreated; live flows die).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -328,14 +329,14 @@ class Lab:
         run(["ip", "-batch", "-"], input=_batch(plan.root_commands()))
         self._parallel(
             [
-                (lambda ns=ns, kv=kv: run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *kv]))
+                functools.partial(run, ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *kv])
                 for ns, kv in plan.sysctls.items()
             ]
         )
         run(["ip", "-batch", "-"], input=_batch(plan.link_commands()))
         self._parallel(
             [
-                (lambda ns=ns, c=c: run(["ip", "-n", ns, "-batch", "-"], input=_batch(c)))
+                functools.partial(run, ["ip", "-n", ns, "-batch", "-"], input=_batch(c))
                 for ns, c in plan.ip.items()
             ]
         )
@@ -350,7 +351,7 @@ class Lab:
             run(["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"], input=text)
             run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text)
 
-        self._parallel([(lambda ns=ns, t=t: one(ns, t)) for ns, t in rulesets.items()])
+        self._parallel([functools.partial(one, ns, t) for ns, t in rulesets.items()])
 
     def _write_files(self, plan: LabPlan, old: LabPlan | None) -> None:
         for path, text in plan.files.items():
@@ -399,8 +400,8 @@ class Lab:
         for spec, proc, ready_file in ready:
             while not ready_file.exists():
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.dir / "logs" / f"{spec.key}.log").read_text()[-800:]
-                    raise LabError(f"{spec.key} did not start: {log.strip()}")
+                    tail = (self.dir / "logs" / f"{spec.key}.log").read_text()[-800:]
+                    raise LabError(f"{spec.key} did not start: {tail.strip()}")
                 time.sleep(0.02)
 
     def _stop(self, specs: Sequence[ProcessSpec]) -> None:

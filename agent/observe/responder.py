@@ -249,7 +249,7 @@ class Responder:
         task = asyncio.current_task()
         assert task is not None
         self._active += 1
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self.counters.accepted += 1
         try:
             await self._serve(reader, writer)
@@ -264,7 +264,7 @@ class Responder:
             writer.transport.abort()
         finally:
             self._active -= 1
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _sock_addr(writer.get_extra_info("peername"))

@@ -23,7 +23,8 @@ import time
 from agent.probes.base import ProbeContext, ProbeTarget
 from agent.results import ProbeResult
 
-_EAI_REASONS = {
+#: keyed by ``gaierror.errno``, which is typed ``int | None`` (an unknown errno: "resolver")
+_EAI_REASONS: dict[int | None, str] = {
     socket.EAI_NONAME: "nxdomain",
     socket.EAI_AGAIN: "temporary",
     socket.EAI_FAIL: "resolver",
@@ -65,7 +66,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
         result.error = f"{name}: no answer from the resolver within {ctx.timeout_s:g}s"
     except socket.gaierror as exc:
         result.outcome = "dns_error"
-        result.detail["reason"] = _EAI_REASONS.get(exc.errno, "resolver")  # type: ignore[arg-type]
+        result.detail["reason"] = _EAI_REASONS.get(exc.errno, "resolver")
         result.error = f"{name}: {exc.strerror or exc}"
     except (OSError, UnicodeError) as exc:  # an invalid name (label too long, ...)
         result.outcome = "dns_error"

@@ -297,6 +297,24 @@ class _Pending:
         "started_at",
     )
 
+    # set by probe_many before the probe enters the table; first_sent / last_sent / deadline
+    # by the first send
+    attempts: int
+    batch: _Batch
+    csum_base: tuple[int, int]
+    deadline: float
+    done: bool
+    dport: int
+    dst: bytes
+    first_sent: float
+    idx: int
+    isn: int
+    key: tuple[bytes, int, int]
+    last_sent: float
+    path: str
+    sport: int
+    started_at: float
+
     def __init__(self) -> None:
         self.done = False
 
@@ -590,9 +608,8 @@ class SynEngine:
             while len(self._table) >= self.max_outstanding:
                 self._space.clear()
                 await self._space.wait()
-            dst = self._literal(target.host)
-            if dst is None:
-                dst = await self._resolve(target)
+            literal = self._literal(target.host)
+            dst = literal if literal is not None else await self._resolve(target)
             if isinstance(dst, ProbeResult):
                 self._store(batch, idx, dst)
                 continue
@@ -841,6 +858,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
     if isinstance(engine, SynEngine):
         return await engine.probe(target, timeout_s=ctx.timeout_s, retries=ctx.retries)
     factory = ctx.extras.get("syn_socket_factory") or default_socket_factory
+    # extras values are untyped (object); this one is a SocketFactory when set (tests, benches)
     engine = SynEngine(tagger=tagger_for(ctx), socket_factory=factory, max_outstanding=16)  # type: ignore[arg-type]
     try:
         engine.open()

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] not in SIDES:
         print("usage: python -m agent.sources.aws_actions consumer|provider", file=sys.stderr)
         return 2
-    print(json.dumps(policy_document(args[0]), indent=2))  # type: ignore[arg-type]
+    print(json.dumps(policy_document(args[0]), indent=2))
     return 0
 
 

@@ -32,6 +32,7 @@ from agent.errors import SourceError
 from agent.model import (
     ENDPOINT_STATES,
     Account,
+    Direction,
     Endpoint,
     EndpointEni,
     EndpointService,
@@ -52,7 +53,7 @@ from agent.model import (
     Vpc,
     normalize_protocol,
 )
-from agent.sources.aws_actions import BY_STEM, CALLS, ApiCall, resource_file_name
+from agent.sources.aws_actions import BY_STEM, CALLS, ApiCall, Side, resource_file_name
 
 ACCOUNT_FILE = "account.json"
 #: AWS lists this "*" entry last in every NACL; the model's evaluation implies it
@@ -67,7 +68,7 @@ class AccountDump:
 
     name: str
     id: str
-    role: str
+    role: Side  # checked when account.json is read
     region: str
     files: dict[str, Any] = field(default_factory=dict)
     #: where it came from, for error messages (a directory, or ``aws:<account id>``)
@@ -286,7 +287,7 @@ class _Parser:
         for d in self.dumps:
             if d.name in self.t.accounts:
                 raise SourceError(f"{d.origin}: account {d.name!r} given twice")
-            self.t.accounts[d.name] = Account(d.name, d.id, d.role)  # type: ignore[arg-type]
+            self.t.accounts[d.name] = Account(d.name, d.id, d.role)
             self.names_by_id[d.id] = d.name
             self.t.visible_accounts.add(d.name)
         steps = (
@@ -333,6 +334,7 @@ class _Parser:
         for rel in d.files:
             if "/" in rel and rel not in known:
                 call = BY_STEM[rel.split("/", 1)[0]]
+                # only per-resource calls have files in a directory, so call.per is set
                 raise SourceError(
                     f"{d.origin}/{rel}: matches no {call.per.id_key} in "  # type: ignore[union-attr]
                     f"{call.per.source}.json; file names are the id with ':' and '/' "  # type: ignore[union-attr]
@@ -373,7 +375,7 @@ class _Parser:
                 (p.get("Status") or {}).get("Code", "active"),
             )
 
-    def rules(self, sg_id: str, direction: str, perms: list[dict[str, Any]]) -> list[Rule]:
+    def rules(self, sg_id: str, direction: Direction, perms: list[dict[str, Any]]) -> list[Rule]:
         out = []
         for perm in perms:
             proto = normalize_protocol(perm["IpProtocol"])
@@ -393,7 +395,7 @@ class _Parser:
                     value = src[id_key]
                     rule = Rule(
                         id="",
-                        direction=direction,  # type: ignore[arg-type]
+                        direction=direction,
                         protocol=proto,
                         from_port=int(lo),
                         to_port=int(hi),
@@ -599,7 +601,7 @@ class _Parser:
 
     def listeners(self, body: Any) -> None:
         for li in body["Listeners"]:
-            forward = next(
+            forward: dict[str, Any] = next(
                 (a for a in li.get("DefaultActions") or [] if a.get("Type") == "forward"), {}
             )
             tg = forward.get("TargetGroupArn")

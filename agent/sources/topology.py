@@ -107,6 +107,16 @@ TOPOLOGIES = Path(__file__).resolve().parent.parent / "lab" / "topologies"
 REFERENCE = TOPOLOGIES / "reference.yaml"
 
 
+def _inside(net: str, outer: str) -> bool:
+    """``net`` lies within ``outer``; False across IP versions, where ``subnet_of`` raises."""
+    a, b = ipaddress.ip_network(net), ipaddress.ip_network(outer)
+    if isinstance(a, ipaddress.IPv4Network) and isinstance(b, ipaddress.IPv4Network):
+        return a.subnet_of(b)
+    if isinstance(a, ipaddress.IPv6Network) and isinstance(b, ipaddress.IPv6Network):
+        return a.subnet_of(b)
+    return False
+
+
 class _Builder:
     """Second pass: resolve names to ids and check the layout, naming the offending key."""
 
@@ -144,7 +154,9 @@ class _Builder:
             )
         return account
 
-    def same_account(self, kind: str, name: str, account: str, other_account: str, what: str):
+    def same_account(
+        self, kind: str, name: str, account: str, other_account: str, what: str
+    ) -> None:
         if account != other_account:
             raise self.fail(
                 self.loc(kind, name, "account"),
@@ -232,7 +244,7 @@ class _Builder:
             vpc = self.t.vpcs[vid]
             self.same_account("aws_subnet", name, acc, vpc.account, "a VPC")
             cidr = self.cidr(s.cidr_block, self.loc("aws_subnet", name, "cidr_block"))
-            if not ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network(vpc.cidr)):
+            if not _inside(cidr, vpc.cidr):
                 raise self.fail(
                     self.loc("aws_subnet", name, "cidr_block"),
                     f"{cidr} is outside VPC {vpc.name} ({vpc.cidr})",
@@ -644,9 +656,9 @@ class _Builder:
                 requester,
                 stable_id("h", name, width=9)[3:],
             )
-        for n in accepted.values():
-            a = self.r.aws_vpc_endpoint_connection_accepter[n]
-            loc = self.loc("aws_vpc_endpoint_connection_accepter", n)
+        for accepter in accepted.values():
+            a = self.r.aws_vpc_endpoint_connection_accepter[accepter]
+            loc = self.loc("aws_vpc_endpoint_connection_accepter", accepter)
             self.ref("aws_vpc_endpoint", a.vpc_endpoint_id, (*loc, "vpc_endpoint_id"), "endpoint")
             self.ref(
                 "aws_vpc_endpoint_service",

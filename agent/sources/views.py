@@ -50,6 +50,7 @@ from typing import Protocol
 from agent.config import AgentConfig, AwsSource, ClientConfig
 from agent.errors import ConfigError, PlprobeError, SourceError
 from agent.model import Topology
+from agent.sources.aws_actions import Side
 
 __all__ = [
     "ConfigView",
@@ -73,11 +74,20 @@ SNAPSHOT_TIMEOUT_S = 30.0
 class ViewSource(Protocol):
     """One place configuration can be read from; ``load`` blocks (run it in a thread)."""
 
-    #: the ``plprobe_evidence_source_up{source}`` label: "snapshot" or "aws"
-    kind: str
-    #: for messages: the directories, the region / role
-    description: str
-    timeout_s: float
+    # Read-only properties: the sources are frozen dataclasses (and ``description`` is computed).
+
+    @property
+    def kind(self) -> str:
+        """The ``plprobe_evidence_source_up{source}`` label: "snapshot" or "aws"."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """For messages: the directories, the region / role."""
+        ...
+
+    @property
+    def timeout_s(self) -> float: ...
 
     def load(self) -> Topology: ...
 
@@ -168,7 +178,7 @@ class LiveSource:
     evaluates only what its own credentials can read (docs/DIAGNOSIS.md).
     """
 
-    side: str  # "consumer" | "provider"
+    side: Side
     aws: AwsSource
     timeout_s: float = LIVE_TIMEOUT_S
     kind: str = "aws"
@@ -190,7 +200,7 @@ class LiveSource:
         options = LiveOptions(
             region=self.aws.region, profile=self.aws.profile, role_arn=self.aws.role_arn
         )
-        return load_live([(self.side, options)])  # type: ignore[list-item]
+        return load_live([(self.side, options)])
 
 
 def source_for(
@@ -204,7 +214,7 @@ def source_for(
     Snapshot directories in the config are relative to the config file; those on the command
     line to the working directory. A missing directory is bad input (``ConfigError``).
     """
-    side = "consumer" if isinstance(config, ClientConfig) else "provider"
+    side: Side = "consumer" if isinstance(config, ClientConfig) else "provider"
     if snapshot_dirs:
         dirs = tuple(Path(d).expanduser() for d in snapshot_dirs)
         key = "--snapshot"

@@ -868,7 +868,8 @@ def parse_proxy_v2(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> tuple[Pr
         return ProxyHeader("LOCAL", "unspec", "unspec", None, None, None, None, total), total
 
     family, transport, _ = known
-    src_ip = dst_ip = None
+    src_ip: IPAddress | None = None
+    dst_ip: IPAddress | None = None
     src_port = dst_port = None
     unix_src = unix_dst = None
     if command == "PROXY":

@@ -154,6 +154,11 @@ def test_ip_outside_its_subnet_is_rejected() -> None:
         _load_edited("private_ip: 10.2.1.15", "private_ip: 10.2.9.15")
 
 
+def test_ipv6_subnet_in_an_ipv4_vpc_is_rejected_as_outside_it() -> None:
+    with pytest.raises(TopologyError, match=r"fd00::/64 is outside VPC vpc-1 \(10.1.0.0/16\)"):
+        _load_edited("cidr_block: 10.1.0.0/24", "cidr_block: fd00::/64")
+
+
 def test_duplicate_ip_is_rejected_with_the_other_line() -> None:
     with pytest.raises(TopologyError, match=r"duplicate IP 10.3.1.10 .*line \d+"):
         _load_edited("private_ip: 10.3.1.11", "private_ip: 10.3.1.10")
