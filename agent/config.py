@@ -17,7 +17,7 @@ one provider config can serve every target.
 
 Path ids (DESIGN.md, stable: metric labels on both sides) are ``<agent_id>/<az_id>/<port>``,
 one per (endpoint ENI/AZ, port). They must be unique within one agent and, with the agent id,
-fit in a probe token (``agent.wire.TOKEN_STRINGS_MAX``); both are checked at load time.
+fit in a probe token (``agent.wire.token.TOKEN_STRINGS_MAX``); both are checked at load time.
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ def path_id(agent_id: str, az_id: str, port: int) -> str:
 
 
 def _check_path_ids(config: ClientConfig, doc: Located) -> None:
-    from agent.wire import PATH_ID_MAX, TOKEN_STRINGS_MAX
+    from agent.wire.token import PATH_ID_MAX, TOKEN_STRINGS_MAX
 
     seen: dict[str, int] = {}
     for i, path in enumerate(config.paths):
@@ -504,7 +504,7 @@ def load_key(config: AgentConfig) -> bytes:
 
     ``b""`` when ``insecure: true``. Generate one with ``head -c 32 /dev/urandom | base64``.
     """
-    from agent.wire import MIN_KEY_LEN
+    from agent.wire.mac import MIN_KEY_LEN
 
     if config.insecure:
         return b""

@@ -32,7 +32,7 @@ from agent.config import ProviderConfig, parse_listen, read_token_file
 from agent.errors import PlprobeError
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
-from agent.wire import ReplayGuard
+from agent.wire.replay import ReplayGuard
 
 __all__ = ["ProviderAgent", "serve"]
 

@@ -1,4 +1,4 @@
-"""PROXY protocol v2: parser, builder, stacked headers, CRC32C (agent/wire.py)."""
+"""PROXY protocol v2: parser, builder, stacked headers, CRC32C (agent/wire/proxy_v2.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scapy.layers.sctp import crc32c as scapy_crc32c
 
 from agent.errors import MalformedError, TruncatedError, WireError
-from agent.wire import (
+from agent.wire.proxy_v2 import (
     PP2_TYPE_CRC32C,
     PROXY_V2_SIGNATURE,
     ProxyHeader,
