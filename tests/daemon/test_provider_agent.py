@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from agent.cli.observe import run_observe
-from agent.daemon.provider import ProviderAgent, serve
 from agent.config import ProviderConfig, load_config
+from agent.daemon.provider import ProviderAgent, serve
 from agent.errors import ConfigError
 from agent.wire import Token, decode_reply, encode_token
 
