@@ -17,7 +17,7 @@ Modules
                 ``SynTagger``.
     proxy_v2    the header an NLB prepends when ``proxy_protocol_v2.enabled`` is on (HAProxy's
                 spec plus the AWS TLV). ``parse_proxy_v2`` / ``parse_proxy_stack`` /
-                ``build_proxy_v2`` / ``is_proxy_v2_prefix`` / ``crc32c``.
+                ``build_proxy_v2`` / ``is_proxy_v2_prefix`` / ``proxy_v2_length`` / ``crc32c``.
     mac         what they share: key checks, the truncated HMAC, ``MIN_KEY_LEN``, ``MAC_LEN``,
                 strict text and address checks.
 
@@ -51,6 +51,7 @@ from agent.wire.proxy_v2 import (
     PP2_TYPE_NOOP,
     PP2_TYPE_SSL,
     PP2_TYPE_UNIQUE_ID,
+    PROXY_V2_FIXED_LEN,
     PROXY_V2_MAX_LEN,
     PROXY_V2_SIGNATURE,
     ProxyHeader,
@@ -60,6 +61,7 @@ from agent.wire.proxy_v2 import (
     is_proxy_v2_prefix,
     parse_proxy_stack,
     parse_proxy_v2,
+    proxy_v2_length,
 )
 from agent.wire.replay import ReplayGuard
 from agent.wire.reply import REPLY_MAGIC, REPLY_MAX, VPCE_ID_MAX, Reply, decode_reply, encode_reply
@@ -93,6 +95,7 @@ __all__ = [
     "PP2_TYPE_SSL",
     "PP2_TYPE_UNIQUE_ID",
     "PROBE_ID_LEN",
+    "PROXY_V2_FIXED_LEN",
     "PROXY_V2_MAX_LEN",
     "PROXY_V2_SIGNATURE",
     "REPLY_MAGIC",
@@ -117,6 +120,7 @@ __all__ = [
     "is_proxy_v2_prefix",
     "parse_proxy_stack",
     "parse_proxy_v2",
+    "proxy_v2_length",
     "token_from_header",
     "token_to_header",
 ]

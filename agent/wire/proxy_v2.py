@@ -24,6 +24,7 @@ __all__ = [
     "PP2_TYPE_NOOP",
     "PP2_TYPE_SSL",
     "PP2_TYPE_UNIQUE_ID",
+    "PROXY_V2_FIXED_LEN",
     "PROXY_V2_MAX_LEN",
     "PROXY_V2_SIGNATURE",
     "Command",
@@ -36,6 +37,7 @@ __all__ = [
     "is_proxy_v2_prefix",
     "parse_proxy_stack",
     "parse_proxy_v2",
+    "proxy_v2_length",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -165,18 +167,21 @@ def is_proxy_v2_prefix(data: Buffer) -> bool:
     return bool(head) and PROXY_V2_SIGNATURE.startswith(head)
 
 
-def parse_proxy_v2(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> tuple[ProxyHeader, int]:
-    """Parse the PROXY v2 header at the start of ``data``; return it and its total length.
+PROXY_V2_FIXED_LEN = 16
+"""Signature (12), version/command, family/transport, length (2): all a header's framing needs."""
 
-    TruncatedError while every byte so far is consistent with a header shorter than
-    ``max_len``; MalformedError as soon as one is not (bad signature, version, command or family,
-    a length beyond ``max_len`` or too short for the family's addresses, a TLV overrunning the
-    declared length, a bad CRC32C). A header is never longer than its declared length, so once
-    the whole declared block is buffered there is nothing more to wait for.
+
+def _fixed_part(
+    data: Buffer, max_len: int
+) -> tuple[Command, tuple[Family, Transport, int] | None, int]:
+    """Check the fixed 16 bytes; return the command, the known family (or None) and the total.
+
+    One place for these checks, shared by ``parse_proxy_v2`` and ``proxy_v2_length``, so that a
+    stream reader framing headers and the parser can never disagree on where a header ends.
     """
     if max_len < 16:
         raise ValueError("max_len must be at least 16")
-    head = bytes(data[:16])
+    head = bytes(data[:PROXY_V2_FIXED_LEN])
     if not head or not PROXY_V2_SIGNATURE.startswith(head[:12]):
         if not head:
             raise TruncatedError("PROXY v2: no bytes yet")
@@ -205,6 +210,31 @@ def parse_proxy_v2(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> tuple[Pr
     addr_len = known[2] if known else 0
     if known and length < addr_len:
         raise MalformedError(f"PROXY v2 length {length} is too short for family {fam:#04x}")
+    return command, known, total
+
+
+def proxy_v2_length(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> int:
+    """Total length of the PROXY v2 header at the start of ``data``, from its first 16 bytes.
+
+    For a stream reader that must consume exactly the header and not a byte of what follows (the
+    lab's HTTP server reads the request after it): read 16 bytes, ask this, read the rest, then
+    ``parse_proxy_v2``. The errors are ``parse_proxy_v2``'s for the fixed part: TruncatedError
+    before 16 bytes, MalformedError once they cannot start a header of at most ``max_len``.
+    """
+    return _fixed_part(data, max_len)[2]
+
+
+def parse_proxy_v2(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> tuple[ProxyHeader, int]:
+    """Parse the PROXY v2 header at the start of ``data``; return it and its total length.
+
+    TruncatedError while every byte so far is consistent with a header shorter than
+    ``max_len``; MalformedError as soon as one is not (bad signature, version, command or family,
+    a length beyond ``max_len`` or too short for the family's addresses, a TLV overrunning the
+    declared length, a bad CRC32C). A header is never longer than its declared length, so once
+    the whole declared block is buffered there is nothing more to wait for.
+    """
+    command, known, total = _fixed_part(data, max_len)
+    addr_len = known[2] if known else 0
     if len(data) < total:
         raise TruncatedError(f"PROXY v2: {len(data)} bytes, header is {total}")
     header = bytes(data[:total])
