@@ -35,6 +35,7 @@ from agent.errors import ConfigError
 from agent.yamlsrc import Loc, Located, load_yaml, validate
 
 __all__ = [
+    "INSECURE_NOTE",
     "AgentConfig",
     "AwsSource",
     "ClientConfig",
@@ -56,6 +57,9 @@ DEFAULT_LISTEN = "0.0.0.0:9720"
 AGENT_ID_ENV = "PLPROBE_AGENT_ID"
 #: the responder's default port on provider targets
 DEFAULT_RESPONDER_PORT = 9721
+#: said on every run with ``insecure: true`` (stderr, tables, the provider's log), so a lab
+#: setting that reached production is noticed; one text, so it can be grepped for
+INSECURE_NOTE = "WARNING: insecure: true - probe tokens and replies are NOT authenticated"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]

@@ -27,10 +27,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from agent.config import ClientConfig, load_config, load_key
+from agent.config import INSECURE_NOTE, ClientConfig, load_config, load_key
 from agent.diagnose.check import check, exit_code, render_json, render_table
 from agent.diagnose.pipeline import SelfIdentity
-from agent.diagnose.report import INSECURE_NOTE
 from agent.diagnose.rounds import ObservationSource
 from agent.errors import ConfigError, SourceError
 from agent.sources.views import ConfigView, source_for

@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent.config import ClientConfig, load_config, load_key
-from agent.diagnose.report import INSECURE_NOTE, format_table
+from agent.config import INSECURE_NOTE, ClientConfig, load_config, load_key
+from agent.diagnose.report import format_table
 from agent.diagnose.rounds import run_round
 from agent.errors import ConfigError
 

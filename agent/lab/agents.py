@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -418,13 +418,6 @@ def check_clients(
 # --- inside the client namespace ------------------------------------------------------------
 
 
-def _observation(raw: object) -> Observation:
-    if not isinstance(raw, dict):
-        raise ValueError("an observation is a JSON object")
-    names = {f.name for f in fields(Observation)}
-    return Observation(**{k: v for k, v in raw.items() if k in names})
-
-
 class NamespaceObservationSource:
     """``/v1/observations`` of provider agents in other namespaces, via ``ip netns exec``.
 
@@ -460,7 +453,7 @@ class NamespaceObservationSource:
             raise ProbeError(f"{ns}: provider agent API unreachable: {last}")
         try:
             body = json.loads(out)
-            return [_observation(o) for o in body["observations"]]
+            return [Observation.from_json(o) for o in body["observations"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise ProbeError(f"{ns}: bad /v1/observations answer: {exc}") from exc
 
