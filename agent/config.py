@@ -27,7 +27,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -49,6 +49,7 @@ __all__ = [
     "parse_listen",
     "path_id",
     "read_token_file",
+    "require_role",
 ]
 
 #: default bind of the agent's HTTP API (DESIGN.md "Interfaces")
@@ -143,6 +144,15 @@ class _Common(_Model):
     @property
     def source(self) -> str | None:
         return self._source
+
+    def mark(self, key: Loc) -> tuple[int | None, int | None]:
+        """1-based (line, column) of ``key`` in the file this config was loaded from.
+
+        ``(None, None)`` for a key the file does not spell out (a default) or a config built in
+        memory. Errors found after loading (a wrong role for a command, an unreadable key file)
+        use it to point at the line to fix, as load-time errors do.
+        """
+        return self._marks.get(key, (None, None))
 
     def resolve_file(self, value: str) -> Path:
         """Relative paths in a config are relative to the config file, not to the cwd."""
@@ -471,8 +481,31 @@ def load_config(path: str | Path) -> AgentConfig:
     return config
 
 
+_Role = TypeVar("_Role", ClientConfig, ProviderConfig)
+
+
+def require_role(config: AgentConfig, role: type[_Role], *, command: str, hint: str = "") -> _Role:
+    """``config`` if it has the role ``command`` needs, else ConfigError at its ``role:`` line.
+
+    Every command that runs only one role calls this, so the refusal reads the same everywhere:
+    ``plprobe <command> needs role: <role> (this is a <other> config[; <hint>])``, exit 2.
+    """
+    if isinstance(config, role):
+        return config
+    want = next(name for name, cls in _ROLES.items() if cls is role)
+    line, col = config.mark(("role",))
+    raise ConfigError(
+        f"plprobe {command} needs role: {want} (this is a {config.role} config"
+        + (f"; {hint})" if hint else ")"),
+        path=config.source,
+        line=line,
+        col=col,
+        key="role",
+    )
+
+
 def _key_error(config: _Common, key: str, message: str) -> ConfigError:
-    line, col = config._marks.get((key,), (None, None))
+    line, col = config.mark((key,))
     return ConfigError(message, path=config.source, line=line, col=col, key=key)
 
 

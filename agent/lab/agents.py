@@ -478,11 +478,9 @@ class NamespaceObservationSource:
 
 
 def _load_client_config(path: str, timeout: float | None, retries: int | None):
-    from agent.config import ClientConfig, load_config
+    from agent.config import ClientConfig, load_config, require_role
 
-    config = load_config(path)
-    if not isinstance(config, ClientConfig):
-        raise LabError(f"{path}: not a client config")
+    config = require_role(load_config(path), ClientConfig, command="lab probe/check")
     update: dict[str, Any] = {}
     if timeout is not None:
         update["timeout"] = timeout
