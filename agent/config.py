@@ -17,7 +17,7 @@ one provider config can serve every target.
 
 Path ids (stable: metric labels on both sides) are ``<agent_id>/<az_id>/<port>``,
 one per (endpoint ENI/AZ, port). They must be unique within one agent and, with the agent id,
-fit in a probe token (``agent.wire.TOKEN_STRINGS_MAX``); both are checked at load time.
+fit in a probe token (``agent.wire.token.TOKEN_STRINGS_MAX``); both are checked at load time.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -35,6 +35,7 @@ from agent.errors import ConfigError
 from agent.yamlsrc import Loc, Located, load_yaml, validate
 
 __all__ = [
+    "INSECURE_NOTE",
     "AgentConfig",
     "AwsSource",
     "ClientConfig",
@@ -49,6 +50,7 @@ __all__ = [
     "parse_listen",
     "path_id",
     "read_token_file",
+    "require_role",
 ]
 
 #: default bind of the agent's HTTP API (docs/CONFIGURATION.md)
@@ -57,6 +59,9 @@ DEFAULT_LISTEN = "0.0.0.0:9720"
 AGENT_ID_ENV = "PLPROBE_AGENT_ID"
 #: the responder's default port on provider targets
 DEFAULT_RESPONDER_PORT = 9721
+#: said on every run with ``insecure: true`` (stderr, tables, the provider's log), so a lab
+#: setting that reached production is noticed; one text, so it can be grepped for
+INSECURE_NOTE = "WARNING: insecure: true - probe tokens and replies are NOT authenticated"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
@@ -145,6 +150,15 @@ class _Common(_Model):
     @property
     def source(self) -> str | None:
         return self._source
+
+    def mark(self, key: Loc) -> tuple[int | None, int | None]:
+        """1-based (line, column) of ``key`` in the file this config was loaded from.
+
+        ``(None, None)`` for a key the file does not spell out (a default) or a config built in
+        memory. Errors found after loading (a wrong role for a command, an unreadable key file)
+        use it to point at the line to fix, as load-time errors do.
+        """
+        return self._marks.get(key, (None, None))
 
     def resolve_file(self, value: str) -> Path:
         """Relative paths in a config are relative to the config file, not to the cwd."""
@@ -395,7 +409,7 @@ def path_id(agent_id: str, az_id: str, port: int) -> str:
 
 
 def _check_path_ids(config: ClientConfig, doc: Located) -> None:
-    from agent.wire import PATH_ID_MAX, TOKEN_STRINGS_MAX
+    from agent.wire.token import PATH_ID_MAX, TOKEN_STRINGS_MAX
 
     seen: dict[str, int] = {}
     for i, path in enumerate(config.paths):
@@ -473,8 +487,31 @@ def load_config(path: str | Path) -> AgentConfig:
     return config
 
 
+_Role = TypeVar("_Role", ClientConfig, ProviderConfig)
+
+
+def require_role(config: AgentConfig, role: type[_Role], *, command: str, hint: str = "") -> _Role:
+    """``config`` if it has the role ``command`` needs, else ConfigError at its ``role:`` line.
+
+    Every command that runs only one role calls this, so the refusal reads the same everywhere:
+    ``plprobe <command> needs role: <role> (this is a <other> config[; <hint>])``, exit 2.
+    """
+    if isinstance(config, role):
+        return config
+    want = next(name for name, cls in _ROLES.items() if cls is role)
+    line, col = config.mark(("role",))
+    raise ConfigError(
+        f"plprobe {command} needs role: {want} (this is a {config.role} config"
+        + (f"; {hint})" if hint else ")"),
+        path=config.source,
+        line=line,
+        col=col,
+        key="role",
+    )
+
+
 def _key_error(config: _Common, key: str, message: str) -> ConfigError:
-    line, col = config._marks.get((key,), (None, None))
+    line, col = config.mark((key,))
     return ConfigError(message, path=config.source, line=line, col=col, key=key)
 
 
@@ -510,7 +547,7 @@ def load_key(config: AgentConfig) -> bytes:
 
     ``b""`` when ``insecure: true``. Generate one with ``head -c 32 /dev/urandom | base64``.
     """
-    from agent.wire import MIN_KEY_LEN
+    from agent.wire.mac import MIN_KEY_LEN
 
     if config.insecure:
         return b""

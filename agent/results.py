@@ -40,6 +40,19 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def hostport(ip: object | None, port: int | None) -> str | None:
+    """``ip:port``, ``[ip]:port`` for IPv6: the one spelling of an address in every record.
+
+    Correlation compares these strings across the client's reply and the provider's
+    observations, so they must all come from here. ``ip`` is text or an ``ipaddress`` object;
+    None when either half is missing (a PROXY v2 LOCAL header, a reply without PROXY data).
+    """
+    if ip is None or port is None:
+        return None
+    text = str(ip)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 class _Json:
     def to_json(self) -> dict[str, Any]:
         return _plain(self)
@@ -107,6 +120,19 @@ class Observation(_Json):
     proxy_src: str | None = None  # "ip:port" of the client
     proxy_dst: str | None = None  # "ip:port" the client connected to (the endpoint ENI)
     answered: bool = True  # responder replied / service answered (False: RST or no reply)
+
+    @classmethod
+    def from_json(cls, raw: object) -> Observation:
+        """The inverse of ``to_json()``, for observations fetched from a provider agent's API.
+
+        Unknown keys are ignored, so a newer provider agent can add fields without breaking an
+        older client. ValueError if ``raw`` is not a JSON object, TypeError if a required field
+        is missing.
+        """
+        if not isinstance(raw, dict):
+            raise ValueError("an observation is a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
 
 
 @dataclass

@@ -32,7 +32,7 @@ from agent.probes.base import ProbeTarget
 from agent.probes.syn import SynEngine
 from agent.rawsock import VethPair, in_netns, veth_pair
 from agent.results import PathRef
-from agent.wire import SynTagger
+from agent.wire.syntag import SynTagger
 
 OPEN = list(range(20000, 20016))
 CLOSED = list(range(21000, 21016))

@@ -13,6 +13,7 @@ from agent.config import (
     load_config,
     load_key,
     path_id,
+    require_role,
 )
 from agent.errors import ConfigError
 
@@ -246,3 +247,37 @@ def test_a_key_file_readable_by_the_agents_group_is_accepted(write, tmp_path: Pa
     path = write(CLIENT)
     (tmp_path / "key").chmod(0o640)
     assert load_config(path).agent_id
+
+
+def test_mark_gives_the_line_and_column_of_a_key_in_the_file(write) -> None:
+    config = load_config(write("# a client\n" + CLIENT))
+    assert config.mark(("role",)) == (2, 1)
+    assert config.mark(("paths", 0, "ports")) == (10, 5)
+
+
+def test_mark_of_a_key_the_file_leaves_out_is_none(write) -> None:
+    assert load_config(write(CLIENT)).mark(("listen",)) == (None, None)
+
+
+def test_require_role_returns_a_config_of_the_wanted_role(write) -> None:
+    config = load_config(write(CLIENT))
+    assert require_role(config, ClientConfig, command="check") is config
+
+
+def test_require_role_refuses_the_other_role_at_the_role_line(write, monkeypatch) -> None:
+    monkeypatch.setenv("PLPROBE_TEST_KEY", KEY)
+    path = write("# a provider\n" + PROVIDER)
+    with pytest.raises(ConfigError) as info:
+        require_role(load_config(path), ClientConfig, command="probe", hint="use plprobe observe")
+    err = info.value
+    assert (err.path, err.line, err.col, err.key) == (str(path), 2, 1, "role")
+    assert err.message == (
+        "plprobe probe needs role: client (this is a provider config; use plprobe observe)"
+    )
+    assert err.exit_code == 2
+
+
+def test_require_role_names_the_provider_role_for_provider_commands(write) -> None:
+    with pytest.raises(ConfigError) as info:
+        require_role(load_config(write(CLIENT)), ProviderConfig, command="observe")
+    assert info.value.message == "plprobe observe needs role: provider (this is a client config)"

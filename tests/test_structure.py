@@ -52,7 +52,6 @@ PRIVATE_IMPORT_OFFENDERS: dict[str, str] = {}
 
 #: module -> the split that brings it under MAX_LINES
 LONG_MODULE_OFFENDERS = {
-    "agent.wire": "wire split into wire/{mac,token,reply,syntag,proxy_v2}",
     "agent.analyze.path": "analyze split into analyze/{flows,path}",
 }
 

@@ -27,29 +27,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from agent.config import ClientConfig, load_config, load_key
+from agent.config import INSECURE_NOTE, ClientConfig, load_config, load_key, require_role
 from agent.diagnose.check import check, exit_code, render_json, render_table
 from agent.diagnose.pipeline import SelfIdentity
-from agent.diagnose.report import INSECURE_NOTE
 from agent.diagnose.rounds import ObservationSource
-from agent.errors import ConfigError, SourceError
+from agent.errors import SourceError
 from agent.sources.views import ConfigView, source_for
 
 __all__ = ["check_command", "register"]
-
-
-def _client_config(path: str) -> ClientConfig:
-    config = load_config(path)
-    if not isinstance(config, ClientConfig):
-        line, col = config._marks.get(("role",), (None, None))
-        raise ConfigError(
-            "plprobe check needs role: client (this is a provider config)",
-            path=config.source,
-            line=line,
-            col=col,
-            key="role",
-        )
-    return config
 
 
 def check_command(
@@ -66,7 +51,7 @@ def check_command(
     """Load, probe, diagnose, print; returns the exit code (module docstring)."""
     stream = out or sys.stdout
     errs = err or sys.stderr
-    config = _client_config(config_path)
+    config = require_role(load_config(config_path), ClientConfig, command="check")
     key = load_key(config)
     source = source_for(config, snapshot_dirs=snapshot, aws=aws)
     diagnosis, round_ = asyncio.run(check(config, key, source=source, me=me, provider=provider))

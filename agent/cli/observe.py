@@ -10,25 +10,15 @@ import argparse
 import asyncio
 from typing import Any
 
-from agent.config import ProviderConfig, load_config, load_key
+from agent.config import ProviderConfig, load_config, load_key, require_role
 from agent.daemon.provider import serve
-from agent.errors import ConfigError
 
 __all__ = ["register", "run_observe"]
 
 
 def run_observe(config_path: str) -> int:
     """Load the configuration and key, then run ``serve`` until a signal."""
-    config = load_config(config_path)
-    if not isinstance(config, ProviderConfig):
-        line, col = config._marks.get(("role",), (None, None))
-        raise ConfigError(
-            f"plprobe observe runs the provider role; this file says role: {config.role}",
-            path=config.source,
-            line=line,
-            col=col,
-            key="role",
-        )
+    config = require_role(load_config(config_path), ProviderConfig, command="observe")
     key = load_key(config)
     try:
         return asyncio.run(serve(config, key))

@@ -12,10 +12,9 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent.config import ClientConfig, load_config, load_key
-from agent.diagnose.report import INSECURE_NOTE, format_table
+from agent.config import INSECURE_NOTE, ClientConfig, load_config, load_key, require_role
+from agent.diagnose.report import format_table
 from agent.diagnose.rounds import run_round
-from agent.errors import ConfigError
 
 __all__ = ["probe_command", "register"]
 
@@ -33,13 +32,9 @@ def register(subparsers: Any) -> None:
 
 
 def probe_command(path: str, *, output: str = "table", out: TextIO | None = None) -> int:
-    config = load_config(path)
-    if not isinstance(config, ClientConfig):
-        raise ConfigError(
-            "plprobe probe needs role: client (this is a provider config; use plprobe observe)",
-            path=path,
-            key="role",
-        )
+    config = require_role(
+        load_config(path), ClientConfig, command="probe", hint="use plprobe observe"
+    )
     key = load_key(config)
     result = asyncio.run(run_round(config, key=key))
     stream = out or sys.stdout

@@ -28,11 +28,12 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import ProviderConfig, parse_listen, read_token_file
+from agent.config import INSECURE_NOTE, ProviderConfig, parse_listen, read_token_file
 from agent.errors import PlprobeError
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
-from agent.wire import ReplayGuard
+from agent.results import hostport
+from agent.wire.replay import ReplayGuard
 
 __all__ = ["ProviderAgent", "serve"]
 
@@ -122,7 +123,7 @@ class ProviderAgent:
         who = f"plprobe observe: agent {cfg.agent_id} (provider)"
         self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
         if cfg.insecure:
-            log.warning("insecure: true: probe tokens and replies are not authenticated")
+            log.warning(INSECURE_NOTE)
 
         rc = cfg.responder
         if rc.enabled:
@@ -259,8 +260,7 @@ class ProviderAgent:
         self.api_addresses = await server.start()
         self._stack.push_async_callback(server.stop)
         for h, p in self.api_addresses:
-            shown = f"[{h}]" if ":" in h else h
-            self._say(f"observations API on http://{shown}:{p}/v1/observations")
+            self._say(f"observations API on http://{hostport(h, p)}/v1/observations")
 
     def _start_metrics_sync(self) -> asyncio.Task[None]:
         return asyncio.create_task(self._metrics_sync(), name="plprobe-observe-metrics")

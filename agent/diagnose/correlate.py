@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from agent.results import Observation, PathEvidence, ProbeResult, SeenAtTarget
+from agent.results import Observation, PathEvidence, ProbeResult, SeenAtTarget, hostport
 
 __all__ = ["FAILURE_ORDER", "correlate", "deciding_outcome", "isn_rewritten"]
 
@@ -87,10 +87,6 @@ def _isn(result: ProbeResult) -> int | None:
 def _in_window(result: ProbeResult, obs: Observation, window_s: float) -> bool:
     end = result.started_at + max(result.duration_s, 0.0)
     return result.started_at - window_s <= obs.seen_at <= end + window_s
-
-
-def _hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _rtt(results: Iterable[ProbeResult]) -> float | None:
@@ -243,7 +239,7 @@ def _fill_target_view(
             ev.proxy_client = client
     for o in sorted(joined, key=lambda o: (o.kind != "token", o.seen_at)):
         if ev.source_at_target is None and o.src_ip:
-            ev.source_at_target = _hostport(o.src_ip, o.src_port)
+            ev.source_at_target = hostport(o.src_ip, o.src_port)
         if ev.proxy_endpoint_id is None and o.proxy_endpoint_id:
             ev.proxy_endpoint_id = o.proxy_endpoint_id
         if ev.proxy_client is None and o.proxy_src:

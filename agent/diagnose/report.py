@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from agent.config import INSECURE_NOTE
 from agent.diagnose.rounds import RoundResult
 from agent.diagnose.verdict import describe
 from agent.results import Verdict
-
-INSECURE_NOTE = "WARNING: insecure: true - probe tokens and replies are NOT authenticated"
 
 COLOURS = {"pass": "32", "fail": "31", "degraded": "33", "unknown": "35"}
 

@@ -133,13 +133,6 @@ def raw_allowed() -> bool:
 # ------------------------------------------------------------------------------ provider
 
 
-def _observation(raw: object) -> Observation:
-    if not isinstance(raw, dict):
-        raise ValueError("an observation is a JSON object")
-    names = {f.name for f in dataclasses.fields(Observation)}
-    return Observation(**{k: v for k, v in raw.items() if k in names})
-
-
 class HttpObservationSource:
     """``GET <url>/v1/observations?since=`` from each provider agent, merged."""
 
@@ -184,7 +177,7 @@ class HttpObservationSource:
             if not isinstance(items, list):
                 raise ProbeError(f"{url}: no observations list in the answer")
             try:
-                out.extend(_observation(o) for o in items)
+                out.extend(Observation.from_json(o) for o in items)
             except (TypeError, ValueError) as exc:
                 raise ProbeError(f"{url}: bad observation: {exc}") from exc
             nxt = body.get("next_since") if isinstance(body, dict) else None

@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -433,13 +433,6 @@ def check_answers(lab: Lab, client: str | None = None, **options: Any) -> dict[s
 # --- inside the client namespace ------------------------------------------------------------
 
 
-def _observation(raw: object) -> Observation:
-    if not isinstance(raw, dict):
-        raise ValueError("an observation is a JSON object")
-    names = {f.name for f in fields(Observation)}
-    return Observation(**{k: v for k, v in raw.items() if k in names})
-
-
 class NamespaceObservationSource:
     """``/v1/observations`` of provider agents in other namespaces, via ``ip netns exec``.
 
@@ -475,7 +468,7 @@ class NamespaceObservationSource:
             raise ProbeError(f"{ns}: provider agent API unreachable: {last}")
         try:
             body = json.loads(out)
-            return [_observation(o) for o in body["observations"]]
+            return [Observation.from_json(o) for o in body["observations"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise ProbeError(f"{ns}: bad /v1/observations answer: {exc}") from exc
 
@@ -500,11 +493,9 @@ class NamespaceObservationSource:
 
 
 def _load_client_config(path: str, timeout: float | None, retries: int | None) -> ClientConfig:
-    from agent.config import ClientConfig, load_config
+    from agent.config import ClientConfig, load_config, require_role
 
-    config = load_config(path)
-    if not isinstance(config, ClientConfig):
-        raise LabError(f"{path}: not a client config")
+    config = require_role(load_config(path), ClientConfig, command="lab probe/check")
     update: dict[str, Any] = {}
     if timeout is not None:
         update["timeout"] = timeout

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.lab import nlbnat
-from agent.wire import build_proxy_v2
+from agent.wire.proxy_v2 import build_proxy_v2
 
 log = logging.getLogger("plprobe.lab.healthd")
 NFT_TIMEOUT_S = 10.0

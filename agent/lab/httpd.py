@@ -7,9 +7,11 @@ logged. Keep-alive is supported, so a test can hold one flow open across a rule 
 
 PROXY protocol v2: a connection that starts with v2 header(s) (the NLB's, from
 ``agent.lab.ppproxy``, or a LOCAL one from the health checker) has them read by their declared
-length and logged with its first request as raw bytes (``proxy_v2``, hex of every header in
-order); decoding is left to ``agent.wire`` in whoever reads the log. The signature itself
-begins with ``\r\n\r\n``, so headers are read before looking for the end of an HTTP head.
+length and checked by ``agent.wire.proxy_v2``'s parser (one parser for the whole project: a
+header the agents would reject ends the connection here too), then logged with its first
+request as raw bytes (``proxy_v2``, hex of every header in order), so whoever reads the log
+decodes exactly what arrived. The signature itself begins with ``\r\n\r\n``, so headers are
+read before looking for the end of an HTTP head.
 """
 
 from __future__ import annotations
@@ -23,17 +25,27 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+from agent.errors import WireError
+from agent.wire.proxy_v2 import (
+    PROXY_V2_FIXED_LEN,
+    PROXY_V2_SIGNATURE,
+    parse_proxy_v2,
+    proxy_v2_length,
+)
+
 IDLE_TIMEOUT_S = 120.0
 MAX_HEAD = 16384
 
 
 async def _read_proxy_rest(reader: asyncio.StreamReader, start: bytes) -> bytes:
-    """The rest of a PROXY v2 header whose first bytes are ``start``; ValueError if not one."""
-    fixed = start + await reader.readexactly(16 - len(start))
-    if not fixed.startswith(PROXY_V2_SIG):
-        raise ValueError("not a PROXY v2 header")
-    return fixed + await reader.readexactly(int.from_bytes(fixed[14:16], "big"))
+    """The whole PROXY v2 header whose first bytes are ``start``; WireError if it is not one.
+
+    Reads exactly the header's declared length, never into the HTTP request behind it.
+    """
+    fixed = start + await reader.readexactly(PROXY_V2_FIXED_LEN - len(start))
+    header = fixed + await reader.readexactly(proxy_v2_length(fixed) - len(fixed))
+    parse_proxy_v2(header)
+    return header
 
 
 class _Server:
@@ -50,7 +62,7 @@ class _Server:
                 proxy = b""
                 async with asyncio.timeout(IDLE_TIMEOUT_S):
                     head = await reader.readuntil(b"\r\n\r\n")
-                    while first and head == PROXY_V2_SIG[:4]:
+                    while first and head == PROXY_V2_SIGNATURE[:4]:
                         proxy += await _read_proxy_rest(reader, head)
                         head = await reader.readuntil(b"\r\n\r\n")
                 first = False
@@ -87,7 +99,13 @@ class _Server:
                 await writer.drain()
                 if not keep:
                     break
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            WireError,
+        ):
             pass
         except ConnectionError:
             pass

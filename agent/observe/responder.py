@@ -41,7 +41,7 @@ from agent.errors import (
     TruncatedError,
 )
 from agent.observe.store import ObservationStore
-from agent.results import Observation
+from agent.results import Observation, hostport
 from agent.wire import (
     AGENT_ID_MAX,
     PROXY_V2_MAX_LEN,
@@ -65,7 +65,6 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "Responder",
     "ResponderCounters",
-    "format_addr",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,12 +99,6 @@ class ResponderCounters:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def format_addr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str, port: int) -> str:
-    """``ip:port``, with brackets for IPv6 (the form used in Observation and PathEvidence)."""
-    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
 def _sock_addr(
@@ -355,8 +348,8 @@ class Responder:
                 path=token.path_id,
                 agent=token.agent_id,
                 proxy_endpoint_id=vpce_id,
-                proxy_src=format_addr(*proxy_src) if proxy_src else None,
-                proxy_dst=format_addr(*proxy_dst) if proxy_dst else None,
+                proxy_src=hostport(*proxy_src) if proxy_src else None,
+                proxy_dst=hostport(*proxy_dst) if proxy_dst else None,
                 answered=answered,
             )
         )

@@ -66,7 +66,7 @@ from agent.rawsock import (
     packet_stats,
     set_rcvbuf,
 )
-from agent.results import Observation
+from agent.results import Observation, hostport
 from agent.wire import (
     TOKEN_HEADER,
     TOKEN_MAGIC,
@@ -97,13 +97,6 @@ def bpf_expression(ports: Iterable[int]) -> str:
         "(tcp[tcpflags] & (tcp-syn|tcp-ack)) == tcp-syn"
         " or (ip[2:2] - ((ip[0]&0xf)<<2) - ((tcp[12]&0xf0)>>2)) > 0)"
     )
-
-
-def _addr(ip: object, port: int | None) -> str | None:
-    if ip is None:
-        return None
-    text = str(ip)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
 class Sniffer:
@@ -350,8 +343,8 @@ class Sniffer:
                 path=token.path_id,
                 agent=token.agent_id,
                 proxy_endpoint_id=proxy.vpce_id if proxy is not None else None,
-                proxy_src=_addr(proxy.src_ip, proxy.src_port) if proxy is not None else None,
-                proxy_dst=_addr(proxy.dst_ip, proxy.dst_port) if proxy is not None else None,
+                proxy_src=hostport(proxy.src_ip, proxy.src_port) if proxy is not None else None,
+                proxy_dst=hostport(proxy.dst_ip, proxy.dst_port) if proxy is not None else None,
             )
         )
 

@@ -31,7 +31,7 @@ import aiohttp
 from agent import wire
 from agent.probes.base import ProbeContext, ProbeTarget
 from agent.probes.tcp import classify_oserror, describe_oserror, make_token
-from agent.results import ProbeResult
+from agent.results import ProbeResult, hostport
 
 __all__ = ["SESSION_KEY", "make_session", "probe"]
 
@@ -86,10 +86,7 @@ def _phases(marks: dict[str, float]) -> dict[str, float]:
 
 
 def _url(target: ProbeTarget) -> str:
-    host = target.host
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"http://{host}:{target.port}{target.http_path}"
+    return f"http://{hostport(target.host, target.port)}{target.http_path}"
 
 
 async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:

@@ -77,7 +77,8 @@ from agent.rawsock import (
     sum16,
 )
 from agent.results import ProbeResult
-from agent.wire import MIN_KEY_LEN, SynTagger
+from agent.wire.mac import MIN_KEY_LEN
+from agent.wire.syntag import SynTagger
 
 __all__ = [
     "DEFAULT_SPORTS",

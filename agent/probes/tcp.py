@@ -37,7 +37,7 @@ import time
 from agent import wire
 from agent.errors import ProbeError, TruncatedError, WireError
 from agent.probes.base import ProbeContext, ProbeTarget
-from agent.results import ProbeResult
+from agent.results import ProbeResult, hostport
 
 __all__ = ["classify_oserror", "describe_oserror", "probe", "reply_to_dict"]
 
@@ -77,13 +77,6 @@ def describe_oserror(exc: BaseException) -> str:
 
 def reply_to_dict(reply: wire.Reply) -> dict[str, object]:
     """The JSON shape of a responder reply inside ``ProbeResult.reply`` (stable names)."""
-
-    def hostport(ip: object, port: int | None) -> str | None:
-        if ip is None or port is None:
-            return None
-        text = str(ip)
-        return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
     return {
         "probe_id": reply.probe_id_hex,
         "target": reply.agent_id,

@@ -18,7 +18,7 @@ from agent.probes.base import ProbeContext, ProbeTarget
 from agent.probes.syn import FALLBACK_NOTE, SynEngine
 from agent.rawsock import VethPair, in_netns, netns_exists, veth_pair
 from agent.results import PathRef
-from agent.wire import SynTagger
+from agent.wire.syntag import SynTagger
 
 KEY = b"k" * 32
 OPEN, CLOSED, DROPPED, HOST_UNREACH, ADMIN_PROHIB = 8080, 8081, 9001, 9002, 9003

@@ -1,4 +1,4 @@
-"""PROXY protocol v2: parser, builder, stacked headers, CRC32C (agent/wire.py)."""
+"""PROXY protocol v2: parser, builder, stacked headers, CRC32C (agent/wire/proxy_v2.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from scapy.layers.sctp import crc32c as scapy_crc32c
 
 from agent.errors import MalformedError, TruncatedError, WireError
-from agent.wire import (
+from agent.wire.proxy_v2 import (
     PP2_TYPE_CRC32C,
+    PROXY_V2_FIXED_LEN,
     PROXY_V2_SIGNATURE,
     ProxyHeader,
     Tlv,
@@ -22,6 +23,7 @@ from agent.wire import (
     is_proxy_v2_prefix,
     parse_proxy_stack,
     parse_proxy_v2,
+    proxy_v2_length,
 )
 
 FEW = settings(max_examples=200, deadline=None)
@@ -151,6 +153,27 @@ def test_built_header_round_trips_through_the_parser(case: tuple[bytes, dict[str
     assert (header.src_port, header.dst_port) == (args["src_port"], args["dst_port"])
     assert header.vpce_id == args["vpce_id"]
     assert (header.crc32c is not None) == args["crc"]
+
+
+@FEW
+@given(built_headers())
+def test_the_first_16_bytes_give_the_length_the_parser_consumes(
+    case: tuple[bytes, dict[str, object]],
+) -> None:
+    data, _ = case
+    assert proxy_v2_length(data[:PROXY_V2_FIXED_LEN]) == parse_proxy_v2(data + PAYLOAD)[1]
+
+
+def test_header_length_needs_all_16_fixed_bytes() -> None:
+    with pytest.raises(TruncatedError):
+        proxy_v2_length(AWS_HEADER[: PROXY_V2_FIXED_LEN - 1])
+
+
+def test_header_length_refuses_what_the_parser_refuses() -> None:
+    with pytest.raises(MalformedError, match="signature"):
+        proxy_v2_length(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(MalformedError, match="limit"):
+        proxy_v2_length(raw_header(0x21, 0x11, b"", length=5000))
 
 
 @FEW

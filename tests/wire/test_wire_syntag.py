@@ -1,4 +1,4 @@
-"""SYN tags carried in the initial sequence number (agent/wire.py SynTagger)."""
+"""SYN tags carried in the initial sequence number (agent/wire/syntag.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.wire import SynTagger
+from agent.wire.syntag import SynTagger
 
 KEY = b"k" * 32
 T0 = 1_700_000_040.0  # the start of a 60 s epoch

@@ -1,4 +1,7 @@
-"""Probe token: encoding, authentication, header form, replay guard (agent/wire.py)."""
+"""Probe token: encoding, authentication, header form, replay guard.
+
+agent/wire/token.py and agent/wire/replay.py.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ForgedError, MalformedError, ReplayError, TruncatedError, WireError
-from agent.wire import (
+from agent.wire.replay import ReplayGuard
+from agent.wire.token import (
     AGENT_ID_MAX,
     PATH_ID_MAX,
     TOKEN_MAX,
     TOKEN_STRINGS_MAX,
-    ReplayGuard,
     Token,
     decode_token,
     encode_token,

@@ -1,4 +1,4 @@
-"""Responder reply: what the target saw, sent back authenticated (agent/wire.py)."""
+"""Responder reply: what the target saw, sent back authenticated (agent/wire/reply.py)."""
 
 from __future__ import annotations
 
