@@ -7,9 +7,15 @@ three sources cannot disagree about what a security group or an endpoint means.
 
 Partial views are normal: each account's credentials read only that account. A missing file
 means "not visible from here" (the resource kinds it would list stay empty), never an error;
-``Topology.visible_accounts`` names the accounts whose directories were given. Malformed
-JSON, or JSON that is not the API's output shape, is a :class:`SourceError` naming the file
-(the CLI exits 2).
+``Topology.visible_accounts`` names the accounts whose directories were given.
+
+Validated, not trusted: malformed JSON is a :class:`SourceError` naming the file
+(:func:`_read_json`, the decoding boundary); every value the parser uses is read through
+:class:`agent.sources.checked.Node`, which checks it, and ``_Parser.reading`` (the validation
+boundary) turns a bad one into a SourceError naming the file and the member path (the CLI
+exits 2). What cannot matter is not refused: members and enum values newer than botocore's
+model, retired shapes and resources plprobe cannot follow become ``Topology.notes``, and so
+does input cut short by pagination (``docs/SNAPSHOT.md``).
 
 What AWS cannot tell us is filled in the documented way (``docs/SNAPSHOT.md``): an
 endpoint's requester (which principal created it) is unknown, so the analysis asks whether
@@ -300,8 +306,8 @@ def _is_timestamp(value: Any) -> bool:
 
 def _name(item: Node, default: str) -> str:
     for tag in item.items("Tags"):
-        if tag.str("Key") == "Name" and tag.str("Value", ""):
-            return str(tag.str("Value"))
+        if tag.text("Key") == "Name" and tag.text("Value", ""):
+            return str(tag.text("Value"))
     return default
 
 
@@ -410,7 +416,7 @@ class _Parser:
     def check_truncated(self, d: AccountDump, rel: str, body: Node) -> None:
         """A page marker means the file is one page of more: say so, loudly."""
         for marker in PAGE_MARKERS:
-            if body.str(marker, ""):
+            if body.text(marker, ""):
                 self.note(
                     f"{d.origin}/{rel}: input was cut ({marker} present): resources on later "
                     "pages are missing and show as not visible; re-run the command without "
@@ -453,7 +459,7 @@ class _Parser:
                 continue
             with self.reading(d, source) as listing:
                 for item in listing.items(call.per.list_key):
-                    rid = item.str(call.per.id_key, "")
+                    rid = item.text(call.per.id_key, "")
                     known.add(call.resource_file(rid))
         for rel in d.files:
             if "/" in rel and rel not in known:
@@ -477,9 +483,9 @@ class _Parser:
                 ni.id("SubnetId", "subnet-", ""),
                 ips[0] if ips else "",
                 tuple(dict.fromkeys(ips)),
-                ni.str("Description", ""),
+                ni.text("Description", ""),
                 # kept as given: AWS adds interface types faster than botocore models them
-                ni.str("InterfaceType", ""),
+                ni.text("InterfaceType", ""),
                 attachment.id("InstanceId", "i-", "") if attachment else "",
             )
 
@@ -497,8 +503,8 @@ class _Parser:
                 d.name,
                 s.id("VpcId", "vpc-"),
                 s.cidr("CidrBlock"),
-                s.str("AvailabilityZone", ""),
-                s.str("AvailabilityZoneId", ""),
+                s.text("AvailabilityZone", ""),
+                s.text("AvailabilityZoneId", ""),
             )
 
     def peerings(self, d: AccountDump, body: Node) -> None:
@@ -510,13 +516,13 @@ class _Parser:
                 _name(p, pid),
                 p.member("RequesterVpcInfo").id("VpcId", "vpc-"),
                 p.member("AccepterVpcInfo").id("VpcId", "vpc-"),
-                status.str("Code", "active") if status else "active",
+                status.text("Code", "active") if status else "active",
             )
 
     def rules(self, sg_id: str, direction: str, perms: list[Node]) -> list[Rule]:
         out = []
         for perm in perms:
-            proto = normalize_protocol(perm.str("IpProtocol"))
+            proto = normalize_protocol(perm.text("IpProtocol"))
             # AWS omits the ports for port-less protocols (ESP "50", GRE "47", ...); for
             # ICMP they are the type and code, -1 meaning all
             if proto == "-1":
@@ -524,8 +530,8 @@ class _Parser:
             elif proto in ("tcp", "udp"):
                 lo, hi = perm.port("FromPort", 0), perm.port("ToPort", 65535)
             else:
-                lo = perm.int("FromPort", 0, lo=-1, hi=65535)
-                hi = perm.int("ToPort", 65535, lo=-1, hi=65535)
+                lo = perm.integer("FromPort", 0, lo=-1, hi=65535)
+                hi = perm.integer("ToPort", 65535, lo=-1, hi=65535)
             for kind, key, read in (
                 ("cidr", "IpRanges", lambda n: n.cidr("CidrIp")),
                 ("cidr", "Ipv6Ranges", lambda n: n.cidr("CidrIpv6")),
@@ -543,7 +549,7 @@ class _Parser:
                         cidrs=(value,) if kind == "cidr" else (),
                         sg_ref=value if kind == "sg" else None,
                         prefix_list=value if kind == "pl" else None,
-                        description=src.str("Description", ""),
+                        description=src.text("Description", ""),
                     )
                     rule.id = _rule_id(sg_id, direction, rule, value)
                     out.append(rule)
@@ -562,32 +568,32 @@ class _Parser:
             rules += self.rules(gid, "egress", g.items("IpPermissionsEgress"))
             self.t.security_groups[gid] = SecurityGroup(
                 gid,
-                _name(g, g.str("GroupName", gid)),
+                _name(g, g.text("GroupName", gid)),
                 d.name,
                 g.id("VpcId", "vpc-"),
                 rules,
-                g.str("Description", ""),
+                g.text("Description", ""),
             )
 
     def nacls(self, d: AccountDump, body: Node) -> None:
         for n in body.items("NetworkAcls", required=True):
             entries = []
             for e in n.items("Entries"):
-                number = e.int("RuleNumber", lo=1, hi=NACL_DEFAULT_RULE_V6)
+                number = e.integer("RuleNumber", lo=1, hi=NACL_DEFAULT_RULE_V6)
                 if number in (NACL_DEFAULT_RULE, NACL_DEFAULT_RULE_V6):
                     continue
-                proto = normalize_protocol(e.str("Protocol"))
+                proto = normalize_protocol(e.text("Protocol"))
                 ports = e.opt("PortRange")
                 if proto == "-1" or ports is None or not ports.obj():
                     lo, hi = 0, 65535
                 else:
                     lo, hi = ports.port("From"), ports.port("To")
-                action = e.str("RuleAction")
+                action = e.text("RuleAction")
                 if action not in ("allow", "deny"):
                     raise Invalid(e.at("RuleAction"), f"{action!r} is not allow or deny")
                 cidr = e.cidr("CidrBlock") if e.has("CidrBlock") else e.cidr("Ipv6CidrBlock", "")
                 entries.append(
-                    NaclEntry(number, e.bool("Egress", False), proto, action, cidr, lo, hi)
+                    NaclEntry(number, e.flag("Egress", False), proto, action, cidr, lo, hi)
                 )
             aid = n.id("NetworkAclId", "acl-")
             self.t.nacls[aid] = Nacl(
@@ -603,14 +609,14 @@ class _Parser:
         for r in body.items("Reservations", required=True):
             for i in r.items("Instances"):
                 state = i.opt("State")
-                if state and state.str("Name", "running") in ("terminated", "shutting-down"):
+                if state and state.text("Name", "running") in ("terminated", "shutting-down"):
                     continue
                 if not i.has("PrivateIpAddress") or not i.has("SubnetId"):
                     continue  # not in a VPC subnet (stopped without an address, EC2-Classic)
                 nis = sorted(
                     i.items("NetworkInterfaces"),
                     key=lambda n: (
-                        n.member("Attachment").int("DeviceIndex", 0, lo=0)
+                        n.member("Attachment").integer("DeviceIndex", 0, lo=0)
                         if n.has("Attachment")
                         else 0
                     ),
@@ -619,8 +625,8 @@ class _Parser:
                 ports: str | None = None
                 where = ""
                 for tag in i.items("Tags"):
-                    if tag.str("Key") == SERVICES_TAG:
-                        ports = tag.str("Value", "")
+                    if tag.text("Key") == SERVICES_TAG:
+                        ports = tag.text("Value", "")
                         where = tag.at("Value")
                 services = _port_list(ports, where) if ports else []
                 self.t.instances[iid] = Instance(
@@ -637,10 +643,10 @@ class _Parser:
 
     def endpoints(self, d: AccountDump, body: Node) -> None:
         for e in body.items("VpcEndpoints", required=True):
-            if e.str("VpcEndpointType", "Interface") != "Interface":
+            if e.text("VpcEndpointType", "Interface") != "Interface":
                 continue
             eid = e.id("VpcEndpointId", "vpce-")
-            service_region = e.str("ServiceRegion", "")
+            service_region = e.text("ServiceRegion", "")
             if service_region and service_region != d.region:
                 self.region_links.add(frozenset((d.region, service_region)))
             enis = []
@@ -656,11 +662,11 @@ class _Parser:
                 _name(e, eid),
                 self.owner(e.account_id("OwnerId", d.id)),
                 e.id("VpcId", "vpc-"),
-                e.str("ServiceName").rsplit(".", 1)[-1],
+                e.text("ServiceName").rsplit(".", 1)[-1],
                 [g.id("GroupId", "sg-") for g in e.items("Groups")],
                 enis,
-                _state(e.str("State", "")),
-                e.bool("PrivateDnsEnabled", False),
+                _state(e.text("State", "")),
+                e.flag("PrivateDnsEnabled", False),
                 "",  # who created it is in no describe output: unknown
                 _dns_hash(eid, e.items("DnsEntries")),
             )
@@ -669,7 +675,7 @@ class _Parser:
         for s in body.items("ServiceConfigurations", required=True):
             sid = s.id("ServiceId", "vpce-svc-")
             for region in s.items("SupportedRegions"):
-                name = region.str("Region")
+                name = region.text("Region")
                 if name != d.region:
                     self.region_links.add(frozenset((d.region, name)))
             perms_rel = BY_STEM["ec2-describe-vpc-endpoint-service-permissions"].resource_file(sid)
@@ -677,26 +683,26 @@ class _Parser:
             if perms_rel in d.files:
                 with self.reading(d, perms_rel) as perms:
                     principals = [
-                        p.str("Principal") for p in perms.items("AllowedPrincipals", required=True)
+                        p.text("Principal") for p in perms.items("AllowedPrincipals", required=True)
                     ]
             dns = s.opt("PrivateDnsNameConfiguration")
-            private_dns = s.str("PrivateDnsName", None)
+            private_dns = s.text("PrivateDnsName", None)
             nlbs = s.opt("NetworkLoadBalancerArns")
             self.t.endpoint_services[sid] = EndpointService(
                 sid,
                 _name(s, sid),
                 d.name,
                 [_arn(n) for n in s.items("NetworkLoadBalancerArns")] if nlbs else [],
-                s.bool("AcceptanceRequired", True),
+                s.flag("AcceptanceRequired", True),
                 principals,
                 private_dns,
-                (dns.str("State", None) if dns else None) if private_dns else None,
+                (dns.text("State", None) if dns else None) if private_dns else None,
             )
 
     def connections(self, d: AccountDump, body: Node) -> None:
         for c in body.items("VpcEndpointConnections", required=True):
             eid = c.id("VpcEndpointId", "vpce-")
-            region = c.str("VpcEndpointRegion", "")
+            region = c.text("VpcEndpointRegion", "")
             if region and region != d.region:
                 self.region_links.add(frozenset((d.region, region)))
             if eid in self.t.endpoints:
@@ -710,7 +716,7 @@ class _Parser:
                 c.id("ServiceId", "vpce-svc-"),
                 [],
                 [],
-                _state(c.str("VpcEndpointState", "")),
+                _state(c.text("VpcEndpointState", "")),
                 False,
                 "",  # who created it is in no describe output: unknown
                 _dns_hash(eid, c.items("DnsEntries")),
@@ -722,14 +728,14 @@ class _Parser:
         if rel not in d.files:
             return {}
         with self.reading(d, rel) as body:
-            return {a.str("Key"): a.str("Value", "") for a in body.items("Attributes")}
+            return {a.text("Key"): a.text("Value", "") for a in body.items("Attributes")}
 
     def load_balancers(self, d: AccountDump, body: Node) -> None:
         for lb in body.items("LoadBalancers", required=True):
-            if lb.str("Type", "network") != "network":
+            if lb.text("Type", "network") != "network":
                 continue
             arn = lb.arn("LoadBalancerArn")
-            name = lb.str("LoadBalancerName")
+            name = lb.text("LoadBalancerName")
             nodes = []
             for az in lb.items("AvailabilityZones"):
                 subnet = az.id("SubnetId", "subnet-")
@@ -744,7 +750,7 @@ class _Parser:
                     nodes += self.nlb_nodes_from_enis(d, arn, name, subnet)
             attrs = self.attributes(d, "elbv2-describe-load-balancer-attributes", arn)
             sgs = lb.opt("SecurityGroups")
-            enforce = lb.str("EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic", "on")
+            enforce = lb.text("EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic", "on")
             self.t.nlbs[arn] = Nlb(
                 arn,
                 name,
@@ -791,7 +797,7 @@ class _Parser:
         for li in body.items("Listeners", required=True):
             tg = None
             for action in li.items("DefaultActions"):
-                if action.str("Type", "") != "forward":
+                if action.text("Type", "") != "forward":
                     continue
                 tg = action.arn("TargetGroupArn", None)
                 if tg is None and action.has("ForwardConfig"):
@@ -800,14 +806,14 @@ class _Parser:
                 break
             arn = li.arn("ListenerArn")
             self.t.listeners[arn] = Listener(
-                arn, li.arn("LoadBalancerArn"), li.port("Port"), li.str("Protocol"), tg
+                arn, li.arn("LoadBalancerArn"), li.port("Port"), li.text("Protocol"), tg
             )
 
     def target_groups(self, d: AccountDump, body: Node) -> None:
         for tg in body.items("TargetGroups", required=True):
             arn = tg.arn("TargetGroupArn")
-            name = tg.str("TargetGroupName", arn)
-            kind = tg.str("TargetType", "instance")
+            name = tg.text("TargetGroupName", arn)
+            kind = tg.text("TargetType", "instance")
             if kind not in ("instance", "ip") or not tg.has("Port") or not tg.has("VpcId"):
                 self.note(
                     f"{d.origin}/elbv2-describe-target-groups.json: {tg.where}: target group "
@@ -815,17 +821,17 @@ class _Parser:
                     "skipped"
                 )
                 continue
-            hc_port = tg.str("HealthCheckPort", "traffic-port")
+            hc_port = tg.text("HealthCheckPort", "traffic-port")
             if hc_port != "traffic-port" and not (hc_port.isdigit() and int(hc_port) <= 65535):
                 raise Invalid(tg.at("HealthCheckPort"), f"{hc_port!r} is not a port")
             hc = HealthCheck(
-                tg.str("HealthCheckProtocol", "TCP"),
+                tg.text("HealthCheckProtocol", "TCP"),
                 None if hc_port == "traffic-port" else int(hc_port),
-                tg.str("HealthCheckPath", "/"),
-                tg.int("HealthCheckIntervalSeconds", 30, lo=1, hi=3600),
-                tg.int("HealthCheckTimeoutSeconds", 10, lo=1, hi=3600),
-                tg.int("HealthyThresholdCount", 3, lo=1, hi=100),
-                tg.int("UnhealthyThresholdCount", 3, lo=1, hi=100),
+                tg.text("HealthCheckPath", "/"),
+                tg.integer("HealthCheckIntervalSeconds", 30, lo=1, hi=3600),
+                tg.integer("HealthCheckTimeoutSeconds", 10, lo=1, hi=3600),
+                tg.integer("HealthyThresholdCount", 3, lo=1, hi=100),
+                tg.integer("UnhealthyThresholdCount", 3, lo=1, hi=100),
             )
             attrs = self.attributes(d, "elbv2-describe-target-group-attributes", arn)
             port = tg.port("Port")
@@ -841,7 +847,7 @@ class _Parser:
                             Target(
                                 target_id,
                                 t.port("Port", port),
-                                state.str("State", None) if state else None,
+                                state.text("State", None) if state else None,
                             )
                         )
             self.t.target_groups[arn] = TargetGroup(
@@ -850,7 +856,7 @@ class _Parser:
                 d.name,
                 tg.id("VpcId", "vpc-"),
                 port,
-                tg.str("Protocol", "TCP"),
+                tg.text("Protocol", "TCP"),
                 hc,
                 attrs.get("proxy_protocol_v2.enabled", "false").lower() == "true",
                 targets,
@@ -901,7 +907,7 @@ def _port_list(text: str, where: str) -> list[int]:
 def _dns_hash(endpoint_id: str, entries: list[Node]) -> str:
     """``vpce-ID-HASH.vpce-svc-…`` -> HASH (the regional name is the one without an AZ)."""
     for entry in entries:
-        label = entry.str("DnsName", "").split(".", 1)[0]
+        label = entry.text("DnsName", "").split(".", 1)[0]
         if label.startswith(endpoint_id + "-"):
             rest = label[len(endpoint_id) + 1 :]
             if "-" not in rest:

@@ -18,7 +18,9 @@ from typing import Any
 
 #: an id longer than this is not an AWS id (ARNs are at most 2048 characters)
 MAX_ID = 2048
-_ID_BODY = re.compile(r"[0-9A-Za-z]+")
+#: after the prefix AWS prints hex; accepting more (hand-made ids such as ``acl-vpc-2-client``)
+#: costs nothing, the prefix is what tells one kind of id from another
+_ID_BODY = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*")
 
 
 class Invalid(Exception):
@@ -85,7 +87,7 @@ class Node:
         return [Node(v, node.at(i)) for i, v in enumerate(node.value)]
 
     # --- scalars --------------------------------------------------------------------------
-    def str(self, key: str, default: Any = _MISSING) -> Any:
+    def text(self, key: str, default: Any = _MISSING) -> Any:
         node = self.opt(key)
         if node is None:
             if default is _MISSING:
@@ -95,7 +97,7 @@ class Node:
             raise Invalid(node.where, f"expected a string, got {_kind(node.value)}", shape=True)
         return node.value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         node = self.opt(key)
         if node is None:
             return default
@@ -103,7 +105,7 @@ class Node:
             raise Invalid(node.where, f"expected a boolean, got {_kind(node.value)}", shape=True)
         return node.value
 
-    def int(
+    def integer(
         self, key: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
     ) -> Any:
         node = self.opt(key)
@@ -119,13 +121,13 @@ class Node:
         return value
 
     def port(self, key: str, default: Any = _MISSING) -> Any:
-        return self.int(key, default, lo=0, hi=65535)
+        return self.integer(key, default, lo=0, hi=65535)
 
     # --- formats --------------------------------------------------------------------------
     def ip(self, key: str, default: Any = _MISSING) -> Any:
         if default is not _MISSING and self.opt(key) is None:
             return default
-        text = self.str(key)
+        text = self.text(key)
         try:
             ipaddress.ip_address(text)
         except ValueError:
@@ -135,7 +137,7 @@ class Node:
     def cidr(self, key: str, default: Any = _MISSING) -> Any:
         if default is not _MISSING and self.opt(key) is None:
             return default
-        text = self.str(key)
+        text = self.text(key)
         if "/" not in text:
             raise Invalid(self.at(key), f"{_short(text)} is not a CIDR")
         try:
@@ -145,10 +147,10 @@ class Node:
         return text
 
     def id(self, key: str, prefix: str, default: Any = _MISSING) -> Any:
-        """An AWS resource id: ``prefix`` then letters and digits (``vpc-0abc…``)."""
+        """An AWS resource id: ``prefix`` then a word (``vpc-0abc…``), no spaces or slashes."""
         if default is not _MISSING and self.opt(key) is None:
             return default
-        text = self.str(key)
+        text = self.text(key)
         body = text[len(prefix) :] if text.startswith(prefix) else None
         if body is None or len(text) > MAX_ID or not _ID_BODY.fullmatch(body):
             raise Invalid(self.at(key), f"{_short(text)} is not a {prefix}… id")
@@ -157,7 +159,7 @@ class Node:
     def arn(self, key: str, default: Any = _MISSING) -> Any:
         if default is not _MISSING and self.opt(key) is None:
             return default
-        text = self.str(key)
+        text = self.text(key)
         if not text.startswith("arn:") or len(text) > MAX_ID or any(c.isspace() for c in text):
             raise Invalid(self.at(key), f"{_short(text)} is not an ARN")
         return text
@@ -165,7 +167,7 @@ class Node:
     def account_id(self, key: str, default: Any = _MISSING) -> Any:
         if default is not _MISSING and self.opt(key) is None:
             return default
-        text = self.str(key)
+        text = self.text(key)
         if not re.fullmatch(r"[0-9]{12}", text):
             raise Invalid(self.at(key), f"{_short(text)} is not a 12-digit account id")
         return text
