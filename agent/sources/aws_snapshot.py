@@ -360,7 +360,9 @@ class _Parser:
         """
         where = f"{dump.origin}/{rel}"
         try:
-            yield Node(dump.files.get(rel))
+            body = Node(dump.files.get(rel))
+            self.check_truncated(dump, rel, body)
+            yield body
         except SourceError:
             raise
         except Invalid as exc:
@@ -406,7 +408,6 @@ class _Parser:
                 rel = BY_STEM[stem].file
                 if rel in d.files:
                     with self.reading(d, rel) as body:
-                        self.check_truncated(d, rel, body)
                         fn(d, body)
         for d in self.dumps:
             self.check_orphans(d)

@@ -294,3 +294,16 @@ def test_an_endpoint_naming_the_service_region_links_the_regions(tmp_path: Path)
 def test_regions_nothing_links_are_still_refused(tmp_path: Path):
     with pytest.raises(SourceError, match=r"different regions.*nothing links them"):
         load_snapshot(cross_region(tmp_path, ["us-east-1"]))
+
+
+def test_a_per_resource_file_with_a_next_marker_is_flagged_as_cut(tmp_path: Path):
+    lbs = real("elbv2-describe-load-balancers/awscli-create-load-balancer-3.json")
+    listeners = real("elbv2-describe-listeners/awscli-1.json")
+    listeners["NextMarker"] = "eyJuZXh0IjogMn0="
+    rel = BY_STEM["elbv2-describe-listeners"].resource_file(NLB_ARN)
+    d = account(
+        tmp_path,
+        "provider",
+        {"elbv2-describe-load-balancers.json": lbs, rel: listeners},
+    )
+    assert any(f"{rel}: input was cut (NextMarker" in n for n in load_snapshot([d]).notes)
