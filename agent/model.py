@@ -373,6 +373,10 @@ class Topology:
     visible_accounts: set[str] = field(default_factory=set)
     #: where it came from, for messages ("configs/lab/reference.yaml", "snapshot:DIR")
     source: str = ""
+    #: what the reader could not take as given: input cut short (pagination), resources
+    #: skipped because they cannot matter or cannot be followed, values newer than the
+    #: API model; ``explain`` prints them so a "not visible" is never silent
+    notes: list[str] = field(default_factory=list)
 
     # --- lookups -------------------------------------------------------------------------
     def account_of_role(self, role: str) -> Account | None:

@@ -64,6 +64,8 @@ def check_command(
         print(INSECURE_NOTE, file=errs)
     if round_.provider_error:
         notes.append(f"provider: {round_.provider_error}")
+    if view.topology is not None:  # input cut short, resources skipped (docs/SNAPSHOT.md)
+        notes.extend(view.topology.notes)
     if view.error:
         print(f"plprobe check: {view.note()}", file=errs)
     if output == "json":

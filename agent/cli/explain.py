@@ -43,10 +43,20 @@ def render_table(verdicts: list[Verdict], *, colour: bool) -> str:
     return verdict_table(verdicts, colour=colour, stage=False)
 
 
-def render_json(verdicts: list[Verdict]) -> str:
-    return json.dumps(
-        {"status": rollup(verdicts), "verdicts": [v.to_json() for v in verdicts]}, indent=2
-    )
+def render_notes(notes: list[str]) -> str:
+    """What the reader could not take as given (input cut short, resources skipped): printed
+    below the verdicts so that a "not visible" caused by the input is never silent."""
+    return "".join(f"note: {n}\n" for n in notes)
+
+
+def render_json(verdicts: list[Verdict], notes: list[str] | None = None) -> str:
+    body: dict[str, object] = {
+        "status": rollup(verdicts),
+        "verdicts": [v.to_json() for v in verdicts],
+    }
+    if notes:
+        body["notes"] = list(notes)
+    return json.dumps(body, indent=2)
 
 
 def exit_code(verdicts: list[Verdict]) -> int:
@@ -58,10 +68,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     topology = load(args)
     verdicts = explain(topology, args.client, args.port, args.endpoint)
     if args.output == "json":
-        print(render_json(verdicts), file=stream)
+        print(render_json(verdicts, topology.notes), file=stream)
     else:
         colour = stream.isatty() and not os.environ.get("NO_COLOR")
         print(render_table(verdicts, colour=colour), file=stream)
+        stream.write(render_notes(topology.notes))
     return exit_code(verdicts)
 
 

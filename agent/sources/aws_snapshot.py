@@ -7,9 +7,15 @@ three sources cannot disagree about what a security group or an endpoint means.
 
 Partial views are normal: each account's credentials read only that account. A missing file
 means "not visible from here" (the resource kinds it would list stay empty), never an error;
-``Topology.visible_accounts`` names the accounts whose directories were given. Malformed
-JSON, or JSON that is not the API's output shape, is a :class:`SourceError` naming the file
-(the CLI exits 2).
+``Topology.visible_accounts`` names the accounts whose directories were given.
+
+Validated, not trusted: malformed JSON is a :class:`SourceError` naming the file
+(:func:`_read_json`, the decoding boundary); every value the parser uses is read through
+:class:`agent.sources.checked.Node`, which checks it, and ``_Parser.reading`` (the validation
+boundary) turns a bad one into a SourceError naming the file and the member path (the CLI
+exits 2). What cannot matter is not refused: members and enum values newer than botocore's
+model, retired shapes and resources plprobe cannot follow become ``Topology.notes``, and so
+does input cut short by pagination (``docs/SNAPSHOT.md``).
 
 What AWS cannot tell us is filled in the documented way (``docs/SNAPSHOT.md``): an
 endpoint's requester (which principal created it) is unknown, so the analysis asks whether
@@ -21,6 +27,7 @@ the optional ``plprobe:services`` tag, else they are unknown (``services_known=F
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,10 +61,13 @@ from agent.model import (
     normalize_protocol,
 )
 from agent.sources.aws_actions import BY_STEM, CALLS, ApiCall, Side, resource_file_name
+from agent.sources.checked import Invalid, Node
 
 ACCOUNT_FILE = "account.json"
 #: AWS lists this "*" entry last in every NACL; the model's evaluation implies it
 NACL_DEFAULT_RULE = 32767
+#: the IPv6 "*" entry of a NACL with IPv6 (real AWS output numbers it one higher)
+NACL_DEFAULT_RULE_V6 = 32768
 #: optional instance tag: the TCP ports it serves ("80,443"); describe-* cannot tell
 SERVICES_TAG = "plprobe:services"
 
@@ -73,20 +83,73 @@ class AccountDump:
     files: dict[str, Any] = field(default_factory=dict)
     #: where it came from, for error messages (a directory, or ``aws:<account id>``)
     origin: str = ""
+    #: what reading found worth saying but not refusing (see ``Topology.notes``)
+    notes: list[str] = field(default_factory=list)
 
 
 # --- reading a directory ---------------------------------------------------------------------
 
+#: JSON nested deeper than this is not AWS output (the deepest describe-* shape is ~8 levels)
+MAX_DEPTH = 64
+
 
 def _read_json(path: Path) -> Any:
+    """The one JSON decoding boundary: any failure is a SourceError naming the file.
+
+    ``json.loads`` on bytes detects UTF-8 (with or without BOM), UTF-16 and UTF-32, so a file
+    redirected by PowerShell (UTF-16) reads as well as one from a POSIX shell.
+    """
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        return json.loads(text)
+        data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise SourceError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8/16/32 text: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise SourceError(f"{path}: JSON nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer literal with more digits than Python allows
+        raise SourceError(f"{path}: malformed JSON: {exc}") from exc
+    if _depth(data) > MAX_DEPTH:
+        raise SourceError(f"{path}: JSON nested deeper than {MAX_DEPTH} levels: not AWS output")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, iteratively (a recursive walk would overflow on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _read_meta(meta_path: Path) -> dict[str, str]:
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise SourceError(f"{meta_path}: expected a JSON object")
+    for key in ("id", "role", "region"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise SourceError(f"{meta_path}: {key}: missing or not a string")
+    if meta["role"] not in ("consumer", "provider"):
+        raise SourceError(f"{meta_path}: role: must be consumer or provider")
+    if not re.fullmatch(r"[0-9]{12}", meta["id"]):
+        raise SourceError(f"{meta_path}: id: {meta['id']!r} is not a 12-digit account id")
+    if not re.fullmatch(r"[a-z]{2}(-[a-z0-9]+)+", meta["region"]):
+        raise SourceError(f"{meta_path}: region: {meta['region']!r} is not an AWS region")
+    name = meta.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise SourceError(f"{meta_path}: name: not a non-empty string")
+    return meta
 
 
 def read_account_dir(path: Path, *, validate: bool = True) -> AccountDump:
@@ -100,16 +163,10 @@ def read_account_dir(path: Path, *, validate: bool = True) -> AccountDump:
             f'{meta_path}: missing; write {{"name": …, "id": …, "role": '
             f'"consumer"|"provider", "region": …}} (docs/SNAPSHOT.md)'
         )
-    meta = _read_json(meta_path)
-    if not isinstance(meta, dict):
-        raise SourceError(f"{meta_path}: expected a JSON object")
-    for key in ("id", "role", "region"):
-        if not isinstance(meta.get(key), str) or not meta[key]:
-            raise SourceError(f"{meta_path}: {key}: missing or not a string")
-    if meta["role"] not in ("consumer", "provider"):
-        raise SourceError(f"{meta_path}: role: must be consumer or provider")
+    meta = _read_meta(meta_path)
     name = meta.get("name") or path.name
-    dump = AccountDump(str(name), meta["id"], meta["role"], meta["region"], origin=str(path))
+    role: Side = "consumer" if meta["role"] == "consumer" else "provider"  # checked above
+    dump = AccountDump(str(name), meta["id"], role, meta["region"], origin=str(path))
     for call in CALLS:
         if call.per is None:
             f = path / call.file
@@ -125,21 +182,34 @@ def read_account_dir(path: Path, *, validate: bool = True) -> AccountDump:
     return dump
 
 
+#: members that only say "there is more": the CLI prints ``NextToken`` for every service when
+#: ``--max-items`` cut the output, the APIs use ``NextToken`` (ec2) or ``NextMarker`` (elbv2)
+PAGE_MARKERS = ("NextToken", "NextMarker")
+
+
 def validate_dump(dump: AccountDump) -> None:
-    """Check each file against the API's output shape when botocore is installed."""
+    """Compare each file with the API's output shape (when botocore is installed): advisory.
+
+    The members plprobe uses are validated strictly where the parser reads them. What this
+    walk finds elsewhere — members or enum values newer than the installed botocore model,
+    retired members — is what AWS really prints, so it is kept as a note, never a refusal.
+    """
     try:
         import botocore  # noqa: F401
     except ImportError:
-        return  # the parser still rejects wrong types, with less precise messages
+        return
     for rel, body in dump.files.items():
         call = BY_STEM.get(rel.split("/", 1)[0].removesuffix(".json"))
         if call is None:
             continue
+        if isinstance(body, dict):
+            body = {k: v for k, v in body.items() if k not in PAGE_MARKERS}
         errors = shape_errors(call.service, call.operation, body)
         if errors:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise SourceError(
-                f"{dump.origin}/{rel}: not the output of {call.service} {call.cli_name}: "
+            dump.notes.append(
+                f"{dump.origin}/{rel}: differs from the installed botocore model of "
+                f"{call.service} {call.cli_name} (newer API?), not used: "
                 + "; ".join(errors[:3])
                 + more
             )
@@ -236,10 +306,10 @@ def _is_timestamp(value: Any) -> bool:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def _name(item: dict[str, Any], default: str) -> str:
-    for tag in item.get("Tags") or []:
-        if tag["Key"] == "Name" and tag.get("Value"):
-            return str(tag["Value"])
+def _name(item: Node, default: str) -> str:
+    for tag in item.items("Tags"):
+        if tag.text("Key") == "Name" and tag.text("Value", ""):
+            return str(tag.text("Value"))
     return default
 
 
@@ -253,31 +323,60 @@ def _rule_id(sg_id: str, direction: str, rule: Rule, source: str) -> str:
     return f"{sg_id} {direction} {rule.port_text()} {word} {source}"
 
 
+@dataclass(frozen=True)
+class _Eni:
+    """What the parser uses of one describe-network-interfaces element, validated."""
+
+    id: str
+    subnet_id: str
+    ip: str
+    ips: tuple[str, ...]
+    description: str
+    interface_type: str
+    instance_id: str
+
+
 class _Parser:
     def __init__(self, dumps: list[AccountDump]) -> None:
         self.dumps = dumps
-        regions = {d.region for d in dumps}
-        if len(regions) != 1:
-            where = ", ".join(f"{d.origin}: {d.region}" for d in dumps)
-            raise SourceError(f"snapshot directories are from different regions ({where})")
-        self.t = Topology(region=regions.pop())
+        self.regions = {d.region for d in dumps}
+        consumer = next((d for d in dumps if d.role == "consumer"), dumps[0])
+        # cross-region PrivateLink: the client, the endpoint and its DNS names are in the
+        # consumer's region; whether the directories may be read together is decided once the
+        # services' supported regions are known (check_regions)
+        self.t = Topology(region=consumer.region)
         self.t.source = "snapshot:" + ",".join(d.origin for d in dumps)
         self.names_by_id: dict[str, str] = {}
-        self.enis: dict[str, dict[str, Any]] = {}
+        self.enis: dict[str, _Eni] = {}
+        self.enis_visible = False
+        #: region pairs an endpoint service or an endpoint says are linked
+        self.region_links: set[frozenset[str]] = set()
 
     @contextmanager
-    def reading(self, dump: AccountDump, rel: str) -> Iterator[None]:
-        """Turn a wrong type or missing member deep inside a file into a SourceError."""
+    def reading(self, dump: AccountDump, rel: str) -> Iterator[Node]:
+        """The one validation boundary: a bad value anywhere in a file is a SourceError.
+
+        Accessors raise :class:`Invalid` with the member path; anything else a file's content
+        can provoke (a wrong type the accessors did not foresee) is reported the same way,
+        with the file named, so the CLI exits 2 instead of printing a traceback.
+        """
+        where = f"{dump.origin}/{rel}"
         try:
-            yield
+            body = Node(dump.files.get(rel))
+            self.check_truncated(dump, rel, body)
+            yield body
         except SourceError:
             raise
+        except Invalid as exc:
+            kind = "unexpected shape: " if exc.shape else ""
+            raise SourceError(f"{where}: {kind}{exc.where}: {exc.problem}") from exc
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             detail = f"missing member {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise SourceError(f"{dump.origin}/{rel}: unexpected shape: {detail}") from exc
+            raise SourceError(f"{where}: unexpected shape: {detail}") from exc
 
-    def file(self, dump: AccountDump, stem: str) -> Any:
-        return dump.files.get(BY_STEM[stem].file)
+    def note(self, text: str) -> None:
+        if text not in self.t.notes:
+            self.t.notes.append(text)
 
     def owner(self, account_id: str) -> str:
         """Account name for an id; accounts outside the snapshot are named by their id."""
@@ -290,6 +389,7 @@ class _Parser:
             self.t.accounts[d.name] = Account(d.name, d.id, d.role)
             self.names_by_id[d.id] = d.name
             self.t.visible_accounts.add(d.name)
+            self.t.notes.extend(d.notes)
         steps = (
             ("ec2-describe-network-interfaces", self.interfaces),
             ("ec2-describe-vpcs", self.vpcs),
@@ -302,25 +402,54 @@ class _Parser:
             ("ec2-describe-vpc-endpoint-service-configurations", self.services),
             ("elbv2-describe-load-balancers", self.load_balancers),
             ("elbv2-describe-target-groups", self.target_groups),
+            # endpoints seen only from the provider side (the consumer's directory not given)
+            ("ec2-describe-vpc-endpoint-connections", self.connections),
         )
         for stem, fn in steps:
             for d in self.dumps:
-                body = self.file(d, stem)
-                if body is not None:
-                    with self.reading(d, BY_STEM[stem].file):
+                rel = BY_STEM[stem].file
+                if rel in d.files:
+                    with self.reading(d, rel) as body:
                         fn(d, body)
-        # endpoints seen only from the provider side (the consumer's directory not given)
-        for d in self.dumps:
-            body = self.file(d, "ec2-describe-vpc-endpoint-connections")
-            if body is not None:
-                with self.reading(d, "ec2-describe-vpc-endpoint-connections.json"):
-                    self.connections(d, body)
         for d in self.dumps:
             self.check_orphans(d)
+        self.check_regions()
         return self.t
 
-    def per_resource(self, d: AccountDump, stem: str, resource_id: str) -> Any:
-        return d.files.get(BY_STEM[stem].resource_file(resource_id))
+    def check_truncated(self, d: AccountDump, rel: str, body: Node) -> None:
+        """A page marker means the file is one page of more: say so, loudly."""
+        for marker in PAGE_MARKERS:
+            if body.text(marker, ""):
+                self.note(
+                    f"{d.origin}/{rel}: input was cut ({marker} present): resources on later "
+                    "pages are missing and show as not visible; re-run the command without "
+                    "--max-items / --page-size limits"
+                )
+
+    def check_regions(self) -> None:
+        """Directories of several regions belong together only through cross-region
+        PrivateLink: an endpoint service listing the other region in ``SupportedRegions``,
+        or an endpoint/connection naming it (``ServiceRegion`` / ``VpcEndpointRegion``)."""
+        if len(self.regions) == 1:
+            return
+        reached, todo = set(), [self.t.region]
+        while todo:
+            r = todo.pop()
+            if r in reached:
+                continue
+            reached.add(r)
+            todo += [x for link in self.region_links if r in link for x in link]
+        where = ", ".join(f"{d.origin}: {d.region}" for d in self.dumps)
+        if not self.regions <= reached:
+            raise SourceError(
+                f"snapshot directories are from different regions ({where}) and no endpoint "
+                "service lists the other region in SupportedRegions, nor does an endpoint "
+                "name it as ServiceRegion: nothing links them"
+            )
+        self.note(
+            f"cross-region PrivateLink ({where}): paths are analysed in the consumer's region "
+            f"{self.t.region}; availability zones of the two regions are not comparable"
+        )
 
     def check_orphans(self, d: AccountDump) -> None:
         """A per-resource file must belong to a resource its listing call returned."""
@@ -328,9 +457,13 @@ class _Parser:
         for call in CALLS:
             if call.per is None:
                 continue
-            listing = d.files.get(f"{call.per.source}.json") or {}
-            ids = [x.get(call.per.id_key, "") for x in listing.get(call.per.list_key) or []]
-            known.update(call.resource_file(i) for i in ids)
+            source = f"{call.per.source}.json"
+            if source not in d.files:
+                continue
+            with self.reading(d, source) as listing:
+                for item in listing.items(call.per.list_key):
+                    rid = item.text(call.per.id_key, "")
+                    known.add(call.resource_file(rid))
         for rel in d.files:
             if "/" in rel and rel not in known:
                 call = BY_STEM[rel.split("/", 1)[0]]
@@ -342,317 +475,443 @@ class _Parser:
                 )
 
     # -- ec2 -------------------------------------------------------------------------------
-    def interfaces(self, d: AccountDump, body: Any) -> None:
-        for ni in body["NetworkInterfaces"]:
-            self.enis[ni["NetworkInterfaceId"]] = ni
+    def interfaces(self, d: AccountDump, body: Node) -> None:
+        self.enis_visible = True
+        for ni in body.items("NetworkInterfaces", required=True):
+            eid = ni.id("NetworkInterfaceId", "eni-")
+            ips = [ni.ip("PrivateIpAddress")] if ni.has("PrivateIpAddress") else []
+            ips += [a.ip("PrivateIpAddress") for a in ni.items("PrivateIpAddresses")]
+            attachment = ni.opt("Attachment")
+            self.enis[eid] = _Eni(
+                eid,
+                ni.id("SubnetId", "subnet-", ""),
+                ips[0] if ips else "",
+                tuple(dict.fromkeys(ips)),
+                ni.text("Description", ""),
+                # kept as given: AWS adds interface types faster than botocore models them
+                ni.text("InterfaceType", ""),
+                attachment.id("InstanceId", "i-", "") if attachment else "",
+            )
 
-    def vpcs(self, d: AccountDump, body: Any) -> None:
-        for v in body["Vpcs"]:
-            vid = v["VpcId"]
-            self.t.vpcs[vid] = Vpc(vid, _name(v, vid), d.name, v["CidrBlock"])
+    def vpcs(self, d: AccountDump, body: Node) -> None:
+        for v in body.items("Vpcs", required=True):
+            vid = v.id("VpcId", "vpc-")
+            self.t.vpcs[vid] = Vpc(vid, _name(v, vid), d.name, v.cidr("CidrBlock"))
 
-    def subnets(self, d: AccountDump, body: Any) -> None:
-        for s in body["Subnets"]:
-            sid = s["SubnetId"]
+    def subnets(self, d: AccountDump, body: Node) -> None:
+        for s in body.items("Subnets", required=True):
+            sid = s.id("SubnetId", "subnet-")
             self.t.subnets[sid] = Subnet(
                 sid,
                 _name(s, sid),
                 d.name,
-                s["VpcId"],
-                s["CidrBlock"],
-                s.get("AvailabilityZone", ""),
-                s.get("AvailabilityZoneId", ""),
+                s.id("VpcId", "vpc-"),
+                s.cidr("CidrBlock"),
+                s.text("AvailabilityZone", ""),
+                s.text("AvailabilityZoneId", ""),
             )
 
-    def peerings(self, d: AccountDump, body: Any) -> None:
-        for p in body["VpcPeeringConnections"]:
-            pid = p["VpcPeeringConnectionId"]
+    def peerings(self, d: AccountDump, body: Node) -> None:
+        for p in body.items("VpcPeeringConnections", required=True):
+            pid = p.id("VpcPeeringConnectionId", "pcx-")
+            status = p.opt("Status")
             self.t.peerings[pid] = Peering(
                 pid,
                 _name(p, pid),
-                p["RequesterVpcInfo"]["VpcId"],
-                p["AccepterVpcInfo"]["VpcId"],
-                (p.get("Status") or {}).get("Code", "active"),
+                p.member("RequesterVpcInfo").id("VpcId", "vpc-"),
+                p.member("AccepterVpcInfo").id("VpcId", "vpc-"),
+                status.text("Code", "active") if status else "active",
             )
 
-    def rules(self, sg_id: str, direction: Direction, perms: list[dict[str, Any]]) -> list[Rule]:
+    def rules(self, sg_id: str, direction: Direction, perms: list[Node]) -> list[Rule]:
         out = []
         for perm in perms:
-            proto = normalize_protocol(perm["IpProtocol"])
-            # AWS omits the ports for port-less protocols (ESP "50", GRE "47", ...)
-            lo, hi = (
-                (0, 65535)
-                if proto == "-1"
-                else (perm.get("FromPort", 0), perm.get("ToPort", 65535))
-            )
-            for kind, key, id_key in (
-                ("cidr", "IpRanges", "CidrIp"),
-                ("cidr", "Ipv6Ranges", "CidrIpv6"),
-                ("pl", "PrefixListIds", "PrefixListId"),
-                ("sg", "UserIdGroupPairs", "GroupId"),
+            proto = normalize_protocol(perm.text("IpProtocol"))
+            # AWS omits the ports for port-less protocols (ESP "50", GRE "47", ...); for
+            # ICMP they are the type and code, -1 meaning all
+            if proto == "-1":
+                lo, hi = 0, 65535
+            elif proto in ("tcp", "udp"):
+                lo, hi = perm.port("FromPort", 0), perm.port("ToPort", 65535)
+            else:
+                lo = perm.integer("FromPort", 0, lo=-1, hi=65535)
+                hi = perm.integer("ToPort", 65535, lo=-1, hi=65535)
+            for kind, key, read in (
+                ("cidr", "IpRanges", lambda n: n.cidr("CidrIp")),
+                ("cidr", "Ipv6Ranges", lambda n: n.cidr("CidrIpv6")),
+                ("pl", "PrefixListIds", lambda n: n.id("PrefixListId", "pl-")),
+                ("sg", "UserIdGroupPairs", lambda n: n.id("GroupId", "sg-")),
             ):
-                for src in perm.get(key) or []:
-                    value = src[id_key]
+                for src in perm.items(key):
+                    value = read(src)
                     rule = Rule(
                         id="",
                         direction=direction,
                         protocol=proto,
-                        from_port=int(lo),
-                        to_port=int(hi),
+                        from_port=lo,
+                        to_port=hi,
                         cidrs=(value,) if kind == "cidr" else (),
                         sg_ref=value if kind == "sg" else None,
                         prefix_list=value if kind == "pl" else None,
-                        description=src.get("Description", ""),
+                        description=src.text("Description", ""),
                     )
                     rule.id = _rule_id(sg_id, direction, rule, value)
                     out.append(rule)
         return out
 
-    def security_groups(self, d: AccountDump, body: Any) -> None:
-        for g in body["SecurityGroups"]:
-            gid = g["GroupId"]
-            rules = self.rules(gid, "ingress", g.get("IpPermissions") or [])
-            rules += self.rules(gid, "egress", g.get("IpPermissionsEgress") or [])
+    def security_groups(self, d: AccountDump, body: Node) -> None:
+        for g in body.items("SecurityGroups", required=True):
+            gid = g.id("GroupId", "sg-")
+            if not g.has("VpcId"):
+                self.note(
+                    f"{d.origin}/ec2-describe-security-groups.json: {g.where}: {gid} has no "
+                    "VpcId (an EC2-Classic group): skipped, no PrivateLink path can use it"
+                )
+                continue
+            rules = self.rules(gid, "ingress", g.items("IpPermissions"))
+            rules += self.rules(gid, "egress", g.items("IpPermissionsEgress"))
             self.t.security_groups[gid] = SecurityGroup(
                 gid,
-                _name(g, g.get("GroupName", gid)),
+                _name(g, g.text("GroupName", gid)),
                 d.name,
-                g["VpcId"],
+                g.id("VpcId", "vpc-"),
                 rules,
-                g.get("Description", ""),
+                g.text("Description", ""),
             )
 
-    def nacls(self, d: AccountDump, body: Any) -> None:
-        for n in body["NetworkAcls"]:
+    def nacls(self, d: AccountDump, body: Node) -> None:
+        for n in body.items("NetworkAcls", required=True):
             entries = []
-            for e in n.get("Entries") or []:
-                if e["RuleNumber"] == NACL_DEFAULT_RULE:
+            for e in n.items("Entries"):
+                number = e.integer("RuleNumber", lo=1, hi=NACL_DEFAULT_RULE_V6)
+                if number in (NACL_DEFAULT_RULE, NACL_DEFAULT_RULE_V6):
                     continue
-                proto = normalize_protocol(e["Protocol"])
-                ports = e.get("PortRange") or {}
-                if proto == "-1" or not ports:
+                proto = normalize_protocol(e.text("Protocol"))
+                ports = e.opt("PortRange")
+                if proto == "-1" or ports is None or not ports.obj():
                     lo, hi = 0, 65535
                 else:
-                    lo, hi = int(ports["From"]), int(ports["To"])
+                    lo, hi = ports.port("From"), ports.port("To")
+                action = e.text("RuleAction")
+                if action not in ("allow", "deny"):
+                    raise Invalid(e.at("RuleAction"), f"{action!r} is not allow or deny")
+                cidr = e.cidr("CidrBlock") if e.has("CidrBlock") else e.cidr("Ipv6CidrBlock", "")
                 entries.append(
-                    NaclEntry(
-                        int(e["RuleNumber"]),
-                        bool(e["Egress"]),
-                        proto,
-                        e["RuleAction"],
-                        e.get("CidrBlock") or e.get("Ipv6CidrBlock", ""),
-                        lo,
-                        hi,
-                    )
+                    NaclEntry(number, e.flag("Egress", False), proto, action, cidr, lo, hi)
                 )
-            aid = n["NetworkAclId"]
+            aid = n.id("NetworkAclId", "acl-")
             self.t.nacls[aid] = Nacl(
                 aid,
                 _name(n, aid),
                 d.name,
-                n["VpcId"],
-                [a["SubnetId"] for a in n.get("Associations") or []],
+                n.id("VpcId", "vpc-"),
+                [a.id("SubnetId", "subnet-") for a in n.items("Associations")],
                 entries,
             )
 
-    def instances(self, d: AccountDump, body: Any) -> None:
-        for r in body["Reservations"]:
-            for i in r["Instances"]:
-                state = (i.get("State") or {}).get("Name", "running")
-                if state in ("terminated", "shutting-down"):
+    def instances(self, d: AccountDump, body: Node) -> None:
+        for r in body.items("Reservations", required=True):
+            for i in r.items("Instances"):
+                state = i.opt("State")
+                if state and state.text("Name", "running") in ("terminated", "shutting-down"):
                     continue
-                if "PrivateIpAddress" not in i or "SubnetId" not in i:
+                if not i.has("PrivateIpAddress") or not i.has("SubnetId"):
                     continue  # not in a VPC subnet (stopped without an address, EC2-Classic)
                 nis = sorted(
-                    i.get("NetworkInterfaces") or [],
-                    key=lambda n: (n.get("Attachment") or {}).get("DeviceIndex", 0),
+                    i.items("NetworkInterfaces"),
+                    key=lambda n: (
+                        n.member("Attachment").integer("DeviceIndex", 0, lo=0)
+                        if n.has("Attachment")
+                        else 0
+                    ),
                 )
-                iid = i["InstanceId"]
-                tags = {t["Key"]: t.get("Value", "") for t in i.get("Tags") or []}
-                ports = tags.get(SERVICES_TAG)
-                services = sorted({int(p) for p in ports.split(",") if p.strip()}) if ports else []
+                iid = i.id("InstanceId", "i-")
+                ports: str | None = None
+                where = ""
+                for tag in i.items("Tags"):
+                    if tag.text("Key") == SERVICES_TAG:
+                        ports = tag.text("Value", "")
+                        where = tag.at("Value")
+                services = _port_list(ports, where) if ports else []
                 self.t.instances[iid] = Instance(
                     iid,
                     _name(i, iid),
                     d.name,
-                    i["SubnetId"],
-                    i["PrivateIpAddress"],
-                    [g["GroupId"] for g in i.get("SecurityGroups") or []],
+                    i.id("SubnetId", "subnet-"),
+                    i.ip("PrivateIpAddress"),
+                    [g.id("GroupId", "sg-") for g in i.items("SecurityGroups")],
                     services,
-                    nis[0]["NetworkInterfaceId"] if nis else "",
+                    nis[0].id("NetworkInterfaceId", "eni-") if nis else "",
                     services_known=ports is not None,
                 )
 
-    def endpoints(self, d: AccountDump, body: Any) -> None:
-        for e in body["VpcEndpoints"]:
-            if e.get("VpcEndpointType", "Interface") != "Interface":
+    def endpoints(self, d: AccountDump, body: Node) -> None:
+        for e in body.items("VpcEndpoints", required=True):
+            if e.text("VpcEndpointType", "Interface") != "Interface":
                 continue
-            eid = e["VpcEndpointId"]
+            eid = e.id("VpcEndpointId", "vpce-")
+            service_region = e.text("ServiceRegion", "")
+            if service_region and service_region != d.region:
+                self.region_links.add(frozenset((d.region, service_region)))
             enis = []
-            for ni_id in e.get("NetworkInterfaceIds") or []:
-                ni = self.enis.get(ni_id)
-                if ni is not None:  # ENIs not listed: their subnet and IP are not visible
-                    enis.append(EndpointEni(ni_id, ni["SubnetId"], ni["PrivateIpAddress"]))
-            owner = e.get("OwnerId", d.id)
+            for ni_id in e.items("NetworkInterfaceIds"):
+                if not isinstance(ni_id.value, str):
+                    raise Invalid(ni_id.where, "expected an eni-… id", shape=True)
+                ni = self.enis.get(ni_id.value)
+                # ENIs not listed (or without an address): their subnet and IP are not visible
+                if ni is not None and ni.subnet_id and ni.ip:
+                    enis.append(EndpointEni(ni.id, ni.subnet_id, ni.ip))
             self.t.endpoints[eid] = Endpoint(
                 eid,
                 _name(e, eid),
-                self.owner(owner),
-                e["VpcId"],
-                e["ServiceName"].rsplit(".", 1)[-1],
-                [g["GroupId"] for g in e.get("Groups") or []],
+                self.owner(e.account_id("OwnerId", d.id)),
+                e.id("VpcId", "vpc-"),
+                e.text("ServiceName").rsplit(".", 1)[-1],
+                [g.id("GroupId", "sg-") for g in e.items("Groups")],
                 enis,
-                _state(e.get("State", "")),
-                bool(e.get("PrivateDnsEnabled", False)),
+                _state(e.text("State", "")),
+                e.flag("PrivateDnsEnabled", False),
                 "",  # who created it is in no describe output: unknown
-                _dns_hash(eid, e.get("DnsEntries") or []),
+                _dns_hash(eid, e.items("DnsEntries")),
             )
 
-    def services(self, d: AccountDump, body: Any) -> None:
-        for s in body["ServiceConfigurations"]:
-            sid = s["ServiceId"]
+    def services(self, d: AccountDump, body: Node) -> None:
+        for s in body.items("ServiceConfigurations", required=True):
+            sid = s.id("ServiceId", "vpce-svc-")
+            for region in s.items("SupportedRegions"):
+                name = region.text("Region")
+                if name != d.region:
+                    self.region_links.add(frozenset((d.region, name)))
             perms_rel = BY_STEM["ec2-describe-vpc-endpoint-service-permissions"].resource_file(sid)
             principals: list[str] = []
-            perms = d.files.get(perms_rel)
-            if perms is not None:
-                with self.reading(d, perms_rel):
-                    principals = [p["Principal"] for p in perms["AllowedPrincipals"]]
-            dns = s.get("PrivateDnsNameConfiguration") or {}
+            if perms_rel in d.files:
+                with self.reading(d, perms_rel) as perms:
+                    principals = [
+                        p.text("Principal") for p in perms.items("AllowedPrincipals", required=True)
+                    ]
+            dns = s.opt("PrivateDnsNameConfiguration")
+            private_dns = s.text("PrivateDnsName", None)
+            nlbs = s.opt("NetworkLoadBalancerArns")
             self.t.endpoint_services[sid] = EndpointService(
                 sid,
                 _name(s, sid),
                 d.name,
-                list(s.get("NetworkLoadBalancerArns") or []),
-                bool(s.get("AcceptanceRequired", True)),
+                [_arn(n) for n in s.items("NetworkLoadBalancerArns")] if nlbs else [],
+                s.flag("AcceptanceRequired", True),
                 principals,
-                s.get("PrivateDnsName"),
-                dns.get("State") if s.get("PrivateDnsName") else None,
+                private_dns,
+                (dns.text("State", None) if dns else None) if private_dns else None,
             )
 
-    def connections(self, d: AccountDump, body: Any) -> None:
-        for c in body["VpcEndpointConnections"]:
-            eid = c["VpcEndpointId"]
+    def connections(self, d: AccountDump, body: Node) -> None:
+        for c in body.items("VpcEndpointConnections", required=True):
+            eid = c.id("VpcEndpointId", "vpce-")
+            region = c.text("VpcEndpointRegion", "")
+            if region and region != d.region:
+                self.region_links.add(frozenset((d.region, region)))
             if eid in self.t.endpoints:
                 continue  # the consumer's own view is richer
-            owner = c.get("VpcEndpointOwner", "")
+            owner = c.account_id("VpcEndpointOwner", "")
             self.t.endpoints[eid] = Endpoint(
                 eid,
                 eid,
                 self.owner(owner),
                 "",
-                c["ServiceId"],
+                c.id("ServiceId", "vpce-svc-"),
                 [],
                 [],
-                _state(c.get("VpcEndpointState", "")),
+                _state(c.text("VpcEndpointState", "")),
                 False,
                 "",  # who created it is in no describe output: unknown
-                _dns_hash(eid, c.get("DnsEntries") or []),
+                _dns_hash(eid, c.items("DnsEntries")),
             )
 
     # -- elbv2 -----------------------------------------------------------------------------
     def attributes(self, d: AccountDump, stem: str, arn: str) -> dict[str, str]:
         rel = BY_STEM[stem].resource_file(arn)
-        body = d.files.get(rel)
-        if body is None:
+        if rel not in d.files:
             return {}
-        with self.reading(d, rel):
-            return {a["Key"]: a["Value"] for a in body["Attributes"]}
+        with self.reading(d, rel) as body:
+            return {a.text("Key"): a.text("Value", "") for a in body.items("Attributes")}
 
-    def load_balancers(self, d: AccountDump, body: Any) -> None:
-        for lb in body["LoadBalancers"]:
-            if lb.get("Type", "network") != "network":
+    def load_balancers(self, d: AccountDump, body: Node) -> None:
+        for lb in body.items("LoadBalancers", required=True):
+            if lb.text("Type", "network") != "network":
                 continue
-            arn = lb["LoadBalancerArn"]
+            arn = lb.arn("LoadBalancerArn")
+            name = lb.text("LoadBalancerName")
             nodes = []
-            for az in lb.get("AvailabilityZones") or []:
-                for addr in az.get("LoadBalancerAddresses") or []:
-                    ip = addr.get("PrivateIPv4Address")
-                    if ip:
-                        nodes.append(NlbNode(az["SubnetId"], ip, self.nlb_eni(lb, ip)))
+            for az in lb.items("AvailabilityZones"):
+                subnet = az.id("SubnetId", "subnet-")
+                ips = [
+                    addr.ip("PrivateIPv4Address")
+                    for addr in az.items("LoadBalancerAddresses")
+                    if addr.has("PrivateIPv4Address")
+                ]
+                if ips:
+                    nodes += [NlbNode(subnet, ip, self.nlb_eni(arn, ip)) for ip in ips]
+                else:  # created without fixed private IPs: AWS lists none; the ENIs know
+                    nodes += self.nlb_nodes_from_enis(d, arn, name, subnet)
             attrs = self.attributes(d, "elbv2-describe-load-balancer-attributes", arn)
-            sgs = lb.get("SecurityGroups")
-            enforce = lb.get("EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic", "on")
+            sgs = lb.opt("SecurityGroups")
+            enforce = lb.text("EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic", "on")
             self.t.nlbs[arn] = Nlb(
                 arn,
-                lb["LoadBalancerName"],
+                name,
                 d.name,
-                lb["VpcId"],
+                lb.id("VpcId", "vpc-"),
                 nodes,
-                list(sgs) if sgs is not None else None,
-                str(enforce).lower() != "off",
+                [g.id("GroupId", "sg-") for g in _strings(sgs)] if sgs is not None else None,
+                enforce.lower() != "off",
                 attrs.get("load_balancing.cross_zone.enabled", "false").lower() == "true",
             )
             rel = BY_STEM["elbv2-describe-listeners"].resource_file(arn)
-            listeners = d.files.get(rel)
-            if listeners is not None:
-                with self.reading(d, rel):
+            if rel in d.files:
+                with self.reading(d, rel) as listeners:
                     self.listeners(listeners)
 
-    def nlb_eni(self, lb: dict[str, Any], ip: str) -> str:
-        suffix = lb["LoadBalancerArn"].split(":loadbalancer/", 1)[-1]
+    def nlb_eni_description(self, arn: str) -> str:
+        """``ELB net/<name>/<id>``: how AWS describes an NLB node's ENI."""
+        return "ELB " + arn.split(":loadbalancer/", 1)[-1]
+
+    def nlb_eni(self, arn: str, ip: str) -> str:
+        want = self.nlb_eni_description(arn)
         return next(
-            (
-                k
-                for k, ni in self.enis.items()
-                if ni.get("PrivateIpAddress") == ip and ni.get("Description") == f"ELB {suffix}"
-            ),
-            "",
+            (k for k, ni in self.enis.items() if ip in ni.ips and ni.description == want), ""
         )
 
-    def listeners(self, body: Any) -> None:
-        for li in body["Listeners"]:
-            forward: dict[str, Any] = next(
-                (a for a in li.get("DefaultActions") or [] if a.get("Type") == "forward"), {}
+    def nlb_nodes_from_enis(
+        self, d: AccountDump, arn: str, name: str, subnet_id: str
+    ) -> list[NlbNode]:
+        want = self.nlb_eni_description(arn)
+        nodes = [
+            NlbNode(subnet_id, ni.ip, ni.id)
+            for ni in self.enis.values()
+            if ni.description == want and ni.subnet_id == subnet_id and ni.ip
+        ]
+        if not nodes:
+            seen = "matches none" if self.enis_visible else "was not given"
+            self.note(
+                f"{d.origin}: NLB {name} lists no address in {subnet_id} and "
+                f"describe-network-interfaces {seen} ('{want}'): its node there is not visible"
             )
-            tg = forward.get("TargetGroupArn")
-            if tg is None:
-                groups = (forward.get("ForwardConfig") or {}).get("TargetGroups") or []
-                tg = groups[0]["TargetGroupArn"] if groups else None
-            self.t.listeners[li["ListenerArn"]] = Listener(
-                li["ListenerArn"], li["LoadBalancerArn"], int(li["Port"]), li["Protocol"], tg
+        return nodes
+
+    def listeners(self, body: Node) -> None:
+        for li in body.items("Listeners", required=True):
+            tg = None
+            for action in li.items("DefaultActions"):
+                if action.text("Type", "") != "forward":
+                    continue
+                tg = action.arn("TargetGroupArn", None)
+                if tg is None and action.has("ForwardConfig"):
+                    groups = action.member("ForwardConfig").items("TargetGroups")
+                    tg = groups[0].arn("TargetGroupArn") if groups else None
+                break
+            arn = li.arn("ListenerArn")
+            self.t.listeners[arn] = Listener(
+                arn, li.arn("LoadBalancerArn"), li.port("Port"), li.text("Protocol"), tg
             )
 
-    def target_groups(self, d: AccountDump, body: Any) -> None:
-        for tg in body["TargetGroups"]:
-            arn = tg["TargetGroupArn"]
-            hc_port = tg.get("HealthCheckPort", "traffic-port")
+    def target_groups(self, d: AccountDump, body: Node) -> None:
+        for tg in body.items("TargetGroups", required=True):
+            arn = tg.arn("TargetGroupArn")
+            name = tg.text("TargetGroupName", arn)
+            kind = tg.text("TargetType", "instance")
+            if kind not in ("instance", "ip") or not tg.has("Port") or not tg.has("VpcId"):
+                self.note(
+                    f"{d.origin}/elbv2-describe-target-groups.json: {tg.where}: target group "
+                    f"{name} (TargetType {kind}) has no port or VPC an NLB path can reach: "
+                    "skipped"
+                )
+                continue
+            hc_port = tg.text("HealthCheckPort", "traffic-port")
+            if hc_port != "traffic-port" and not (hc_port.isdigit() and int(hc_port) <= 65535):
+                raise Invalid(tg.at("HealthCheckPort"), f"{hc_port!r} is not a port")
             hc = HealthCheck(
-                tg.get("HealthCheckProtocol", "TCP"),
+                tg.text("HealthCheckProtocol", "TCP"),
                 None if hc_port == "traffic-port" else int(hc_port),
-                tg.get("HealthCheckPath", "/"),
-                int(tg.get("HealthCheckIntervalSeconds", 30)),
-                int(tg.get("HealthCheckTimeoutSeconds", 10)),
-                int(tg.get("HealthyThresholdCount", 3)),
-                int(tg.get("UnhealthyThresholdCount", 3)),
+                tg.text("HealthCheckPath", "/"),
+                tg.integer("HealthCheckIntervalSeconds", 30, lo=1, hi=3600),
+                tg.integer("HealthCheckTimeoutSeconds", 10, lo=1, hi=3600),
+                tg.integer("HealthyThresholdCount", 3, lo=1, hi=100),
+                tg.integer("UnhealthyThresholdCount", 3, lo=1, hi=100),
             )
             attrs = self.attributes(d, "elbv2-describe-target-group-attributes", arn)
-            port = int(tg["Port"])
+            port = tg.port("Port")
             targets = []
             rel = BY_STEM["elbv2-describe-target-health"].resource_file(arn)
-            health = d.files.get(rel)
-            if health is not None:
-                with self.reading(d, rel):
-                    for desc in health["TargetHealthDescriptions"]:
-                        t = desc["Target"]
-                        state = (desc.get("TargetHealth") or {}).get("State")
-                        targets.append(Target(t["Id"], int(t.get("Port", port)), state))
+            if rel in d.files:
+                with self.reading(d, rel) as health:
+                    for desc in health.items("TargetHealthDescriptions", required=True):
+                        t = desc.member("Target")
+                        state = desc.opt("TargetHealth")
+                        target_id = self.target_id(d, name, kind, t)
+                        targets.append(
+                            Target(
+                                target_id,
+                                t.port("Port", port),
+                                state.text("State", None) if state else None,
+                            )
+                        )
             self.t.target_groups[arn] = TargetGroup(
                 arn,
-                tg["TargetGroupName"],
+                name,
                 d.name,
-                tg["VpcId"],
+                tg.id("VpcId", "vpc-"),
                 port,
-                tg.get("Protocol", "TCP"),
+                tg.text("Protocol", "TCP"),
                 hc,
                 attrs.get("proxy_protocol_v2.enabled", "false").lower() == "true",
                 targets,
             )
 
+    def target_id(self, d: AccountDump, tg_name: str, kind: str, target: Node) -> str:
+        """An instance target is its instance; an IP target is matched to the ENI holding the
+        address, and through its attachment to the instance the analysis knows."""
+        if kind == "instance":
+            return str(target.id("Id", "i-"))
+        ip = target.ip("Id")
+        eni = next((ni for ni in self.enis.values() if ip in ni.ips), None)
+        if eni is not None and eni.instance_id:
+            return eni.instance_id
+        why = "not attached to an instance" if eni else "held by no visible ENI"
+        self.note(
+            f"{d.origin}: target {ip} of target group {tg_name} is {why}: "
+            "its side of the path cannot be analysed"
+        )
+        return ip
 
-def _dns_hash(endpoint_id: str, entries: list[dict[str, Any]]) -> str:
+
+def _strings(node: Node) -> list[Node]:
+    """A list of plain strings (``SecurityGroups`` of a load balancer), as GroupId nodes."""
+    if not isinstance(node.value, list):
+        raise Invalid(node.where, "expected a list", shape=True)
+    return [Node({"GroupId": v}, node.where) for v in node.value]
+
+
+def _arn(node: Node) -> str:
+    if not isinstance(node.value, str):
+        raise Invalid(node.where, "expected an ARN string", shape=True)
+    return str(Node({"Arn": node.value}, node.where).arn("Arn"))
+
+
+def _port_list(text: str, where: str) -> list[int]:
+    ports = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or not 0 < int(part) <= 65535:
+            raise Invalid(where, f"{text!r} is not a comma-separated list of ports")
+        ports.add(int(part))
+    return sorted(ports)
+
+
+def _dns_hash(endpoint_id: str, entries: list[Node]) -> str:
     """``vpce-ID-HASH.vpce-svc-…`` -> HASH (the regional name is the one without an AZ)."""
     for entry in entries:
-        label = entry["DnsName"].split(".", 1)[0]
+        label = entry.text("DnsName", "").split(".", 1)[0]
         if label.startswith(endpoint_id + "-"):
             rest = label[len(endpoint_id) + 1 :]
             if "-" not in rest:

@@ -270,13 +270,17 @@ class ConfigView:
         return text
 
     def to_json(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "source": self.kind,
             "description": self.description,
             "loaded_at": self.loaded_at or None,
             "stale": self.stale,
             "error": self.error,
         }
+        if self.topology is not None and self.topology.notes:
+            # what the reader could not take as given (input cut short, resources skipped)
+            body["notes"] = list(self.topology.notes)
+        return body
 
 
 def _ago(when: float) -> str:

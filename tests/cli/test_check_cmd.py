@@ -173,3 +173,20 @@ def test_with_a_snapshot_the_output_names_the_view_and_why_it_did_not_apply(
     # 127.0.0.1 is no endpoint ENI of the reference topology: packets decide, nothing guessed
     assert "127.0.0.1" in body["notes"]["c1/az1/" + str(responder_port)]
     assert code == 0
+
+
+def test_with_a_cut_snapshot_the_table_and_the_json_view_say_the_input_was_cut(
+    tmp_path: Path, responder_port: int
+) -> None:
+    dirs = write_snapshot(load_topology(), tmp_path / "snap")
+    vpcs = next(d for d in dirs if d.name == "consumer") / "ec2-describe-vpcs.json"
+    body = json.loads(vpcs.read_text())
+    body["NextToken"] = "eyJOZXh0VG9rZW4iOiBudWxsfQ=="
+    vpcs.write_text(json.dumps(body))
+    config = str(write_config(tmp_path, responder_port))
+    table, as_json = io.StringIO(), io.StringIO()
+    check_command(config, snapshot=[str(d) for d in dirs], out=table)
+    check_command(config, snapshot=[str(d) for d in dirs], output="json", out=as_json)
+    assert "ec2-describe-vpcs.json: input was cut" in table.getvalue()
+    notes = json.loads(as_json.getvalue())["view"]["notes"]
+    assert any("ec2-describe-vpcs.json: input was cut" in n for n in notes)
