@@ -55,7 +55,7 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BYTES = 1 << 20
 #: deepest nesting of mappings/sequences (the topology schema needs 6)
 MAX_DEPTH = 64
-#: most scalars + collections in one document (the reference topology has ~700)
+#: most scalars + collections in one document (the reference topology has ~300)
 MAX_NODES = 100_000
 #: longest int/float literal; 64-bit values need at most 20 digits plus sign and underscores
 MAX_NUMBER_CHARS = 64
