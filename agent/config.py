@@ -29,10 +29,18 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
-from agent.yamlsrc import Loc, Located, load_yaml, validate
+from agent.yamlsrc import Loc, Located, checking, load_yaml, validate
 
 __all__ = [
     "INSECURE_NOTE",
@@ -68,6 +76,24 @@ Seconds = Annotated[float, Field(gt=0, le=3600)]
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _AZ_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _ENDPOINT_ID = re.compile(r"^vpce-[0-9a-f]{8,17}$")
+#: a key file is a few dozen bytes; reading stops here (``key_file: /dev/zero`` is an error)
+KEY_FILE_MAX = 64 * 1024
+
+
+def _check_file_path(value: str) -> str:
+    """A path the agent will open later must be openable in principle now: no NUL byte (the
+    OS cannot take one) and a ``~user`` that exists (``expanduser`` fails on any other)."""
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL byte")
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {value.split('/', 1)[0]!r}: no such user") from None
+    return value
+
+
+#: a file or directory named in the config (checked at load time, see ``_check_file_path``)
+FilePath = Annotated[str, AfterValidator(_check_file_path)]
 
 
 class _Model(BaseModel):
@@ -103,8 +129,8 @@ def _check_url(value: str) -> str:
 class _Common(_Model):
     agent_id: str
     listen: str = DEFAULT_LISTEN
-    api_token_file: str | None = None
-    key_file: str | None = None
+    api_token_file: FilePath | None = None
+    key_file: FilePath | None = None
     key_env: str | None = None
     insecure: bool = False
     log_format: Literal["text", "json"] = "text"
@@ -182,7 +208,7 @@ class AwsSource(_Model):
 class ConfigSources(_Model):
     """Where diagnosis reads configuration: AWS-CLI snapshot directories and/or live AWS."""
 
-    snapshot_dirs: list[str] = Field(default_factory=list)
+    snapshot_dirs: list[FilePath] = Field(default_factory=list)
     aws: AwsSource | None = None
     #: seconds between re-reads of the configuration view by the daemon (agent/sources/views.py);
     #: slower than probing: configuration changes rarely and live reads cost API calls
@@ -291,7 +317,7 @@ class ClientConfig(_Common):
     #: where observations can be fetched: one URL or a list (one provider agent per target)
     provider_url: str | list[str] | None = None
     #: bearer token file for the provider's /v1 API
-    provider_token_file: str | None = None
+    provider_token_file: FilePath | None = None
     #: wait this long after the last probe before fetching observations (sniffer lag)
     provider_delay: Annotated[float, Field(ge=0, le=30)] = 0.25
     #: how far apart a probe and its observation may be (clock skew + in-flight time)
@@ -458,12 +484,21 @@ def _reject_inline_key(doc: Located) -> None:
 
 
 def parse_config(doc: Located) -> AgentConfig:
-    """Validate an already loaded document (tests and the lab build configs in memory)."""
+    """Validate an already loaded document (tests and the lab build configs in memory).
+
+    With ``load_yaml`` this is the input boundary: whatever the document holds, the result
+    is a config or a ConfigError (``checking`` maps what a check did not foresee).
+    """
+    with checking(doc):
+        return _parse_config(doc)
+
+
+def _parse_config(doc: Located) -> AgentConfig:
     if not isinstance(doc.value, dict):
         raise doc.error((), "an agent config is a mapping with role: client or role: provider")
     _reject_inline_key(doc)
     role = doc.value.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         loc: Loc = ("role",) if "role" in doc.value else ()
         raise doc.error(loc, f"role must be 'client' or 'provider' (got {role!r})")
     if "agent_id" not in doc.value:
@@ -554,12 +589,15 @@ def load_key(config: AgentConfig) -> bytes:
     if config.key_file:
         file = config.resolve_file(config.key_file)
         try:
-            key = file.read_bytes().rstrip()
+            with open(file, "rb") as stream:
+                key = stream.read(KEY_FILE_MAX + 1).rstrip()
         except FileNotFoundError:
             raise _key_error(config, "key_file", f"key file not found: {file}") from None
         except OSError as exc:
             raise _key_error(config, "key_file", f"cannot read key file {file}: {exc}") from exc
         where, what = "key_file", f"key file {file}"
+        if len(key) > KEY_FILE_MAX:
+            raise _key_error(config, "key_file", f"{what} is larger than {KEY_FILE_MAX} bytes")
         if file.stat().st_mode & 0o007:
             # group access is how the service user reads it (0640 root:plprobe); others never
             raise _key_error(

@@ -70,7 +70,7 @@ from agent.sources.topology_schema import (
     TopologySpec,
     VpcSpec,
 )
-from agent.yamlsrc import Loc, Located, load_yaml, validate
+from agent.yamlsrc import Loc, Located, checking, load_yaml, validate
 
 __all__ = [
     "REFERENCE",
@@ -624,8 +624,8 @@ class _Builder:
                     iloc = (*loc, "subnet_configuration", n, "ipv4")
                     self.in_subnet(ip, subnet, iloc)
                 else:
-                    ip = self.free_ip(subnet)
                     iloc = (*loc, "subnet_ids", k)
+                    ip = self.free_ip(subnet, iloc)
                 self.claim_ip(ip, iloc, vid)
                 enis.append(EndpointEni(stable_id("eni", "vpce", name, sid), sid, ip))
             for s, (n, _) in fixed.items():
@@ -677,20 +677,25 @@ class _Builder:
             loc, f"unknown endpoint state {text!r} (one of {', '.join(ENDPOINT_STATES)})"
         )
 
-    def free_ip(self, subnet: Subnet) -> str:
+    def free_ip(self, subnet: Subnet, loc: Loc) -> str:
         """First free address from .5 (deterministic; AWS would pick one at random)."""
         net = ipaddress.ip_network(subnet.cidr)
         for offset in range(5, net.num_addresses - 1):
             ip = str(net.network_address + offset)
             if f"{subnet.vpc_id}/{ip}" not in self.ips:
                 return ip
-        raise TopologyError(f"subnet {subnet.name} is full", path=self.doc.path)
+        raise self.fail(loc, f"subnet {subnet.name} is full")
 
 
 def load_topology(path: str | Path | None = None, text: str | None = None) -> Topology:
-    """Load and check a lab topology file (the reference topology when ``path`` is None)."""
+    """Load and check a lab topology file (the reference topology when ``path`` is None).
+
+    Whatever the file holds, the result is a Topology or a ConfigError/TopologyError with
+    its position: ``load_yaml`` is the parse boundary, ``checking`` the one for the checks.
+    """
     doc = load_yaml(path or REFERENCE, text)
     if not isinstance(doc.value, dict):
         raise doc.error((), "a topology file is a mapping with accounts and resources")
     spec = validate(TopologySpec, doc)
-    return _Builder(spec, doc).build()
+    with checking(doc):
+        return _Builder(spec, doc).build()
