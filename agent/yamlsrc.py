@@ -160,7 +160,7 @@ def _scalar(event: yaml.ScalarEvent, loc: Loc) -> tuple[str, Any]:
         return tag, text
     if name in ("int", "float") and len(text) > MAX_NUMBER_CHARS:
         raise _Refused(f"number is too long ({len(text)} characters)", event.start_mark, loc)
-    node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark)
+    node = yaml.ScalarNode(tag, text)  # errors carry the event's mark, not the node's
     try:
         if name == "bool":
             value: Any = _CONSTRUCTOR.bool_values[text.lower()]
@@ -224,7 +224,8 @@ def _build(events: Iterator[yaml.Event], marks: dict[Loc, tuple[int, int]]) -> A
                     event.start_mark,
                     loc,
                 )
-            mark = (event.start_mark.line + 1, event.start_mark.column + 1)
+            start = event.start_mark  # the parser marks every event; the stubs allow None
+            mark = (start.line + 1, start.column + 1) if start is not None else (1, 1)
             if isinstance(event, yaml.CollectionStartEvent):
                 _check_tag(event, loc)
                 if is_key:
