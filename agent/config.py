@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from agent.errors import ConfigError
+from agent.results import path_id  # re-exported: one definition, ground floor
 from agent.yamlsrc import Loc, Located, load_yaml, validate
 
 __all__ = [
@@ -381,11 +382,6 @@ _ROLES: dict[str, type[ClientConfig] | type[ProviderConfig]] = {
 
 
 # -------------------------------------------------------------------------------- path ids
-
-
-def path_id(agent_id: str, az_id: str, port: int) -> str:
-    """The stable path id (DESIGN.md): ``<agent_id>/<az_id>/<port>``."""
-    return f"{agent_id}/{az_id}/{port}"
 
 
 def _check_path_ids(config: ClientConfig, doc: Located) -> None:

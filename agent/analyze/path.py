@@ -26,17 +26,16 @@ not document whether PrivateLink traffic crosses it.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
+from agent import controls
 from agent.analyze.fixes import nacl_fix, nacl_label, ports_text, sg_fix, sg_label, sgs_label
+from agent.analyze.flows import Flow, az_of_subnet, flows
 from agent.analyze.nacl import NaclDecision, entry_text, evaluate_nacl, evaluate_nacl_range
 from agent.analyze.sg import SgDecision, evaluate_sg
 from agent.errors import ConfigError
 from agent.model import (
     LINUX_EPHEMERAL,
     NLB_EPHEMERAL,
-    Endpoint,
-    EndpointEni,
     EndpointService,
     Instance,
     Nlb,
@@ -50,22 +49,9 @@ from agent.results import HopFinding
 
 PROTO = "tcp"
 
-#: every catalogue id this module can put in ``HopFinding.control`` (tested against the
-#: catalogue so a renamed control cannot slip through)
-EMITTED_CONTROLS: tuple[str, ...] = (
-    "client-sg-egress",
-    "client-nacl",
-    "endpoint-sg-ingress",
-    "endpoint-acceptance",
-    "service-principal",
-    "nlb-sg-ingress",
-    "nlb-listener",
-    "nlb-sg-egress",
-    "provider-nacl",
-    "target-sg-ingress",
-    "target-service",
-    "target-health",
-)
+#: every catalogue id the analysis can put in ``HopFinding.control`` (the catalogue's
+#: ``Control.emitted``; tested against what the walk emits)
+EMITTED_CONTROLS: tuple[str, ...] = controls.EMITTED
 
 #: endpoint states and the fix for each (AWS-FACTS.md "States and APIs")
 _STATE_FIX = {
@@ -79,104 +65,9 @@ _STATE_FIX = {
 }
 
 
-@dataclass
-class Flow:
-    """One path: a client (instance or bare IP), one endpoint ENI (one AZ), one port."""
-
-    client_name: str
-    client_ip: str
-    client: Instance | None
-    endpoint: Endpoint | None
-    eni: EndpointEni | None
-    port: int
-    az_id: str | None
-
-    @property
-    def path_id(self) -> str:
-        return path_id(self.client_name, self.az_id, self.port)
-
-    @property
-    def eni_ip(self) -> str | None:
-        return self.eni.ip if self.eni else None
-
-
-def path_id(client: str, az_id: str | None, port: int) -> str:
-    """The stable path label (DESIGN.md): ``client-2/apne1-az4/80``."""
-    return f"{client}/{az_id or 'unknown-az'}/{port}"
-
-
-# --- resolving what the user named --------------------------------------------------------
-
-
 def _host(ip: str) -> str:
     """The single-address CIDR of an IP: /32 for IPv4, /128 for IPv6 (never a wider block)."""
     return ipaddress.ip_network(ip).with_prefixlen
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def resolve_client(topology: Topology, client: str) -> tuple[str, str, Instance | None]:
-    """(name, ip, instance) for an instance name, id or private IP."""
-    inst = topology.instance_by_name(client)
-    if inst is None and _is_ip(client):
-        inst = next((i for i in topology.instances.values() if i.ip == client), None)
-        if inst is None:
-            return client, client, None
-    if inst is None:
-        known = ", ".join(i.name for i in topology.clients()) or "none"
-        raise ConfigError(f"unknown client {client!r} (known clients: {known}, or an IP)")
-    return inst.name, inst.ip, inst
-
-
-def _client_vpc(topology: Topology, ip: str, inst: Instance | None) -> str | None:
-    if inst is not None and inst.subnet_id in topology.subnets:
-        return topology.subnets[inst.subnet_id].vpc_id
-    subnet = topology.subnet_of_ip(ip)
-    return subnet.vpc_id if subnet else None
-
-
-def resolve_endpoint(
-    topology: Topology, client_ip: str, inst: Instance | None, endpoint: str | None
-) -> Endpoint | None:
-    """The named endpoint, or the one the client can route to (``None``: none visible)."""
-    if endpoint is not None:
-        found = next((e for e in topology.endpoints.values() if endpoint in (e.id, e.name)), None)
-        if found is None and topology.endpoints:
-            known = ", ".join(sorted(e.name for e in topology.endpoints.values()))
-            raise ConfigError(f"unknown endpoint {endpoint!r} (known: {known})")
-        return found
-    vpc = _client_vpc(topology, client_ip, inst)
-    candidates = sorted(topology.endpoints.values(), key=lambda e: e.name)
-    if vpc is not None:
-        routed = [e for e in candidates if topology.routed(vpc, e.vpc_id)]
-        if routed:
-            return routed[0]
-        if topology.vpcs:
-            return None
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def flows(topology: Topology, client: str, port: int, endpoint: str | None = None) -> list[Flow]:
-    """One Flow per endpoint ENI (one per AZ) for ``client`` on ``port``."""
-    name, ip, inst = resolve_client(topology, client)
-    ep = resolve_endpoint(topology, ip, inst, endpoint)
-    if ep is None or not ep.enis:
-        return [Flow(name, ip, inst, ep, None, port, None)]
-    out = []
-    for eni in sorted(ep.enis, key=lambda e: _az_id(topology, e.subnet_id) or ""):
-        out.append(Flow(name, ip, inst, ep, eni, port, _az_id(topology, eni.subnet_id)))
-    return out
-
-
-def _az_id(topology: Topology, subnet_id: str) -> str | None:
-    subnet = topology.subnets.get(subnet_id)
-    return subnet.az_id if subnet else None
 
 
 # --- the walk -------------------------------------------------------------------------------
@@ -203,7 +94,7 @@ def analyze_flow(
             raise ConfigError(f"endpoint has no ENI {eni_ip} (its ENIs: {known})")
         flow = chosen[0]
     elif len(candidates) > 1 and flow.client is not None:
-        client_az = _az_id(topology, flow.client.subnet_id)
+        client_az = az_of_subnet(topology, flow.client.subnet_id)
         flow = next((f for f in candidates if f.az_id == client_az), flow)
     return walk(topology, flow)
 
@@ -541,7 +432,9 @@ class _Walker:
     def node_for_path(self, nlb: Nlb) -> NlbNode | None:
         if self.f.az_id is None:
             return nlb.nodes[0] if nlb.nodes else None
-        return next((n for n in nlb.nodes if _az_id(self.t, n.subnet_id) == self.f.az_id), None)
+        return next(
+            (n for n in nlb.nodes if az_of_subnet(self.t, n.subnet_id) == self.f.az_id), None
+        )
 
     def provider_hops(self) -> None:
         f, t, nlb = self.f, self.t, self.nlb
@@ -684,11 +577,11 @@ class _Walker:
     def scope(self, nlb: Nlb, node: NlbNode, tg: TargetGroup) -> list[Target]:
         if nlb.cross_zone:
             return list(tg.targets)
-        az = _az_id(self.t, node.subnet_id)
+        az = az_of_subnet(self.t, node.subnet_id)
         out = []
         for target in tg.targets:
             inst = self.t.instances.get(target.instance_id)
-            if inst is None or _az_id(self.t, inst.subnet_id) in (az, None):
+            if inst is None or az_of_subnet(self.t, inst.subnet_id) in (az, None):
                 out.append(target)
         return out
 
