@@ -1,6 +1,7 @@
 """Static evaluation of a Topology for one flow: ``sg`` and ``nacl`` are the pure evaluators,
-``path`` walks the PrivateLink path hop by hop into ``HopFinding``s for
-``agent.diagnose.verdict``."""
+``flows`` finds the flow (client, endpoint ENI, port) a user or a probed path names, ``path``
+walks the PrivateLink path hop by hop (``consumer`` and ``provider`` sides over ``hops``) into
+``HopFinding``s for ``agent.diagnose.verdict``."""
 
 from __future__ import annotations
 

@@ -125,14 +125,16 @@ def resolve_endpoint(
 def endpoint_of_path(
     topology: Topology, ref: PathRef
 ) -> tuple[Endpoint, EndpointEni | None] | None:
-    """The endpoint a probed path reached: the one with an ENI on the path's IP, else the one
-    whose published DNS names include the path's name (a name that did not resolve), with its
-    ENI in the path's AZ."""
+    """The endpoint a probed path reached and its ENI (``None``: none in the view).
+
+    The one with an ENI on the path's IP, else the one whose published DNS names include the
+    path's name (a name that did not resolve), with its ENI in the path's AZ.
+    """
     if ref.ip:
         for ep in topology.endpoints.values():
-            for eni in ep.enis:
-                if eni.ip == ref.ip:
-                    return ep, eni
+            for on_ip in ep.enis:
+                if on_ip.ip == ref.ip:
+                    return ep, on_ip
     if ref.name:
         for ep in sorted(topology.endpoints.values(), key=lambda e: e.id):
             names = topology.endpoint_dns_names(ep)
