@@ -14,7 +14,7 @@ from agent.analyze.sg import evaluate_sg
 from agent.model import LINUX_EPHEMERAL, EndpointService
 from agent.results import HopFinding
 
-#: endpoint states and the fix for each (AWS-FACTS.md "States and APIs")
+#: endpoint states (DescribeVpcEndpoints State, lower-cased) and the fix for each
 _STATE_FIX = {
     "pendingacceptance": "accept the connection",
     "rejected": "accept the connection (or delete and recreate the endpoint)",
