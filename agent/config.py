@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError
+from agent.results import path_id  # re-exported: one definition, ground floor
 from agent.yamlsrc import Loc, Located, checking, load_yaml, validate
 
 __all__ = [
@@ -427,11 +428,6 @@ _ROLES: dict[str, type[ClientConfig] | type[ProviderConfig]] = {
 
 
 # -------------------------------------------------------------------------------- path ids
-
-
-def path_id(agent_id: str, az_id: str, port: int) -> str:
-    """The stable path id (docs/CONFIGURATION.md): ``<agent_id>/<az_id>/<port>``."""
-    return f"{agent_id}/{az_id}/{port}"
 
 
 def _check_path_ids(config: ClientConfig, doc: Located) -> None:

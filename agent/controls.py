@@ -1,8 +1,11 @@
 """The control catalogue: every place on the PrivateLink path that can stop traffic.
 
 The ids are stable (metric label values, verdict JSON, ``plprobe lab break``); titles, the
-article's number, generic fix text and the Reachability Analyzer codes live here and nowhere
-else. Diagnosis fills the generic fix with the concrete group, rule and address.
+article's number, generic fix text, the Reachability Analyzer codes and the facts other layers
+sort controls by (the diagnosis stage, the position on the path, whether it resets or drops,
+whether the analysis emits it, how the lab breaks it) live here and nowhere else: diagnosis,
+analysis and the lab derive their control sets from ``CATALOGUE`` instead of repeating ids.
+Diagnosis fills the generic fix with the concrete group, rule and address.
 """
 
 from __future__ import annotations
@@ -11,6 +14,28 @@ from dataclasses import dataclass
 from typing import Literal
 
 Side = Literal["consumer", "provider", "either"]
+#: the verdict stage a denial of the control means on the forward path (``results.Stage``
+#: without the packet-only stages ``return`` and ``pass``; ``return_path`` says the rest)
+ControlStage = Literal["dns", "endpoint", "forward", "service", "unknown"]
+
+
+@dataclass(frozen=True)
+class LabFault:
+    """How ``plprobe lab break`` breaks a control: the realistic mistake, as facts.
+
+    The edit itself (a topology change) lives in ``agent.lab.faults``, keyed by control id;
+    these are the facts a fault-matrix test or ``--help`` needs without importing the lab.
+    """
+
+    description: str
+    #: does ``--client`` narrow the edit to one client?
+    per_client: bool
+    #: what a new connection from an affected client sees: timeout | refused | no-dns, or a
+    #: ``LabSettings`` attribute name whose value (timeout | reset) decides
+    symptom: str
+    #: the endpoint is re-evaluated as at creation time (a principal edit alone does not
+    #: delete an existing endpoint, as on AWS)
+    recreate_endpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -25,6 +50,25 @@ class Control:
     fix: str
     #: Reachability Analyzer explanation codes that mean the same thing
     ra_codes: tuple[str, ...] = ()
+    #: the stage a forward-direction denial of this control is diagnosed as; ``endpoint`` and
+    #: ``forward`` controls are the candidates of a forward-path failure
+    stage: ControlStage = "forward"
+    #: where on the path (client -> target) the control sits: candidates are listed in this
+    #: order; 0 is DNS (before any packet), ``None`` for a control that is not on the path
+    path_position: int | None = None
+    #: NACLs are stateless: the control also drops replies, so it is a return-stage candidate
+    return_path: bool = False
+    #: the control can answer a SYN with a reset before any target sees it (the others drop
+    #: silently); the rank orders the candidates of an unexplained reset, most common first
+    reset_rank: int | None = None
+    #: ``agent.analyze`` can put this id in ``HopFinding.control``
+    emitted: bool = True
+    #: how the lab breaks it (``None``: ``plprobe lab break`` cannot)
+    lab_fault: LabFault | None = None
+
+    @property
+    def resets(self) -> bool:
+        return self.reset_rank is not None
 
 
 CATALOGUE: tuple[Control, ...] = (
@@ -37,6 +81,13 @@ CATALOGUE: tuple[Control, ...] = (
         "add an outbound rule to the client's security group for the service port to the "
         "endpoint's security group (or the endpoint ENI IPs)",
         ("ENI_SG_RULES_MISMATCH", "SG_HAS_NO_RULES"),
+        stage="forward",
+        path_position=1,
+        lab_fault=LabFault(
+            "the client's security group lost its egress rule to the endpoint",
+            per_client=True,
+            symptom="timeout",
+        ),
     ),
     Control(
         "endpoint-sg-ingress",
@@ -47,6 +98,13 @@ CATALOGUE: tuple[Control, ...] = (
         "add an inbound rule to the endpoint's security group for the service port from the "
         "client's security group or private IP",
         ("ENI_SG_RULES_MISMATCH", "SG_HAS_NO_RULES"),
+        stage="forward",
+        path_position=3,
+        lab_fault=LabFault(
+            "the endpoint's security group lost the rule for the client's security group",
+            per_client=True,
+            symptom="timeout",
+        ),
     ),
     Control(
         "service-principal",
@@ -57,6 +115,16 @@ CATALOGUE: tuple[Control, ...] = (
         "add the consumer's principal (e.g. arn:aws:iam::ACCOUNT:root) to the endpoint "
         "service's allowed principals, then create the endpoint",
         ("BAD_STATE",),
+        stage="endpoint",
+        path_position=5,
+        reset_rank=3,
+        lab_fault=LabFault(
+            "the consumer is not an allowed principal of the endpoint service, so its "
+            "endpoint was never created (no ENI, no DNS name)",
+            per_client=False,
+            symptom="no-dns",
+            recreate_endpoints=True,
+        ),
     ),
     Control(
         "endpoint-acceptance",
@@ -67,6 +135,14 @@ CATALOGUE: tuple[Control, ...] = (
         "accept the endpoint connection on the endpoint service "
         "(aws ec2 accept-vpc-endpoint-connections)",
         ("BAD_STATE",),
+        stage="endpoint",
+        path_position=4,
+        reset_rank=2,
+        lab_fault=LabFault(
+            "the endpoint connection waits in pendingAcceptance",
+            per_client=False,
+            symptom="endpoint_unavailable",
+        ),
     ),
     Control(
         "nlb-sg-ingress",
@@ -78,6 +154,13 @@ CATALOGUE: tuple[Control, ...] = (
         "clients' private IPs (the NLB sees the client IP, not the endpoint's; it cannot "
         "reference the consumer's security group across accounts)",
         ("ENI_SG_RULES_MISMATCH", "SG_REFERENCES_NOT_PRESERVED"),
+        stage="forward",
+        path_position=6,
+        lab_fault=LabFault(
+            "the NLB security group allows the endpoint subnet CIDR instead of the client IPs",
+            per_client=True,
+            symptom="timeout",
+        ),
     ),
     Control(
         "nlb-sg-egress",
@@ -88,6 +171,13 @@ CATALOGUE: tuple[Control, ...] = (
         "add an outbound rule to the NLB's security group to the targets' security group for "
         "the target port and the health-check port",
         ("ENI_SG_RULES_MISMATCH", "TARGET_PORT_RESTRICTION"),
+        stage="forward",
+        path_position=8,
+        lab_fault=LabFault(
+            "the NLB security group's egress lost the target port (traffic and health checks)",
+            per_client=False,
+            symptom="timeout",
+        ),
     ),
     Control(
         "target-sg-ingress",
@@ -98,6 +188,13 @@ CATALOGUE: tuple[Control, ...] = (
         "add an inbound rule to the targets' security group for the target port and the "
         "health-check port from the NLB's security group (traffic arrives from the NLB's IPs)",
         ("ENI_SG_RULES_MISMATCH", "SG_HAS_NO_RULES"),
+        stage="forward",
+        path_position=10,
+        lab_fault=LabFault(
+            "the target security group allows the client CIDRs instead of the NLB's security group",
+            per_client=False,
+            symptom="timeout",
+        ),
     ),
     Control(
         "client-nacl",
@@ -108,6 +205,14 @@ CATALOGUE: tuple[Control, ...] = (
         "allow the flow in the consumer subnets' network ACLs in both directions, including "
         "the return traffic on ephemeral ports (NACLs are stateless)",
         ("SUBNET_ACL_RESTRICTION",),
+        stage="forward",
+        path_position=2,
+        return_path=True,
+        lab_fault=LabFault(
+            "the client subnet's NACL denies outbound traffic to the service port",
+            per_client=True,
+            symptom="timeout",
+        ),
     ),
     Control(
         "provider-nacl",
@@ -118,6 +223,15 @@ CATALOGUE: tuple[Control, ...] = (
         "allow the flow in the provider subnets' network ACLs in both directions, including "
         "the NLB's ephemeral ports 1024-65535 (NACLs are stateless)",
         ("SUBNET_ACL_RESTRICTION", "REMAP_EPHEMERAL_PORT"),
+        stage="forward",
+        path_position=9,
+        return_path=True,
+        lab_fault=LabFault(
+            "the target subnet's NACL has no outbound 1024-65535 (the return path to the "
+            "NLB is dropped; the target sees the SYN)",
+            per_client=False,
+            symptom="timeout",
+        ),
     ),
     Control(
         "dns",
@@ -128,6 +242,13 @@ CATALOGUE: tuple[Control, ...] = (
         "use the endpoint's regional or zonal DNS name; for private DNS, verify the domain on "
         "the service and enable private DNS, enableDnsSupport and enableDnsHostnames",
         (),
+        stage="dns",
+        path_position=0,
+        lab_fault=LabFault(
+            "DNS resolution is off in the client's VPC: the endpoint name does not resolve",
+            per_client=True,
+            symptom="no-dns",
+        ),
     ),
     Control(
         "nlb-listener",
@@ -137,6 +258,14 @@ CATALOGUE: tuple[Control, ...] = (
         False,
         "add an NLB listener for the port, forwarding to the service's target group",
         ("ELBV2_LISTENERS_MISMATCH",),
+        stage="forward",
+        path_position=7,
+        reset_rank=1,
+        lab_fault=LabFault(
+            "the NLB listener for the service port was removed",
+            per_client=False,
+            symptom="no_listener",
+        ),
     ),
     Control(
         "target-health",
@@ -147,6 +276,14 @@ CATALOGUE: tuple[Control, ...] = (
         "register a healthy target in every AZ of the endpoint, or enable cross-zone load "
         "balancing; check the health-check port in the NLB and target security groups",
         ("ELBV2_NO_TARGETS_IN_AZ", "ELB_NOT_CROSSZONE", "VPCE_SERVICE_NOT_INSTALLED_IN_AZ"),
+        stage="forward",
+        path_position=12,
+        reset_rank=4,
+        lab_fault=LabFault(
+            "every target was deregistered: the target group is empty",
+            per_client=False,
+            symptom="no_target_in_az",
+        ),
     ),
     Control(
         "target-service",
@@ -157,6 +294,13 @@ CATALOGUE: tuple[Control, ...] = (
         "start the service on the target port (the target answered with a reset: the path is "
         "open, nothing is listening)",
         (),
+        stage="service",
+        path_position=11,
+        lab_fault=LabFault(
+            "the service on the targets was stopped (the kernel answers with a reset)",
+            per_client=False,
+            symptom="refused",
+        ),
     ),
     Control(
         "unknown",
@@ -167,27 +311,38 @@ CATALOGUE: tuple[Control, ...] = (
         "collect the other side's evidence (provider agent, both accounts' configuration) to "
         "single out the control",
         (),
+        stage="unknown",
+        path_position=None,
+        emitted=False,
     ),
 )
 
 BY_ID: dict[str, Control] = {c.id: c for c in CATALOGUE}
 IDS: tuple[str, ...] = tuple(c.id for c in CATALOGUE)
 
-#: Controls a configuration edit can break in the lab (``plprobe lab break``).
-BREAKABLE: tuple[str, ...] = (
-    "client-sg-egress",
-    "endpoint-sg-ingress",
-    "service-principal",
-    "endpoint-acceptance",
-    "nlb-sg-ingress",
-    "nlb-sg-egress",
-    "target-sg-ingress",
-    "client-nacl",
-    "provider-nacl",
-    "dns",
-    "nlb-listener",
-    "target-health",
-    "target-service",
+
+def _on_path(selected: list[Control]) -> tuple[str, ...]:
+    """Ids in path order (client -> target), the order candidates are listed in."""
+    return tuple(c.id for c in sorted(selected, key=lambda c: c.path_position or 0))
+
+
+#: controls a configuration edit can break in the lab (``plprobe lab break``), catalogue order
+BREAKABLE: tuple[str, ...] = tuple(c.id for c in CATALOGUE if c.lab_fault is not None)
+#: every id ``agent.analyze`` can emit, in path order
+EMITTED: tuple[str, ...] = _on_path([c for c in CATALOGUE if c.emitted])
+#: the endpoint stage: the endpoint's state and the service's allowed principals
+ENDPOINT_STAGE: tuple[str, ...] = _on_path([c for c in CATALOGUE if c.stage == "endpoint"])
+#: the service stage: the target answered, nothing listens (not an access control)
+SERVICE_STAGE: tuple[str, ...] = _on_path([c for c in CATALOGUE if c.stage == "service"])
+#: candidates of a forward-path failure (the endpoint stage included), in path order
+FORWARD_PATH: tuple[str, ...] = _on_path(
+    [c for c in CATALOGUE if c.stage in ("endpoint", "forward")]
+)
+#: candidates of a return-path failure (stateless NACLs), in path order
+RETURN_PATH: tuple[str, ...] = _on_path([c for c in CATALOGUE if c.return_path])
+#: controls that can reset a SYN before the target sees it, most common first
+RESETTING: tuple[str, ...] = tuple(
+    c.id for c in sorted((c for c in CATALOGUE if c.resets), key=lambda c: c.reset_rank or 0)
 )
 
 

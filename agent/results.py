@@ -70,6 +70,22 @@ class PathRef(_Json):
     az_id: str | None = None
 
 
+#: the AZ segment of a path whose AZ is not known (an endpoint or ENI absent from the view)
+UNKNOWN_AZ = "unknown-az"
+
+
+def path_id(client: str, az_id: str | None, port: int) -> str:
+    """The stable path id, the metric label and probe token field: ``client-2/apne1-az4/80``.
+
+    ``az_id`` is the path's AZ id, or — for a runner path without per-AZ information — the
+    label that stands in for it (the ENI IP the regional name resolved to, the path's name
+    when nothing resolved). A missing AZ (``None`` or ``""``: static analysis of a flow
+    without an endpoint ENI) is spelled ``unknown-az`` rather than left empty, so the id
+    keeps its three segments and still splits into client / AZ / port.
+    """
+    return f"{client}/{az_id or UNKNOWN_AZ}/{port}"
+
+
 @dataclass
 class ProbeResult(_Json):
     """One probe of one kind on one path, as the client saw it."""

@@ -1,4 +1,4 @@
-"""Shared records (agent/results.py): the one ip:port spelling and observations from JSON."""
+"""Shared records (agent/results.py): one path id, one ip:port spelling, observations from JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from agent.results import Observation, hostport
+from agent import analyze, config
+from agent.results import Observation, hostport, path_id
 
 OBSERVATION = Observation(
     kind="token",
@@ -60,3 +61,21 @@ def test_an_observation_without_a_required_field_is_a_type_error() -> None:
     del raw["src_ip"]
     with pytest.raises(TypeError):
         Observation.from_json(raw)
+
+
+def test_a_path_id_is_client_az_and_port() -> None:
+    assert path_id("client-2", "apne1-az4", 80) == "client-2/apne1-az4/80"
+
+
+def test_a_path_without_an_az_is_labelled_unknown_az() -> None:
+    assert path_id("client-2", None, 80) == "client-2/unknown-az/80"
+    assert path_id("client-2", "", 80) == "client-2/unknown-az/80"
+
+
+def test_a_runner_label_stands_in_for_the_az_unchanged() -> None:
+    assert path_id("client-2", "10.2.0.20", 443) == "client-2/10.2.0.20/443"
+
+
+def test_config_and_analysis_share_the_one_definition() -> None:
+    assert config.path_id is path_id
+    assert analyze.path_id is path_id

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 
-from agent.analyze.path import flows, walk
+from agent.analyze.flows import flows
+from agent.analyze.path import walk
 from agent.diagnose.verdict import diagnose_static
 from agent.errors import ConfigError
 from agent.model import Topology

@@ -21,6 +21,9 @@ configuration. For each path of the round:
    A visible consumer account without that endpoint is a mismatch between the agent config and
    the view: the path is diagnosed on packets alone and a note says why — never a guess.
 
+   The lookup itself is ``agent.analyze.flows`` (shared with ``plprobe explain``); this
+   module only says who this agent is.
+
 2. ``analyze.path.walk`` over that flow, then ``diagnose.diagnose(evidence, findings)``.
 
 With no view (or a path with no flow) diagnosis runs on packets alone (``findings=[]``).
@@ -46,11 +49,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.analyze.path import Flow, walk
+from agent.analyze.flows import Client, Flow, client_at_ip, client_named, path_flow
+from agent.analyze.path import walk
 from agent.diagnose.rounds import RoundResult
 from agent.diagnose.verdict import diagnose, rollup
 from agent.errors import PlprobeError
-from agent.model import Endpoint, EndpointEni, Instance, Topology
+from agent.model import Topology
 from agent.results import HopFinding, PathEvidence, PathRef, Verdict
 from agent.sources.views import NO_VIEW, ConfigView
 
@@ -128,12 +132,11 @@ class Diagnosis:
 # --- the flow -----------------------------------------------------------------------------
 
 
-def _find_client(topology: Topology, me: SelfIdentity, dest_ip: str | None) -> tuple[str, str]:
-    """(client name, client ip) of this agent in ``topology``; raises LookupError if unknown."""
-    for name in me.names:
-        inst = topology.instance_by_name(name)
-        if inst is not None:
-            return inst.name, inst.ip
+def _find_client(topology: Topology, me: SelfIdentity, dest_ip: str | None) -> Client:
+    """(name, ip, instance) of this agent in ``topology``; raises LookupError if unknown."""
+    found = client_named(topology, me.names)
+    if found is not None:
+        return found
     ip = me.ip_towards(dest_ip)
     if ip is None:
         raise LookupError(
@@ -141,53 +144,12 @@ def _find_client(topology: Topology, me: SelfIdentity, dest_ip: str | None) -> t
             + ", ".join(me.names or ("no names",))
             + ") and its own IP is unknown"
         )
-    inst = next((i for i in topology.instances.values() if i.ip == ip), None)
-    return (inst.name, inst.ip) if inst is not None else (ip, ip)
-
-
-def _find_endpoint(topology: Topology, ref: PathRef) -> tuple[Endpoint, EndpointEni | None] | None:
-    if ref.ip:
-        for ep in topology.endpoints.values():
-            for eni in ep.enis:
-                if eni.ip == ref.ip:
-                    return ep, eni
-    if ref.name:
-        for ep in sorted(topology.endpoints.values(), key=lambda e: e.id):
-            names = topology.endpoint_dns_names(ep)
-            if ref.name in names:
-                zonal = next(
-                    (e for e in ep.enis if _az(topology, e.subnet_id) == ref.az_id),
-                    None,
-                )
-                return ep, zonal
-    return None
-
-
-def _az(topology: Topology, subnet_id: str) -> str | None:
-    subnet = topology.subnets.get(subnet_id)
-    return subnet.az_id if subnet else None
-
-
-def _consumer_visible(topology: Topology) -> bool:
-    consumer = topology.account_of_role("consumer")
-    if not topology.visible_accounts:
-        return True
-    return consumer is not None and consumer.name in topology.visible_accounts
+    return client_at_ip(topology, ip)
 
 
 def find_flow(topology: Topology, ref: PathRef, me: SelfIdentity) -> Flow:
     """The Flow of one probed path (module docstring); ``LookupError`` with the reason."""
-    name, ip = _find_client(topology, me, ref.ip)
-    inst: Instance | None = topology.instance_by_name(name) if name != ip else None
-    found = _find_endpoint(topology, ref)
-    if found is None:
-        if _consumer_visible(topology) and topology.endpoints:
-            where = ref.ip or ref.name or "?"
-            raise LookupError(f"no endpoint with ENI IP or DNS name {where} in the view")
-        return Flow(name, ip, inst, None, None, ref.port, ref.az_id)
-    ep, eni = found
-    az = _az(topology, eni.subnet_id) if eni else ref.az_id
-    return Flow(name, ip, inst, ep, eni, ref.port, az)
+    return path_flow(topology, ref, _find_client(topology, me, ref.ip))
 
 
 # --- static findings, cached per view ---------------------------------------------------

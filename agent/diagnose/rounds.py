@@ -55,12 +55,12 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from agent.config import ClientConfig, PathConfig, path_id
+from agent.config import ClientConfig, PathConfig
 from agent.diagnose.correlate import correlate
 from agent.errors import PlprobeError, ProbeError
 from agent.probes import get_prober
 from agent.probes.base import ProbeContext, ProbeTarget
-from agent.results import Observation, PathEvidence, PathRef, ProbeResult
+from agent.results import Observation, PathEvidence, PathRef, ProbeResult, path_id
 
 __all__ = [
     "HttpObservationSource",

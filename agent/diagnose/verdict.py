@@ -43,23 +43,14 @@ from agent.results import ControlState, HopFinding, PathEvidence, ProbeResult, S
 
 CONNECT_PROBES = ("tcp", "syn", "http")
 FAILED = ("timeout", "refused", "icmp_unreachable")
-ENDPOINT_CONTROLS = ("endpoint-acceptance", "service-principal")
+# the stage sets come from the catalogue (each Control says its stage, its place on the path,
+# whether it resets): ids in path order, the order candidates are listed in
+ENDPOINT_CONTROLS = controls.ENDPOINT_STAGE
+SERVICE_CONTROLS = controls.SERVICE_STAGE
 #: controls that can answer a SYN with a reset without the target seeing it
-RESET_CONTROLS = ("nlb-listener", "endpoint-acceptance", "service-principal", "target-health")
-FORWARD_CONTROLS = (
-    "client-sg-egress",
-    "client-nacl",
-    "endpoint-sg-ingress",
-    "endpoint-acceptance",
-    "service-principal",
-    "nlb-sg-ingress",
-    "nlb-listener",
-    "nlb-sg-egress",
-    "provider-nacl",
-    "target-sg-ingress",
-    "target-health",
-)
-RETURN_CONTROLS = ("client-nacl", "provider-nacl")
+RESET_CONTROLS = controls.RESETTING
+FORWARD_CONTROLS = controls.FORWARD_PATH
+RETURN_CONTROLS = controls.RETURN_PATH
 
 
 # --- what configuration alone predicts ------------------------------------------------------
@@ -79,7 +70,7 @@ class Prediction:
 
 
 def _stage_of(hop: HopFinding) -> str:
-    if hop.control == "target-service":
+    if hop.control in SERVICE_CONTROLS:
         return "service"
     if hop.direction == "return":
         return "return"

@@ -4,7 +4,9 @@ A fault is a pure topology edit (``break_topology`` returns an edited deep copy)
 then re-renders, so the static analyzer reads exactly the configuration the data plane
 enforces. ``FAULTS`` is meant to be reused by fault-matrix tests: each entry says what the
 mistake is, whether ``--client`` narrows it, and what a new connection from an affected
-client sees (``expected(topology)``; some depend on UNCONFIRMED lab settings).
+client sees (``expected(topology)``; some depend on UNCONFIRMED lab settings). Those facts
+are the control catalogue's (``agent.controls``, ``Control.lab_fault``); this module holds
+only the edits (``EDITS``, keyed by control id) and joins the two.
 
 Per-client faults (``--client NAME``) edit only what concerns that client (its SG, the rule
 for it, its subnet's NACL, its VPC's DNS); without ``--client`` they hit every client.
@@ -17,7 +19,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.controls import BREAKABLE
+from agent.controls import BREAKABLE, CATALOGUE
 from agent.errors import ConfigError
 from agent.model import (
     Endpoint,
@@ -32,6 +34,8 @@ from agent.model import (
 
 @dataclass(frozen=True)
 class Fault:
+    """A breakable control: the catalogue's ``LabFault`` facts joined with the lab's edit."""
+
     control: str
     description: str
     #: does ``--client`` narrow the edit to one client?
@@ -261,107 +265,47 @@ def _target_service(t: Topology, clients: list[Instance]) -> None:
         inst.services = [p for p in inst.services if p not in ports]
 
 
-FAULTS: dict[str, Fault] = {
-    f.control: f
-    for f in (
-        Fault(
-            "client-sg-egress",
-            "the client's security group lost its egress rule to the endpoint",
-            True,
-            "timeout",
-            _client_sg_egress,
-        ),
-        Fault(
-            "endpoint-sg-ingress",
-            "the endpoint's security group lost the rule for the client's security group",
-            True,
-            "timeout",
-            _endpoint_sg_ingress,
-        ),
-        Fault(
-            "service-principal",
-            "the consumer is not an allowed principal of the endpoint service, so its "
-            "endpoint was never created (no ENI, no DNS name)",
-            False,
-            "no-dns",
-            _service_principal,
-            recreate_endpoints=True,
-        ),
-        Fault(
-            "endpoint-acceptance",
-            "the endpoint connection waits in pendingAcceptance",
-            False,
-            "endpoint_unavailable",
-            _endpoint_acceptance,
-        ),
-        Fault(
-            "nlb-sg-ingress",
-            "the NLB security group allows the endpoint subnet CIDR instead of the client IPs",
-            True,
-            "timeout",
-            _nlb_sg_ingress,
-        ),
-        Fault(
-            "nlb-sg-egress",
-            "the NLB security group's egress lost the target port (traffic and health checks)",
-            False,
-            "timeout",
-            _nlb_sg_egress,
-        ),
-        Fault(
-            "target-sg-ingress",
-            "the target security group allows the client CIDRs instead of the NLB's security group",
-            False,
-            "timeout",
-            _target_sg_ingress,
-        ),
-        Fault(
-            "client-nacl",
-            "the client subnet's NACL denies outbound traffic to the service port",
-            True,
-            "timeout",
-            _client_nacl,
-        ),
-        Fault(
-            "provider-nacl",
-            "the target subnet's NACL has no outbound 1024-65535 (the return path to the "
-            "NLB is dropped; the target sees the SYN)",
-            False,
-            "timeout",
-            _provider_nacl,
-        ),
-        Fault(
-            "dns",
-            "DNS resolution is off in the client's VPC: the endpoint name does not resolve",
-            True,
-            "no-dns",
-            _dns,
-        ),
-        Fault(
-            "nlb-listener",
-            "the NLB listener for the service port was removed",
-            False,
-            "no_listener",
-            _nlb_listener,
-        ),
-        Fault(
-            "target-health",
-            "every target was deregistered: the target group is empty",
-            False,
-            "no_target_in_az",
-            _target_health,
-        ),
-        Fault(
-            "target-service",
-            "the service on the targets was stopped (the kernel answers with a reset)",
-            False,
-            "refused",
-            _target_service,
-        ),
-    )
+#: the edit that breaks each breakable control, keyed by control id; what the mistake is and
+#: what a client then sees are the catalogue's (``controls.Control.lab_fault``)
+EDITS: dict[str, Callable[[Topology, list[Instance]], None]] = {
+    "client-sg-egress": _client_sg_egress,
+    "endpoint-sg-ingress": _endpoint_sg_ingress,
+    "service-principal": _service_principal,
+    "endpoint-acceptance": _endpoint_acceptance,
+    "nlb-sg-ingress": _nlb_sg_ingress,
+    "nlb-sg-egress": _nlb_sg_egress,
+    "target-sg-ingress": _target_sg_ingress,
+    "client-nacl": _client_nacl,
+    "provider-nacl": _provider_nacl,
+    "dns": _dns,
+    "nlb-listener": _nlb_listener,
+    "target-health": _target_health,
+    "target-service": _target_service,
 }
 
-assert tuple(FAULTS) == BREAKABLE, "every breakable control needs a fault"
+
+def _faults() -> dict[str, Fault]:
+    """The fault table: the catalogue's facts joined with the edits, in catalogue order."""
+    missing = set(BREAKABLE) ^ set(EDITS)
+    if missing:
+        raise AssertionError(f"catalogue lab faults and lab edits disagree on {sorted(missing)}")
+    table: dict[str, Fault] = {}
+    for control in CATALOGUE:
+        spec = control.lab_fault
+        if spec is None:
+            continue
+        table[control.id] = Fault(
+            control.id,
+            spec.description,
+            spec.per_client,
+            spec.symptom,
+            EDITS[control.id],
+            recreate_endpoints=spec.recreate_endpoints,
+        )
+    return table
+
+
+FAULTS: dict[str, Fault] = _faults()
 
 
 def get(control: str) -> Fault:

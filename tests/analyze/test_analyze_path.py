@@ -18,7 +18,8 @@ from scenarios import (
 )
 
 from agent import controls
-from agent.analyze.path import EMITTED_CONTROLS, analyze_flow, flows, walk
+from agent.analyze import analyze_flow, flows, walk
+from agent.analyze.path import EMITTED_CONTROLS
 from agent.diagnose.verdict import diagnose_static
 from agent.errors import ConfigError
 from agent.model import NaclEntry

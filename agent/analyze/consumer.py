@@ -1,0 +1,315 @@
+"""The consumer's side of the walk: client SG and NACLs, endpoint SG, state and principals.
+
+In path order: ① client SG egress to the ENI IP, the client subnet NACL out and the endpoint
+subnet NACL in (skipped within one subnet), ② endpoint SG ingress from the client IP, ③ the
+endpoint connection state and the service's allowed principals (or why there is no endpoint);
+after the provider's hops, the replies' NACLs on Linux's ephemeral ports 32768-60999.
+"""
+
+from __future__ import annotations
+
+from agent.analyze.fixes import sg_fix, sg_label
+from agent.analyze.hops import PROTO, HopWalk, host_cidr
+from agent.analyze.sg import evaluate_sg
+from agent.model import LINUX_EPHEMERAL, EndpointService
+from agent.results import HopFinding
+
+#: endpoint states (DescribeVpcEndpoints State, lower-cased) and the fix for each
+_STATE_FIX = {
+    "pendingacceptance": "accept the connection",
+    "rejected": "accept the connection (or delete and recreate the endpoint)",
+    "expired": "delete and recreate the endpoint, then accept it within the acceptance window",
+    "failed": "delete and recreate the endpoint",
+    "pending": "wait for the endpoint to become available",
+    "deleting": "recreate the endpoint",
+    "deleted": "recreate the endpoint",
+}
+
+
+class ConsumerHops(HopWalk):
+    """The consumer's hops of one flow (the endpoint's included)."""
+
+    def consumer_hops(self) -> None:
+        f, t = self.f, self.t
+        eni_ip = f.eni_ip
+        # ① client SG egress to the ENI IP (an SG reference to the endpoint SG matches through
+        # membership: the ENI is a member of the endpoint's groups)
+        if f.client is None or not self.visible(f.client.account):
+            self.hidden(
+                "client-sg-egress",
+                "client-sg-egress",
+                f"the client {f.client_name}'s instance and security groups are not visible",
+            )
+        elif eni_ip is None:
+            self.hidden("client-sg-egress", "client-sg-egress", "no endpoint ENI to evaluate")
+        else:
+            d = evaluate_sg(t, f.client.sg_ids, "egress", eni_ip, PROTO, f.port)
+            peer = self.endpoint_peer_text(eni_ip)
+            self.add(
+                self.sg_finding(
+                    "client-sg-egress",
+                    "client-sg-egress",
+                    f.client.sg_ids,
+                    d,
+                    fix=sg_fix(t, f.client.sg_ids, ingress=False, port=f.port, peer=peer),
+                )
+            )
+        # client subnet NACL out, endpoint subnet NACL in (same subnet: no boundary crossed)
+        cs, es = self.client_subnet(), self.eni_subnet()
+        if cs is not None and es is not None and cs.id == es.id:
+            return
+        if eni_ip is not None:
+            self.nacl_hop(
+                "client-nacl-out",
+                "client-nacl",
+                cs,
+                egress=True,
+                peer_ip=eni_ip,
+                peer_name=f"endpoint ENI {eni_ip}",
+                ports=(f.port, f.port),
+            )
+            self.nacl_hop(
+                "endpoint-nacl-in",
+                "client-nacl",
+                es,
+                egress=False,
+                peer_ip=f.client_ip,
+                peer_name=f.client_name,
+                ports=(f.port, f.port),
+            )
+        else:
+            self.hidden("client-nacl-out", "client-nacl", "no endpoint ENI to evaluate")
+
+    def endpoint_peer_text(self, eni_ip: str) -> str:
+        ep = self.f.endpoint
+        if ep is not None and ep.sg_ids:
+            return f"{sg_label(self.t, ep.sg_ids[0])} (or {host_cidr(eni_ip)}, the endpoint ENI)"
+        return f"{host_cidr(eni_ip)} (the endpoint ENI)"
+
+    def client_peer_text(self) -> str:
+        """How the endpoint SG should name the client: its SG when referenceable, else its IP."""
+        f = self.f
+        ip = f"{host_cidr(f.client_ip)} ({f.client_name})"
+        if f.client is None or not f.client.sg_ids or f.endpoint is None:
+            return ip
+        group = self.t.security_groups.get(f.client.sg_ids[0])
+        if group is not None and self.t.routed(group.vpc_id, f.endpoint.vpc_id):
+            return f"{sg_label(self.t, group.id)} (or {ip})"
+        return ip
+
+    def endpoint_hops(self) -> None:
+        f, t = self.f, self.t
+        ep = f.endpoint
+        if ep is None:
+            self.missing_endpoint()
+            return
+        # ② endpoint SG ingress from the client IP
+        if not self.visible(ep.account):
+            self.hidden(
+                "endpoint-sg-ingress",
+                "endpoint-sg-ingress",
+                "the endpoint's security groups are not visible",
+            )
+        elif not ep.sg_ids:
+            self.hidden(
+                "endpoint-sg-ingress",
+                "endpoint-sg-ingress",
+                f"{ep.id} lists no security groups (the VPC default group applies)",
+            )
+        else:
+            d = evaluate_sg(t, ep.sg_ids, "ingress", f.client_ip, PROTO, f.port)
+            self.add(
+                self.sg_finding(
+                    "endpoint-sg-ingress",
+                    "endpoint-sg-ingress",
+                    ep.sg_ids,
+                    d,
+                    fix=sg_fix(
+                        t, ep.sg_ids, ingress=True, port=f.port, peer=self.client_peer_text()
+                    ),
+                )
+            )
+        # ③b connection state: known to whoever sees the endpoint object
+        label = f"{ep.id} ({ep.name})"
+        if ep.is_available():
+            self.add(
+                HopFinding(
+                    "endpoint-state",
+                    "endpoint-acceptance",
+                    "allowed",
+                    resource=label,
+                    rule="state available",
+                )
+            )
+        else:
+            svc = ep.service_id
+            todo = _STATE_FIX.get(ep.state.lower(), "recreate the endpoint")
+            fix = f"{todo}: {label} is {ep.state}"
+            if "accept" in todo:
+                fix += (
+                    f" (aws ec2 accept-vpc-endpoint-connections --service-id {svc} "
+                    f"--vpc-endpoint-ids {ep.id}, in the provider account)"
+                )
+            self.add(
+                HopFinding(
+                    "endpoint-state",
+                    "endpoint-acceptance",
+                    "denied",
+                    resource=label,
+                    rule=f"state {ep.state}",
+                    checked=[f"state {ep.state}"],
+                    detail=f"the endpoint connection is {ep.state}, not available",
+                    ra_code="BAD_STATE",
+                    fix=fix,
+                )
+            )
+        # ③a allowed principals
+        svc_obj = self.service
+        if svc_obj is None or not self.visible(svc_obj.account):
+            # an endpoint that exists was created, so its requester was allowed then
+            self.add(
+                HopFinding(
+                    "service-principal",
+                    "service-principal",
+                    "allowed",
+                    resource=ep.service_id,
+                    rule="the endpoint exists",
+                    detail="the service's permissions are not visible; the endpoint exists, "
+                    "so its requester was allowed when it was created",
+                )
+            )
+            return
+        svc_label = f"{svc_obj.id} ({svc_obj.name})"
+        if ep.requester:
+            requester = ep.requester
+            allowed = t.service_allows(svc_obj, requester)
+        else:
+            # a snapshot does not say which principal created the endpoint: any principal of
+            # its owner account (or "*") may have; blaming the account root would be a guess
+            acct = t.accounts.get(ep.account)
+            acct_id = acct.id if acct else ep.account
+            allowed = t.service_allows_account(svc_obj, acct_id)
+            requester = f"arn:aws:iam::{acct_id}:root"
+        if allowed:
+            self.add(
+                HopFinding(
+                    "service-principal",
+                    "service-principal",
+                    "allowed",
+                    resource=svc_label,
+                    rule=f"{requester} allowed",
+                    checked=list(svc_obj.allowed_principals),
+                )
+            )
+        else:
+            note = ""
+            if ep.is_available():
+                note = (
+                    "; on AWS an endpoint accepted before the principal was removed keeps "
+                    f"working: to cut it off, reject {ep.id}"
+                )
+            self.add(
+                HopFinding(
+                    "service-principal",
+                    "service-principal",
+                    "denied",
+                    resource=svc_label,
+                    checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
+                    detail=f"{requester} is not an allowed principal of {svc_obj.id}{note}",
+                    ra_code="BAD_STATE",
+                    fix=self.principal_fix(svc_obj, requester),
+                )
+            )
+
+    def consumer_root(self) -> str:
+        acct = self.t.accounts.get(self.f.client.account) if self.f.client else None
+        acct = acct or self.t.account_of_role("consumer")
+        return acct.root_arn if acct else "arn:aws:iam::CONSUMER:root"
+
+    def principal_fix(self, svc: EndpointService, principal: str) -> str:
+        return (
+            f"add {principal} to the allowed principals of {svc.id} ({svc.name}) "
+            f"(aws ec2 modify-vpc-endpoint-service-permissions --service-id {svc.id} "
+            f"--add-allowed-principals {principal}), then create the endpoint"
+        )
+
+    def missing_endpoint(self) -> None:
+        """No endpoint for this client in a consumer view: say why only as far as we can see.
+
+        AWS refuses CreateVpcEndpoint for a principal the service does not allow, so a missing
+        endpoint *may* be the principal — but that is only known with the provider's view.
+        """
+        if not self.consumer_visible():
+            self.hidden("endpoint-state", "endpoint-acceptance", "the endpoint is not visible")
+            return
+        svc = self.service
+        detail = f"no interface endpoint in a VPC that {self.f.client_name} can route to"
+        if svc is None or not self.visible(svc.account):
+            self.hidden(
+                "endpoint-exists",
+                "service-principal",
+                f"{detail}: it was never created (AWS refuses to create an endpoint when the "
+                "consumer is not an allowed principal of the service) or it was deleted; the "
+                "service's allowed principals are not visible from here",
+                fix="ask the provider to allow this account's principal on the endpoint "
+                "service, then create the interface endpoint",
+            )
+            return
+        principal = self.consumer_root()
+        if self.t.service_allows(svc, principal):
+            self.add(
+                HopFinding(
+                    "endpoint-exists",
+                    "dns",
+                    "denied",
+                    resource=svc.id,
+                    detail=f"{detail}, although {principal} is allowed on {svc.id}",
+                    fix=f"create an interface endpoint to {svc.id} in {self.f.client_name}'s VPC",
+                )
+            )
+            return
+        self.add(
+            HopFinding(
+                "endpoint-exists",
+                "service-principal",
+                "denied",
+                resource=f"{svc.id} ({svc.name})",
+                checked=list(svc.allowed_principals) or ["(no allowed principals)"],
+                detail=f"{detail}: {principal} is not an allowed principal of {svc.id}, so "
+                "AWS refused to create it",
+                ra_code="BAD_STATE",
+                fix=self.principal_fix(svc, principal),
+            )
+        )
+
+    # -- consumer return -------------------------------------------------------------------
+    def consumer_return_hops(self) -> None:
+        f = self.f
+        if f.eni is None:
+            return
+        cs, es = self.client_subnet(), self.eni_subnet()
+        if cs is not None and es is not None and cs.id == es.id:
+            return
+        why = "replies go to the client's ephemeral ports 32768-60999; NACLs are stateless"
+        self.nacl_hop(
+            "return:endpoint-nacl-out",
+            "client-nacl",
+            es,
+            egress=True,
+            peer_ip=f.client_ip,
+            peer_name=f.client_name,
+            ports=LINUX_EPHEMERAL,
+            direction="return",
+            why=why,
+        )
+        self.nacl_hop(
+            "return:client-nacl-in",
+            "client-nacl",
+            cs,
+            egress=False,
+            peer_ip=f.eni.ip,
+            peer_name=f"endpoint ENI {f.eni.ip}",
+            ports=LINUX_EPHEMERAL,
+            direction="return",
+            why=why,
+        )
