@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.model import Nacl, Rule, Topology, stable_id
+from agent.model import Nacl, Rule, Topology
 
 NoteKind = Literal["omitted", "assumed", "refused"]
 
@@ -346,14 +346,13 @@ class NetworkConverter:
         self.put("aws_security_group_rule", name, body)
 
     def nacls(self) -> None:
-        defaults = {stable_id("acl", v.name, "default") for v in self.t.vpcs.values()}
         for n in self.t.nacls.values():
             what = self.label("aws_network_acl", n.id, n.name)
             vpc = self.kept("aws_vpc", n.vpc_id)
             if vpc is None:
                 self.note("omitted", what, f"its VPC {n.vpc_id} is not replayed")
                 continue
-            if n.id in defaults or _allow_all(n):
+            if _allow_all(n):
                 continue  # the lab's default NACL is exactly this (see _allow_all)
             subnets = [s for s in (self.kept("aws_subnet", x) for x in n.subnet_ids) if s]
             entries: dict[str, list[dict[str, Any]]] = {"ingress": [], "egress": []}
