@@ -29,7 +29,7 @@ lab name it was given; the document's header lists them for the user's mapping b
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import yaml
 from agent.errors import TopologyError, UnreplayableError
 from agent.lab.replay_network import NoteKind, ReplayNote
 from agent.lab.replay_service import Converter
-from agent.model import LabSettings, Topology, to_plain
+from agent.model import LabSettings, Topology
 
 __all__ = [
     "GENERAL_NOTES",
@@ -227,7 +227,7 @@ GENERAL_NOTES = (
         "assumed",
         "lab",
         "the lab settings for behaviour AWS does not document are the defaults "
-        f"({', '.join(f'{k}={v}' for k, v in to_plain(LabSettings()).items())}"  # type: ignore[union-attr]
+        f"({', '.join(f'{f.name}={getattr(LabSettings(), f.name)}' for f in fields(LabSettings))}"
         "); edit `lab:` in the exported file to rehearse the other behaviour",
     ),
     ReplayNote(

@@ -19,7 +19,7 @@ from agent.controls import BREAKABLE
 from agent.errors import UnreplayableError
 from agent.lab import faults
 from agent.lab.plan import render
-from agent.lab.replay import Replay, export_text, replay_snapshot, to_document
+from agent.lab.replay import Replay, ReplayNote, export_text, replay_snapshot, to_document
 from agent.lab.snapshot import write_snapshot
 from agent.model import Rule, Topology, to_plain
 from agent.sources.topology import TOPOLOGIES, load_topology
@@ -56,6 +56,10 @@ def _edit(path: Path, change: Any) -> None:
 
 def _reasons(replay: Replay, kind: str, resource_part: str) -> list[str]:
     return [n.reason for n in replay.notes if n.kind == kind and resource_part in n.resource]
+
+
+def _notes(exc: UnreplayableError) -> list[ReplayNote]:
+    return [n for n in exc.notes if isinstance(n, ReplayNote)]
 
 
 # --- lab export: the document re-creates the same lab ------------------------------------
@@ -301,7 +305,7 @@ def test_replay_refuses_without_the_provider_account(tmp_path: Path) -> None:
     with pytest.raises(UnreplayableError, match="no provider account") as info:
         replay_snapshot([consumer])
     assert info.value.exit_code == 2
-    assert [n.kind for n in info.value.notes] == ["refused"]
+    assert [n.kind for n in _notes(info.value)] == ["refused"]
 
 
 def test_replay_refuses_when_no_endpoint_of_the_providers_services_remains(
@@ -316,7 +320,7 @@ def test_replay_refuses_when_no_endpoint_of_the_providers_services_remains(
     with pytest.raises(UnreplayableError, match="nothing to replay") as info:
         replay_snapshot([consumer, provider])
     assert "not in the provider's snapshot" in str(info.value)
-    assert info.value.notes[-1].kind == "refused"
+    assert _notes(info.value)[-1].kind == "refused"
 
 
 def test_lab_up_from_snapshot_refusal_is_in_the_json_output_and_exits_2(
