@@ -21,9 +21,9 @@ NoteKind = Literal["omitted", "assumed", "refused"]
 
 #: what the topology schema accepts (``agent.sources.topology_schema``)
 _RULE_PROTOCOLS = {"tcp", "udp", "icmp", "-1"}
-_LB_PROTOCOLS = {"TCP", "TLS", "UDP", "TCP_UDP"}
+LB_PROTOCOLS = {"TCP", "TLS", "UDP", "TCP_UDP"}
 _PEERING_STATES = {"active", "pending-acceptance", "rejected", "deleted"}
-_DNS_STATES = {"verified": "verified", "pendingverification": "pendingVerification"}
+DNS_STATES = {"verified": "verified", "pendingverification": "pendingVerification"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -53,7 +53,7 @@ def _ipv4_net(text: str) -> bool:
         return False
 
 
-def _ipv4(text: str) -> bool:
+def is_ipv4(text: str) -> bool:
     try:
         return ipaddress.ip_address(text).version == 4
     except ValueError:
@@ -100,8 +100,8 @@ def _allow_all(nacl: Nacl) -> bool:
     return True
 
 
-def _target_kind(target_id: str) -> str:
-    if _ipv4(target_id) or (":" in target_id and not target_id.startswith("arn:")):
+def target_kind(target_id: str) -> str:
+    if is_ipv4(target_id) or (":" in target_id and not target_id.startswith("arn:")):
         return "an IP target (target_type ip); the lab registers instances only"
     if target_id.startswith("arn:aws:lambda:"):
         return "a Lambda target; the lab registers instances only"
@@ -398,7 +398,7 @@ class NetworkConverter:
             if subnet is None:
                 self.note("omitted", what, f"its subnet {i.subnet_id} is not replayed")
                 continue
-            if not _ipv4(i.ip):
+            if not is_ipv4(i.ip):
                 self.note("omitted", what, f"no IPv4 address ({i.ip})")
                 continue
             name = self.name("aws_instance", i.id, i.name)

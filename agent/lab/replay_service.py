@@ -10,12 +10,12 @@ from typing import Any
 
 from agent.errors import UnreplayableError
 from agent.lab.replay_network import (
-    _DNS_STATES,
-    _LB_PROTOCOLS,
+    DNS_STATES,
+    LB_PROTOCOLS,
     NetworkConverter,
     ReplayNote,
-    _ipv4,
-    _target_kind,
+    is_ipv4,
+    target_kind,
 )
 from agent.model import TargetGroup, to_plain
 
@@ -90,7 +90,7 @@ class Converter(NetworkConverter):
                 subnet = self.kept("aws_subnet", node.subnet_id)
                 if subnet is None:
                     self.note("omitted", what, f"node in subnet {node.subnet_id}: not replayed")
-                elif not _ipv4(node.ip):
+                elif not is_ipv4(node.ip):
                     self.note("omitted", what, f"node {node.ip}: not an IPv4 address")
                 else:
                     mapping.append({"subnet_id": subnet, "private_ipv4_address": node.ip})
@@ -119,7 +119,7 @@ class Converter(NetworkConverter):
             if vpc is None:
                 self.note("omitted", what, f"its VPC {tg.vpc_id} is not replayed")
                 continue
-            if tg.protocol.upper() not in _LB_PROTOCOLS:
+            if tg.protocol.upper() not in LB_PROTOCOLS:
                 self.note(
                     "omitted",
                     what,
@@ -134,7 +134,7 @@ class Converter(NetworkConverter):
                     self.note(
                         "omitted",
                         f"aws_lb_target_group_attachment {tgt.instance_id} in {name}",
-                        _target_kind(tgt.instance_id),
+                        target_kind(tgt.instance_id),
                     )
                     continue
                 port = tg.target_port(tgt)
@@ -251,7 +251,7 @@ class Converter(NetworkConverter):
             }
             if s.private_dns_name:
                 body["private_dns_name"] = s.private_dns_name
-                state = _DNS_STATES.get((s.private_dns_state or "").lower(), "failed")
+                state = DNS_STATES.get((s.private_dns_state or "").lower(), "failed")
                 if state != (s.private_dns_state or ""):
                     self.note(
                         "assumed",
@@ -311,7 +311,7 @@ class Converter(NetworkConverter):
             subnets, config = [], []
             for eni in e.enis:
                 subnet = self.kept("aws_subnet", eni.subnet_id)
-                if subnet is None or not _ipv4(eni.ip):
+                if subnet is None or not is_ipv4(eni.ip):
                     self.note("omitted", what, f"ENI {eni.id}: its subnet is not replayed")
                     continue
                 subnets.append(subnet)
