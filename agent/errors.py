@@ -17,6 +17,7 @@ and are caught only in the CLI, the HTTP API and the probe runner.
     ├── LabError                 the emulator could not do what was asked
     │   ├── PrivilegeError       (also) not root / no netns support -> exit 2
     │   ├── RenderError          a topology the lab cannot render
+    │   │   └── UnreplayableError  a snapshot the lab cannot rebuild (says what and why)
     │   └── ApplyError           a command failed (argv, returncode, stderr)
     └── SourceError              a configuration source could not be read -> exit 2
 """
@@ -105,6 +106,18 @@ class RenderError(LabError):
     """A topology that the lab cannot turn into namespaces and nftables."""
 
     exit_code = 2
+
+
+class UnreplayableError(RenderError):
+    """A snapshot the lab cannot rebuild; ``notes`` say which resources and why.
+
+    ``notes`` are ``agent.lab.replay.ReplayNote`` values (kept untyped here so the ground
+    floor does not import the lab).
+    """
+
+    def __init__(self, message: str, notes: Sequence[object] = ()) -> None:
+        self.notes = list(notes)
+        super().__init__(message)
 
 
 class ApplyError(LabError):

@@ -3,6 +3,11 @@
     lab up [--topology FILE] [--name NAME] [--with-agents]
                                                 build (default: the reference topology);
                                                 --with-agents: a provider agent per target
+    lab up --from-snapshot CONSUMER_DIR PROVIDER_DIR [--output table|json]
+                                                build from real describe-* output; says
+                                                what it left out or assumed (replay.py)
+    lab export [--name NAME] [--original] [--file FILE]
+                                                the running lab as a topology file
     lab down [--name NAME] [--all]              remove everything (idempotent, crash leftovers too)
     lab status [--name NAME] [--output table|json]
     lab break CONTROL [--client NAME] [--name NAME]
@@ -28,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.controls import BREAKABLE
 from agent.lab import faults
@@ -35,6 +41,9 @@ from agent.lab.lab import Lab, all_lab_names, require_privileges, teardown
 from agent.lab.plan import DEFAULT_NAME, check_lab_name, render
 from agent.lab.procs import answer, in_netns
 from agent.model import Topology
+
+if TYPE_CHECKING:
+    from agent.lab.replay import Replay
 
 
 def _progress(line: str) -> None:
@@ -51,9 +60,40 @@ def _load(path: str | None) -> Topology:
     return load_topology(path)
 
 
+def _replay(args: argparse.Namespace) -> Replay | None:
+    """``--from-snapshot``: the replayed topology; what was left out/assumed goes to stderr."""
+    if not args.from_snapshot:
+        return None
+    from agent.errors import UnreplayableError
+    from agent.lab.replay import ReplayNote, replay_snapshot
+
+    try:
+        replay = replay_snapshot(args.from_snapshot)
+    except UnreplayableError as exc:
+        if args.output == "json":
+            notes = [n.to_json() for n in exc.notes if isinstance(n, ReplayNote)]
+            print(json.dumps({"lab": args.name, "refused": str(exc), "notes": notes}, indent=2))
+        raise
+    for note in replay.notes:
+        _progress(f"lab up: replay: {note.text()}")
+    return replay
+
+
+def _save_replay(lab: Lab, replay: Replay, output: str) -> None:
+    """Keep the replayed document next to the lab state: the file to edit and ``lab apply``."""
+    path = lab.dir / "replay.yaml"
+    path.write_text(replay.yaml_text(f"plprobe lab up --from-snapshot (lab {lab.name})"))
+    _progress(f"lab up: replayed topology in {path} (edit it, then plprobe lab apply it)")
+    if output == "json":
+        print(json.dumps({"lab": lab.name, "file": str(path), **replay.to_json()}, indent=2))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    lab.up(_load(args.topology))
+    replay = _replay(args)
+    lab.up(replay.topology if replay and replay.topology else _load(args.topology))
+    if replay is not None:
+        _save_replay(lab, replay, args.output)
     if args.with_agents:
         from agent.lab.agents import start_agents
 
@@ -199,6 +239,26 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """The running lab (or its ``lab up`` topology) as a topology file ``lab apply`` reads."""
+    from agent.lab.replay import export_text
+
+    lab = _lab(args)
+    topology = lab.original if args.original else lab.topology
+    which = "as built by lab up" if args.original else "as it runs now"
+    text = export_text(
+        topology,
+        header=f"plprobe lab export --name {lab.name}: the lab {which}",
+        description=f"exported from lab {lab.name} ({topology.source or 'unknown source'})",
+    )
+    if args.file:
+        Path(args.file).write_text(text)
+        _progress(f"lab export: {args.file}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     check_lab_name(args.name)
     plan = render(_load(args.topology), args.name)
@@ -247,6 +307,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also start a provider agent (plprobe observe) on every target",
     )
+    p.add_argument(
+        "--from-snapshot",
+        nargs=2,
+        metavar=("CONSUMER_DIR", "PROVIDER_DIR"),
+        help="build from describe-* snapshot directories (docs/SNAPSHOT.md) instead",
+    )
+    p.add_argument("--output", choices=("table", "json"), default="table")
     p = add("down", cmd_down, "remove the lab")
     p.add_argument("--all", action="store_true", help="remove every lab on this machine")
     p = add("status", cmd_status, "nodes, endpoint state, target health")
@@ -272,5 +339,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("node")
     p.add_argument("port", type=int, nargs="?", default=9720, help="port inside the node")
     p.add_argument("--local-port", type=int, default=0, help="local port (default: any free)")
+    p = add("export", cmd_export, "write the running lab as a topology file")
+    p.add_argument("--original", action="store_true", help="the topology of lab up instead")
+    p.add_argument("--file", help="write here instead of stdout")
     p = add("render", cmd_render, "print the plan without applying it (no root needed)")
     p.add_argument("--topology", help="topology YAML (default: the reference topology)")
