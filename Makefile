@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables tcpdump libpcap0.8 conntrack procps psmisc \
-                prometheus prometheus-blackbox-exporter python3-venv systemd
+                prometheus prometheus-blackbox-exporter python3-venv systemd \
+                chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: help deps apt venv test lint demo clean

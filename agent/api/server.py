@@ -1,5 +1,6 @@
 """The agent's HTTP API (aiohttp): metrics, health, JSON state, and a blackbox-style ``/probe``.
 
+    GET /                    the status page (agent.api.page): paths, verdicts, recent rounds
     GET /metrics             Prometheus exposition of the agent's registry (content negotiated)
     GET /healthz             liveness: 200 while the event loop answers
     GET /healthz/ready       readiness (also ``/healthz?ready=1``): 503 until the configuration
@@ -16,6 +17,9 @@
 
 ``/v1/*`` takes ``?path=ID`` (repeatable) to filter, and needs ``Authorization: Bearer TOKEN``
 when the configuration sets a token (401 with a JSON error otherwise; constant-time compare).
+The status page ``/`` shows what ``/v1/*`` does, so it is guarded by the same token; a browser
+cannot send a bearer header without script, so ``/`` also takes HTTP Basic with the token as
+the password (the browser asks for it; the user name is ignored).
 
 What changes at runtime lives in one holder, ``ApiDeps``: the daemon swaps its dicts (whole
 objects, on the event loop) after each round and its ``config`` on reload; app state itself is
@@ -40,6 +44,8 @@ module (the aiohttp app and ``ApiServer``, which hands each fast-path connection
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import importlib
 import logging
@@ -54,6 +60,8 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeFn, ProbeModule, answer_probe
 from agent.api.fastpath import ProbeConnection
+from agent.api.history import RoundHistory
+from agent.api.page import PageData, page_headers, render_page
 from agent.api.state import ServerState
 from agent.errors import ConfigError
 from agent.metrics import Metrics
@@ -113,6 +121,8 @@ class ApiDeps:
     probe_fn: ProbeFn | None = None
     #: the daemon's reload (``POST /-/reload``): returns (ok, message); None: 404
     reload_fn: Callable[[], Awaitable[tuple[bool, str]]] | None = None
+    #: the last rounds, for the status page (the client daemon records each round)
+    history: RoundHistory = field(default_factory=RoundHistory)
     config_loaded: bool = False
     #: set after the first round (the provider role sets it when its listeners are up)
     first_round_done: bool = False
@@ -182,18 +192,45 @@ async def _ready(request: web.Request) -> web.Response:
 # -- /v1 -----------------------------------------------------------------------------------
 
 
+def _token_matches(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _page_authorized(header: str, token: str) -> bool:
+    """``/``: the bearer token, or HTTP Basic with the token as the password."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return _token_matches(given, token)
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(given.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return _token_matches(decoded.partition(":")[2], token)
+
+
 @web.middleware
 async def _bearer_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Require the configured bearer token on /v1/*; other endpoints stay open (scrapers)."""
+    """Require the configured token on /v1/*, /-/* and the page; /metrics, /probe stay open."""
     token = request.app[DEPS_KEY].config.token
+    if not token:
+        return await handler(request)
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    if request.path == "/":
+        if not _page_authorized(header, token):
+            return web.Response(
+                status=401,
+                text="this agent's page needs its API token (as the password)\n",
+                headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="plprobe", charset="UTF-8"'},
+            )
+        return await handler(request)
     guarded = request.path == "/v1" or request.path.startswith(("/v1/", "/-/"))
-    if token and guarded:
-        scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        )
+    if guarded:
+        scheme, _, given = header.partition(" ")
+        ok = scheme.lower() == "bearer" and _token_matches(given, token)
         if not ok:
             return _json_error(
                 401, "missing or wrong bearer token", **{hdrs.WWW_AUTHENTICATE: "Bearer"}
@@ -249,6 +286,48 @@ def _observation_routes(deps: ApiDeps) -> list[web.RouteDef]:
     return routes
 
 
+# -- / (the status page) -------------------------------------------------------------------
+
+#: observations listed on a provider agent's page
+_PAGE_OBSERVATIONS = 50
+
+
+def page_data(deps: ApiDeps) -> PageData:
+    """What the status page shows, read from the holder at request time."""
+    observations: list[Any] = []
+    counters: dict[str, int] = {}
+    store = deps.observations
+    if store is not None:
+        appended = store.counters.appended
+        recent, _ = store.tail(max(0, appended - _PAGE_OBSERVATIONS))
+        observations = list(reversed(recent))
+        counters = {"stored": len(store), "received": appended}
+    return PageData(
+        agent_id=deps.config.agent_id,
+        role="provider" if store is not None else "client",
+        ready=deps.ready,
+        verdicts=deps.verdicts,
+        evidence=deps.evidence,
+        results=deps.results,
+        rounds=deps.history.newest_first(),
+        observations=observations,
+        observation_counters=counters,
+        started_at=deps.started_at,
+    )
+
+
+async def _page(request: web.Request) -> web.Response:
+    """Rendered in a worker thread, like /metrics: ~50 ms with 1,000 paths would stall probes.
+
+    ``page_data`` is read on the loop; the daemon replaces its dicts whole, never mutates them,
+    so the thread renders a consistent snapshot.
+    """
+    body = await asyncio.to_thread(render_page, page_data(request.app[DEPS_KEY]))
+    response = web.Response(body=body.encode(), headers=page_headers())
+    response.enable_compression()
+    return response
+
+
 # -- /probe --------------------------------------------------------------------------------
 
 
@@ -293,6 +372,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app[DEPS_KEY] = deps
     app.add_routes(
         [
+            web.get("/", _page),
             web.get("/metrics", _metrics),
             web.get("/healthz", _healthz),
             web.get("/healthz/ready", _ready),

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.cli.probe",
     "agent.cli.run",
     "agent.cli.observe",
+    "agent.cli.config",
     "agent.cli.lab",
 )
 

@@ -1,8 +1,12 @@
 """``plprobe lab ...``: flags only; every command calls the ``Lab`` API.
 
-    lab up [--topology FILE] [--name NAME] [--with-agents]
+    lab up [--topology FILE] [--name NAME] [--with-agents] [--with-prometheus]
                                                 build (default: the reference topology);
-                                                --with-agents: a provider agent per target
+                                                --with-agents: the daemons as deployed (a
+                                                provider agent per target, plprobe run in every
+                                                client, each API on 127.0.0.1);
+                                                --with-prometheus: also a real Prometheus
+                                                with the shipped alerts (prints its URL)
     lab up --from-snapshot CONSUMER_DIR PROVIDER_DIR [--output table|json]
                                                 build from real describe-* output; says
                                                 what it left out or assumed (replay.py)
@@ -94,15 +98,32 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab.up(replay.topology if replay and replay.topology else _load(args.topology))
     if replay is not None:
         _save_replay(lab, replay, args.output)
-    if args.with_agents:
-        from agent.lab.agents import start_agents
+    if args.with_agents or args.with_prometheus:
+        from agent.lab.deploy import start_deployment
 
         try:
-            start_agents(lab, lab.progress)
+            status = start_deployment(
+                lab,
+                lab.progress,
+                prometheus=args.with_prometheus,
+                rules=Path(args.prometheus_rules) if args.prometheus_rules else None,
+                prometheus_port=args.prometheus_port,
+            )
         except BaseException:
             lab.down()
             raise
+        for agent in status["agents"]:
+            print(f"{agent['node']}: {agent['command']}, API {agent['host_url']}/")
+        if status["prometheus"]:
+            print(f"prometheus: {status['prometheus']['url']}")
     return 0
+
+
+def _redeploy(lab: Lab) -> None:
+    """After a change: the deployed daemons' view re-written, what a rebuild killed restarted."""
+    from agent.lab.deploy import ensure_deployment
+
+    ensure_deployment(lab, lab.progress)
 
 
 def _print_runs(runs: list, output: str, key: str) -> int:
@@ -161,7 +182,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _lab(args).status()
+    from agent.lab.deploy import deployment_status
+
+    lab = _lab(args)
+    status = lab.status()
+    status["deployment"] = deployment_status(lab)
     if args.output == "json":
         print(json.dumps(status, indent=2))
         return 0
@@ -188,7 +213,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\nnot running: {', '.join(dead)}")
     for w in status["warnings"]:
         print(f"warning: {w}")
+    _print_deployment(status["deployment"])
     return 0
+
+
+def _print_deployment(deployment: dict) -> None:
+    if deployment["agents"]:
+        print(
+            f"\n{'AGENT':16} {'ROLE':9} {'PROCESS':16} {'RUNNING':8} {'API (in node)':24} ON HOST"
+        )
+        for a in deployment["agents"]:
+            print(
+                f"{a['node']:16} {a['role']:9} {a['command']:16} "
+                f"{'yes' if a['alive'] else 'NO':8} {a['api']:24} {a['host_url'] or '-'}"
+            )
+    prom = deployment["prometheus"]
+    if prom:
+        state = "" if prom["alive"] else " (NOT running)"
+        print(f"\nprometheus: {prom['url']}{state}  rules: {prom['rules']}")
 
 
 def cmd_break(args: argparse.Namespace) -> int:
@@ -197,19 +239,24 @@ def cmd_break(args: argparse.Namespace) -> int:
     if args.client and not fault.per_client:
         _progress(f"lab break: {args.control} is not per client; --client is ignored")
     how = lab.break_control(args.control, args.client)
+    _redeploy(lab)
     who = f" for {args.client}" if args.client and fault.per_client else ""
     _progress(f"lab break: {args.control}{who}: {fault.description} ({how})")
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    how = _lab(args).restore()
+    lab = _lab(args)
+    how = lab.restore()
+    _redeploy(lab)
     _progress(f"lab restore: back to the topology of lab up ({how})")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    how = _lab(args).apply(_load(args.file))
+    lab = _lab(args)
+    how = lab.apply(_load(args.file))
+    _redeploy(lab)
     _progress(f"lab apply: {args.file} ({how})")
     return 0
 
@@ -305,7 +352,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--with-agents",
         action="store_true",
-        help="also start a provider agent (plprobe observe) on every target",
+        help="run the daemons as deployed: a provider agent on every target, plprobe run in "
+        "every client; each agent's API on 127.0.0.1 (lab status lists them)",
+    )
+    p.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run a real Prometheus (Debian package) with the shipped alerts scraping every "
+        "agent (implies --with-agents); prints its URL",
+    )
+    p.add_argument(
+        "--prometheus-rules",
+        metavar="FILE",
+        help="rule file for that Prometheus (default: deploy/prometheus/alerts.yml)",
+    )
+    p.add_argument(
+        "--prometheus-port", type=int, default=0, help="its port on 127.0.0.1 (default: any free)"
     )
     p.add_argument(
         "--from-snapshot",

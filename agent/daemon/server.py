@@ -494,6 +494,7 @@ class Daemon:
         self.deps.results = {k: v for k, v in self.deps.results.items() if k != pid}
         self.deps.evidence = {k: v for k, v in self.deps.evidence.items() if k != pid}
         self.deps.verdicts = {k: v for k, v in self.deps.verdicts.items() if k != pid}
+        self.deps.history.forget(pid)
         log.info("path %s %s", pid, why)
 
     async def _schedule(self, config: ClientConfig, index: int, pc: PathConfig, key: bytes) -> None:
@@ -590,6 +591,13 @@ class Daemon:
         self.deps.results = {**self.deps.results, **by_path}
         self.deps.evidence = {**self.deps.evidence, **evidence}
         self.deps.verdicts = {**self.deps.verdicts, **verdicts}
+        self.deps.history.record(
+            pc.name,
+            result.started_at,
+            result.finished_at,
+            diagnosis.evidence,
+            result.provider_error,
+        )
         self._vlog.update(diagnosis.verdicts)
 
     # -- /probe (blackbox multi-target) -----------------------------------------------------

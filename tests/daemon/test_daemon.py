@@ -220,6 +220,18 @@ async def test_results_and_verdicts_are_published_to_the_api(running: Running) -
     assert {r["probe"] for r in json.loads(body)["results"]} == {"tcp"}
 
 
+async def test_each_round_is_kept_in_a_bounded_history_shown_on_the_status_page(
+    running: Running,
+) -> None:
+    history = running.daemon.deps.history
+    await eventually(lambda: len(history) >= 2)
+    newest = history.newest_first()[0]
+    assert [e.path for e in newest.evidence] == [pid(running.port)]
+    assert newest.finished_at >= newest.started_at > 0
+    status, page = await get(running.url + "/")
+    assert status == 200 and pid(running.port) in page and "Recent rounds" in page
+
+
 async def test_probe_endpoint_answers_like_blackbox_with_plprobes_result(
     running: Running,
 ) -> None:

@@ -17,6 +17,7 @@ import pytest
 from labfixtures import assert_no_leftovers, lab_up, require_lab, unique_lab_name
 
 from agent.lab import agents, faults
+from agent.lab.deploy import deployment_status
 from agent.lab.lab import Lab
 from agent.sources.topology import load_topology
 
@@ -249,13 +250,16 @@ def test_lab_probe_prints_the_per_path_evidence_table(agents_lab: Lab) -> None:
 
 
 @pytest.mark.lab
-def test_lab_up_with_agents_starts_a_provider_agent_per_target_and_down_removes_them() -> None:
+def test_lab_up_with_agents_starts_the_daemons_of_both_sides_and_down_removes_them() -> None:
     require_lab()
     name = unique_lab_name("wa")
     try:
         up = plprobe("lab", "up", "--name", name, "--with-agents")
         assert up.returncode == 0, up.stderr
         assert agents.agents_running(Lab(name)) == {"server-1": True, "server-2": True}
+        clients = [a for a in deployment_status(Lab(name))["agents"] if a["role"] == "client"]
+        assert {a["node"]: a["alive"] for a in clients} == {"client-1": True, "client-2": True}
+        assert "client-2: plprobe run, API http://127.0.0.1:" in up.stdout
     finally:
         down = plprobe("lab", "down", "--name", name)
         assert down.returncode == 0, down.stderr
