@@ -220,9 +220,9 @@ def _matrix(data: PageData, now: float) -> list[str]:
         for az in azs:
             out.append(f"<tr><th>{_e(az or '-')}</th>")
             for port in ports:
-                p = cells.get((az, port))
-                v = data.verdicts.get(p) if p else None
-                if p is None:
+                cell = cells.get((az, port))
+                v = data.verdicts.get(cell) if cell else None
+                if cell is None:
                     out.append("<td class=grid>-</td>")
                 elif v is None:
                     out.append('<td class="grid unknown">no verdict</td>')

@@ -157,13 +157,13 @@ def _all_errors(doc: Located) -> list[ConfigError]:
     except ValidationError as exc:
         out = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p)
+            err_loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p)
             message = err["msg"]
             if err["type"] == "extra_forbidden":
                 message = "unknown key (check the spelling; see the configuration reference)"
             elif err["type"] == "missing":
                 message = "required key is missing"
-            out.append(doc.error(loc, message))
+            out.append(doc.error(err_loc, message))
         return sorted(out, key=lambda e: (e.line or 0, e.col or 0))
     return []
 
@@ -226,7 +226,7 @@ def _plan(config: ClientConfig, resolved: list[Resolution] | None) -> list[Probe
             if not slots:
                 slots[p.name] = (None, None)
         for label, (az, ip) in slots.items():
-            name = p.zonal.get(az, display) if az else display
+            name = (p.zonal.get(az) or display) if az else display
             for port in p.ports:
                 out.append(
                     ProbePlan(
@@ -330,7 +330,13 @@ def render_text(report: CheckReport) -> str:
         lines.append(f"{'NAME':{width}} {'KIND':16} ANSWER")
         for r in report.resolved:
             answer = r.error or ", ".join(r.addresses)
-            mark = {True: " (as expected)", False: " (NOT the expected ENI IPs)"}.get(r.matches, "")
+            mark = (
+                ""
+                if r.matches is None
+                else " (as expected)"
+                if r.matches
+                else " (NOT the expected ENI IPs)"
+            )
             kind = r.kind + (f" {r.az_id}" if r.az_id else "")
             lines.append(f"{r.name:{width}} {kind:16} {answer}{mark}")
     if report.plan:
