@@ -219,14 +219,14 @@ def _plan(config: ClientConfig, resolved: list[Resolution] | None) -> list[Probe
                     slots[r.az_id] = (r.az_id, r.addresses[0] if r.addresses else None)
             known = {ip for _, ip in slots.values() if ip}
             for r in mine:
-                for ip in r.addresses if r.kind != "zonal" else []:
-                    if ip not in known:
-                        slots[ip] = (None, ip)
-                        known.add(ip)
+                for addr in r.addresses if r.kind != "zonal" else []:
+                    if addr not in known:
+                        slots[addr] = (None, addr)
+                        known.add(addr)
             if not slots:
                 slots[p.name] = (None, None)
         for label, (az, ip) in slots.items():
-            name = (p.zonal.get(az) or display) if az else display
+            name = p.zonal.get(az, display) if az else display
             for port in p.ports:
                 out.append(
                     ProbePlan(
