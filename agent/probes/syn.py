@@ -61,7 +61,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -718,6 +718,24 @@ class SynEngine:
 
     # ---------------------------------------------------------------- receiving
 
+    def _drain(self, sock: socket.socket, buf: bytearray, what: str) -> Iterator[int]:
+        """Receive into ``buf`` until the socket is empty or ``_RECV_BATCH`` packets are in,
+        yielding each one's length; a fatal error marks the engine broken.
+
+        Bounded, so one busy socket cannot starve the event loop; shared by the TCP and ICMP
+        readers so both stop and fail the same way.
+        """
+        for _ in range(_RECV_BATCH):
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FATAL_ERRNOS:
+                    self._broken(what, exc)
+                return
+            yield n
+
     def _on_tcp(self) -> None:
         sock = self._tcp
         if sock is None:
@@ -726,15 +744,7 @@ class SynEngine:
         table = self._table
         unpack = _REPLY.unpack_from
         now = 0.0
-        for _ in range(_RECV_BATCH):
-            try:
-                n = sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _FATAL_ERRNOS:
-                    self._broken("receive (tcp)", exc)
-                break
+        for n in self._drain(sock, buf, "receive (tcp)"):
             ihl = (buf[0] & 0x0F) << 2
             if n < ihl + 20:
                 continue
@@ -761,15 +771,7 @@ class SynEngine:
             return
         buf = self._ibuf
         table = self._table
-        for _ in range(_RECV_BATCH):
-            try:
-                n = sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _FATAL_ERRNOS:
-                    self._broken("receive (icmp)", exc)
-                break
+        for n in self._drain(sock, buf, "receive (icmp)"):
             ihl = (buf[0] & 0x0F) << 2
             inner = ihl + 8
             if n < inner + 20 or buf[ihl] != 3:
