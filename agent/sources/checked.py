@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agent.model import is_ip  # re-exported: one definition, ground floor
+
 #: an id longer than this is not an AWS id (ARNs are at most 2048 characters)
 MAX_ID = 2048
 #: after the prefix AWS prints hex; accepting more (hand-made ids such as ``acl-vpc-2-client``)
@@ -179,14 +181,6 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), type(value).__name__
     )
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["Invalid", "Node", "is_ip"]
