@@ -718,13 +718,15 @@ class SynEngine:
 
     # ---------------------------------------------------------------- receiving
 
-    def _drain(self, sock: socket.socket, buf: bytearray, what: str) -> Iterator[int]:
-        """Receive into ``buf`` until the socket is empty or ``_RECV_BATCH`` packets are in,
-        yielding each one's length; a fatal error marks the engine broken.
+    def _drain(self, sock: socket.socket | None, buf: bytearray, what: str) -> Iterator[int]:
+        """Yield the length of each packet received into ``buf``, at most ``_RECV_BATCH``.
 
-        Bounded, so one busy socket cannot starve the event loop; shared by the TCP and ICMP
-        readers so both stop and fail the same way.
+        Stops when the socket is empty or gone (closed meanwhile); a fatal error marks the
+        engine broken. Bounded, so one busy socket cannot starve the event loop; shared by the
+        TCP and ICMP readers so both stop and fail the same way.
         """
+        if sock is None:
+            return
         for _ in range(_RECV_BATCH):
             try:
                 n = sock.recv_into(buf)
@@ -737,14 +739,11 @@ class SynEngine:
             yield n
 
     def _on_tcp(self) -> None:
-        sock = self._tcp
-        if sock is None:
-            return
         buf = self._rbuf
         table = self._table
         unpack = _REPLY.unpack_from
         now = 0.0
-        for n in self._drain(sock, buf, "receive (tcp)"):
+        for n in self._drain(self._tcp, buf, "receive (tcp)"):
             ihl = (buf[0] & 0x0F) << 2
             if n < ihl + 20:
                 continue
@@ -766,12 +765,9 @@ class SynEngine:
                 self.counters.unmatched += 1
 
     def _on_icmp(self) -> None:
-        sock = self._icmp
-        if sock is None:
-            return
         buf = self._ibuf
         table = self._table
-        for n in self._drain(sock, buf, "receive (icmp)"):
+        for n in self._drain(self._icmp, buf, "receive (icmp)"):
             ihl = (buf[0] & 0x0F) << 2
             inner = ihl + 8
             if n < inner + 20 or buf[ihl] != 3:
