@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from agent.errors import MalformedError, TruncatedError
 from agent.wire.mac import (
     MAC_LEN,
-    U64,
     Buffer,
     IPAddress,
     check_key,
     check_port,
+    check_u64,
     compute_mac,
     decode_text,
     expect_prefix,
@@ -24,7 +24,7 @@ from agent.wire.mac import (
     utf8_len,
     verify_mac,
 )
-from agent.wire.token import AGENT_ID_MAX, PROBE_ID_LEN
+from agent.wire.token import AGENT_ID_MAX, PROBE_ID_LEN, check_probe_id
 
 __all__ = [
     "REPLY_MAGIC",
@@ -78,10 +78,8 @@ class Reply:
     proxy_dst_port: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.probe_id, bytes) or len(self.probe_id) != PROBE_ID_LEN:
-            raise ValueError(f"probe_id must be {PROBE_ID_LEN} bytes")
-        if not isinstance(self.recv_ns, int) or not 0 <= self.recv_ns < U64:
-            raise ValueError("recv_ns must be an unsigned 64-bit integer")
+        check_probe_id(self.probe_id)
+        check_u64(self.recv_ns, "recv_ns")
         agent_len = utf8_len(self.agent_id, "agent_id")
         if not 1 <= agent_len <= AGENT_ID_MAX:
             raise ValueError(f"agent_id must be 1..{AGENT_ID_MAX} UTF-8 bytes")
