@@ -127,6 +127,17 @@ def _check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_urls(value: str | list[str]) -> str | list[str]:
+    if isinstance(value, list):
+        return [_check_url(v) for v in value]
+    return _check_url(value)
+
+
+#: one provider agent's URL or a list of them (checked, without a trailing ``/``); the same
+#: rule for a client's default and a path's own
+_ProviderUrls = Annotated[str | list[str], AfterValidator(_check_urls)]
+
+
 class _Common(_Model):
     agent_id: str
     listen: str = DEFAULT_LISTEN
@@ -256,7 +267,7 @@ class PathConfig(_Model):
     interval: Seconds | None = None
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=10)] | None = None
-    provider_url: str | list[str] | None = None
+    provider_url: _ProviderUrls | None = None
 
     @field_validator("probes")
     @classmethod
@@ -267,13 +278,6 @@ class PathConfig(_Model):
     @classmethod
     def _expected(cls, value: dict[str, str]) -> dict[str, str]:
         return {az: _ip_text(ip) for az, ip in value.items()}
-
-    @field_validator("provider_url")
-    @classmethod
-    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            return [_check_url(v) for v in value]
-        return _check_url(value) if value is not None else None
 
     @field_validator("http_path")
     @classmethod
@@ -316,7 +320,7 @@ class ClientConfig(_Common):
     #: probes in flight at once (per round)
     concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
     #: where observations can be fetched: one URL or a list (one provider agent per target)
-    provider_url: str | list[str] | None = None
+    provider_url: _ProviderUrls | None = None
     #: bearer token file for the provider's /v1 API
     provider_token_file: FilePath | None = None
     #: wait this long after the last probe before fetching observations (sniffer lag)
@@ -332,13 +336,6 @@ class ClientConfig(_Common):
     def isn_preserved(self) -> bool | None:
         """``nlb_preserves_isn`` as ``correlate`` takes it (None: decide from the round)."""
         return None if self.nlb_preserves_isn == "auto" else self.nlb_preserves_isn
-
-    @field_validator("provider_url")
-    @classmethod
-    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            return [_check_url(v) for v in value]
-        return _check_url(value) if value is not None else None
 
     @property
     def provider_urls(self) -> tuple[str, ...]:

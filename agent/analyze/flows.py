@@ -15,11 +15,10 @@ that private IP, else the bare IP (an ECS task or a host not in the view).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from agent.errors import ConfigError
-from agent.model import Endpoint, EndpointEni, Instance, Topology
+from agent.model import Endpoint, EndpointEni, Instance, Topology, is_ip
 from agent.results import PathRef, path_id
 
 
@@ -54,14 +53,6 @@ def az_of_subnet(topology: Topology, subnet_id: str) -> str | None:
     return subnet.az_id if subnet else None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 # --- clients --------------------------------------------------------------------------------
 
 
@@ -85,7 +76,7 @@ def resolve_client(topology: Topology, client: str) -> Client:
     found = client_named(topology, (client,))
     if found is not None:
         return found
-    if _is_ip(client):
+    if is_ip(client):
         return client_at_ip(topology, client)
     known = ", ".join(i.name for i in topology.clients()) or "none"
     raise ConfigError(f"unknown client {client!r} (known clients: {known}, or an IP)")

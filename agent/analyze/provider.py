@@ -11,6 +11,7 @@ target in the AZ, or fail-open when no target is healthy).
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 from agent.analyze.fixes import sg_fix, sg_label, sgs_label
 from agent.analyze.flows import az_of_subnet
@@ -18,6 +19,9 @@ from agent.analyze.hops import PROTO, HopWalk, host_cidr
 from agent.analyze.sg import SgDecision, evaluate_sg
 from agent.model import NLB_EPHEMERAL, Instance, Nlb, NlbNode, Target, TargetGroup
 from agent.results import HopFinding
+
+#: a finding of the target-health hop, whose control has the same id (the walk adds nine)
+_target_health = partial(HopFinding, "target-health", "target-health")
 
 
 class ProviderHops(HopWalk):
@@ -140,9 +144,7 @@ class ProviderHops(HopWalk):
         node = self.node_for_path(nlb)
         if node is None:
             self.add(
-                HopFinding(
-                    "target-health",
-                    "target-health",
+                _target_health(
                     "denied",
                     resource=nlb_label,
                     detail=f"{nlb.name} has no subnet in {f.az_id}: the service is not "
@@ -207,9 +209,7 @@ class ProviderHops(HopWalk):
         label = f"{tg.name} in {self.f.az_id or 'all AZs'}"
         if not tg.targets:
             self.add(
-                HopFinding(
-                    "target-health",
-                    "target-health",
+                _target_health(
                     "denied",
                     resource=label,
                     detail=f"{tg.name} has no registered targets",
@@ -221,9 +221,7 @@ class ProviderHops(HopWalk):
         if not in_scope:
             elsewhere = ", ".join(sorted(names.values()))
             self.add(
-                HopFinding(
-                    "target-health",
-                    "target-health",
+                _target_health(
                     "denied",
                     resource=label,
                     detail=f"cross-zone load balancing is off and {tg.name} has no target in "
@@ -236,9 +234,7 @@ class ProviderHops(HopWalk):
             return
         if healthy:
             self.add(
-                HopFinding(
-                    "target-health",
-                    "target-health",
+                _target_health(
                     "allowed",
                     resource=label,
                     rule="healthy: " + ", ".join(sorted(names[i] for i in healthy)),
@@ -260,9 +256,7 @@ class ProviderHops(HopWalk):
         ]
         if others:
             self.add(
-                HopFinding(
-                    "target-health",
-                    "target-health",
+                _target_health(
                     "denied",
                     resource=label,
                     detail=f"no healthy target of {tg.name} in {self.f.az_id} and cross-zone "
@@ -274,9 +268,7 @@ class ProviderHops(HopWalk):
             )
             return
         self.add(
-            HopFinding(
-                "target-health",
-                "target-health",
+            _target_health(
                 "allowed",
                 resource=label,
                 rule="fail-open",
@@ -319,9 +311,7 @@ class ProviderHops(HopWalk):
         first = next((h for h in hops if h.status == "denied" and not h.degraded), None)
         if first is not None:
             self.add(
-                HopFinding(
-                    "target-health",
-                    "target-health",
+                _target_health(
                     "denied",
                     resource=f"{name} in {tg.name}",
                     rule="predicted unhealthy",
@@ -344,9 +334,7 @@ class ProviderHops(HopWalk):
             )
             return "unknown"
         self.add(
-            HopFinding(
-                "target-health",
-                "target-health",
+            _target_health(
                 "allowed",
                 resource=f"{name} in {tg.name}",
                 rule="predicted healthy",
@@ -362,9 +350,7 @@ class ProviderHops(HopWalk):
         ok = state == "healthy"
         first = next((h for h in hops if h.status == "denied"), None)
         self.add(
-            HopFinding(
-                "target-health",
-                "target-health",
+            _target_health(
                 "allowed" if ok else "denied",
                 resource=name,
                 rule=f"observed {target.health}",

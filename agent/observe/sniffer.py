@@ -70,8 +70,10 @@ from agent.results import Observation, hostport
 from agent.wire import (
     TOKEN_HEADER,
     TOKEN_MAGIC,
+    ProxyHeader,
     ReplayGuard,
     SynTagger,
+    Token,
     decode_token,
     is_proxy_v2_prefix,
     parse_proxy_stack,
@@ -282,19 +284,7 @@ class Sniffer:
             self.syns += 1
             if self.tagger is not None and self.tagger.verify(seq, now):
                 self.tagged += 1
-                self._record(
-                    Observation(
-                        kind="syn_tag",
-                        target=self.target,
-                        seen_at=now,
-                        src_ip=socket.inet_ntoa(bytes(pkt[12:16])),
-                        src_port=sport,
-                        dst_ip=socket.inet_ntoa(bytes(pkt[16:20])),
-                        dst_port=dport,
-                        via="sniffer",
-                        isn=seq,
-                    )
-                )
+                self._record(self._observation(pkt, sport, dport, now, isn=seq))
             else:
                 self.untagged += 1
             return
@@ -329,23 +319,40 @@ class Sniffer:
             self.malformed += 1
             return
         self.tokens += 1
-        self._record(
-            Observation(
-                kind="token",
-                target=self.target,
-                seen_at=now,
-                src_ip=socket.inet_ntoa(bytes(pkt[12:16])),
-                src_port=sport,
-                dst_ip=socket.inet_ntoa(bytes(pkt[16:20])),
-                dst_port=dport,
-                via="sniffer",
-                probe_id=token.probe_id_hex,
-                path=token.path_id,
-                agent=token.agent_id,
-                proxy_endpoint_id=proxy.vpce_id if proxy is not None else None,
-                proxy_src=hostport(proxy.src_ip, proxy.src_port) if proxy is not None else None,
-                proxy_dst=hostport(proxy.dst_ip, proxy.dst_port) if proxy is not None else None,
-            )
+        self._record(self._observation(pkt, sport, dport, now, token=token, proxy=proxy))
+
+    def _observation(
+        self,
+        pkt: memoryview | bytes,
+        sport: int,
+        dport: int,
+        now: float,
+        *,
+        isn: int | None = None,
+        token: Token | None = None,
+        proxy: ProxyHeader | None = None,
+    ) -> Observation:
+        """The Observation of one IPv4 segment: a tagged SYN (``isn``) or a token (``token``,
+        with the NLB's PROXY v2 header if one came first).
+
+        One constructor for both kinds, so they always name the connection the same way.
+        """
+        return Observation(
+            kind="syn_tag" if token is None else "token",
+            target=self.target,
+            seen_at=now,
+            src_ip=socket.inet_ntoa(bytes(pkt[12:16])),
+            src_port=sport,
+            dst_ip=socket.inet_ntoa(bytes(pkt[16:20])),
+            dst_port=dport,
+            via="sniffer",
+            probe_id="" if token is None else token.probe_id_hex,
+            path="" if token is None else token.path_id,
+            agent="" if token is None else token.agent_id,
+            isn=isn,
+            proxy_endpoint_id=proxy.vpce_id if proxy is not None else None,
+            proxy_src=hostport(proxy.src_ip, proxy.src_port) if proxy is not None else None,
+            proxy_dst=hostport(proxy.dst_ip, proxy.dst_port) if proxy is not None else None,
         )
 
     def _find_token(self, data: bytes) -> bytes | None:

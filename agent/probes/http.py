@@ -30,7 +30,13 @@ import aiohttp
 
 from agent import wire
 from agent.probes.base import ProbeContext, ProbeTarget
-from agent.probes.tcp import classify_oserror, describe_oserror, make_token
+from agent.probes.tcp import (
+    classify_oserror,
+    describe_oserror,
+    make_token,
+    new_result,
+    note_failure,
+)
 from agent.results import ProbeResult, hostport
 
 __all__ = ["SESSION_KEY", "make_session", "probe"]
@@ -94,15 +100,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
     started = ctx.now()
     t0 = time.perf_counter()
     token, payload = make_token(target, ctx)
-    result = ProbeResult(
-        path=target.path.id,
-        probe="http",
-        outcome="ok",
-        probe_id=token.probe_id_hex,
-        started_at=started,
-        target_ip=target.path.ip,
-        port=target.port,
-    )
+    result = new_result("http", target, token, started)
     headers = {wire.TOKEN_HEADER: wire.token_to_header(payload), "User-Agent": "plprobe"}
     host = target.http_host or (target.path.name if target.path.ip else None)
     if host:
@@ -135,12 +133,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
         result.detail["phase"] = phase
         result.error = f"no answer to {phase} within {ctx.timeout_s:g}s"
     except aiohttp.ClientConnectorError as exc:
-        outcome, icmp = classify_oserror(exc.os_error)
-        result.outcome = outcome
-        result.detail["phase"] = "connect"
-        if icmp is not None:
-            result.icmp = icmp
-            result.detail["icmp_inferred"] = True
+        note_failure(result, exc.os_error, "connect")
         result.error = f"connect: {describe_oserror(exc.os_error)}"
     except (aiohttp.ClientError, OSError) as exc:
         outcome, icmp = classify_oserror(exc) if isinstance(exc, OSError) else ("error", None)

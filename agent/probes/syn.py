@@ -61,7 +61,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -718,23 +718,32 @@ class SynEngine:
 
     # ---------------------------------------------------------------- receiving
 
-    def _on_tcp(self) -> None:
-        sock = self._tcp
+    def _drain(self, sock: socket.socket | None, buf: bytearray, what: str) -> Iterator[int]:
+        """Yield the length of each packet received into ``buf``, at most ``_RECV_BATCH``.
+
+        Stops when the socket is empty or gone (closed meanwhile); a fatal error marks the
+        engine broken. Bounded, so one busy socket cannot starve the event loop; shared by the
+        TCP and ICMP readers so both stop and fail the same way.
+        """
         if sock is None:
             return
-        buf = self._rbuf
-        table = self._table
-        unpack = _REPLY.unpack_from
-        now = 0.0
         for _ in range(_RECV_BATCH):
             try:
                 n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                break
+                return
             except OSError as exc:
                 if exc.errno in _FATAL_ERRNOS:
-                    self._broken("receive (tcp)", exc)
-                break
+                    self._broken(what, exc)
+                return
+            yield n
+
+    def _on_tcp(self) -> None:
+        buf = self._rbuf
+        table = self._table
+        unpack = _REPLY.unpack_from
+        now = 0.0
+        for n in self._drain(self._tcp, buf, "receive (tcp)"):
             ihl = (buf[0] & 0x0F) << 2
             if n < ihl + 20:
                 continue
@@ -756,20 +765,9 @@ class SynEngine:
                 self.counters.unmatched += 1
 
     def _on_icmp(self) -> None:
-        sock = self._icmp
-        if sock is None:
-            return
         buf = self._ibuf
         table = self._table
-        for _ in range(_RECV_BATCH):
-            try:
-                n = sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _FATAL_ERRNOS:
-                    self._broken("receive (icmp)", exc)
-                break
+        for n in self._drain(self._icmp, buf, "receive (icmp)"):
             ihl = (buf[0] & 0x0F) << 2
             inner = ihl + 8
             if n < inner + 20 or buf[ihl] != 3:

@@ -39,7 +39,15 @@ from agent.errors import ProbeError, TruncatedError, WireError
 from agent.probes.base import ProbeContext, ProbeTarget
 from agent.results import ProbeResult, hostport
 
-__all__ = ["classify_oserror", "describe_oserror", "probe", "reply_to_dict"]
+__all__ = [
+    "classify_oserror",
+    "describe_oserror",
+    "make_token",
+    "new_result",
+    "note_failure",
+    "probe",
+    "reply_to_dict",
+]
 
 #: errno -> inferred ICMP destination-unreachable (type, code); see the module docstring
 _ICMP_BY_ERRNO: dict[int, tuple[int, int]] = {
@@ -96,6 +104,38 @@ def make_token(target: ProbeTarget, ctx: ProbeContext) -> tuple[wire.Token, byte
         return token, wire.encode_token(token, ctx.key, insecure=ctx.insecure)
     except ValueError as exc:  # path/agent id too long, key too short: configuration
         raise ProbeError(f"cannot build a probe token for {target.path.id}: {exc}") from exc
+
+
+def new_result(kind: str, target: ProbeTarget, token: wire.Token, started: float) -> ProbeResult:
+    """The result of a token-carrying probe (``tcp``, ``http``) before it runs.
+
+    "ok" until a step fails, and named by the token's probe id so that what the target observed
+    can be matched to it.
+    """
+    return ProbeResult(
+        path=target.path.id,
+        probe=kind,
+        outcome="ok",
+        probe_id=token.probe_id_hex,
+        started_at=started,
+        target_ip=target.path.ip,
+        port=target.port,
+    )
+
+
+def note_failure(result: ProbeResult, exc: BaseException, phase: str) -> str:
+    """Record a socket failure in ``phase`` on ``result``; return the outcome.
+
+    Sets the outcome, the phase and the ICMP error the errno implies, the same way for every
+    probe kind; the error text stays the caller's (each probe words it for its own phases).
+    """
+    outcome, icmp = classify_oserror(exc)
+    result.outcome = outcome
+    result.detail["phase"] = phase
+    if icmp is not None:
+        result.icmp = icmp
+        result.detail["icmp_inferred"] = True
+    return outcome
 
 
 async def _address(target: ProbeTarget, deadline: float) -> tuple[int, str]:
@@ -156,15 +196,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
     t0 = time.perf_counter()
     deadline = loop.time() + ctx.timeout_s
     token, payload = make_token(target, ctx)
-    result = ProbeResult(
-        path=target.path.id,
-        probe="tcp",
-        outcome="ok",
-        probe_id=token.probe_id_hex,
-        started_at=started,
-        target_ip=target.path.ip,
-        port=target.port,
-    )
+    result = new_result("tcp", target, token, started)
     sock: socket.socket | None = None
     phase = "connect"
     mark = time.perf_counter()
@@ -206,14 +238,9 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
             result.duration_s = time.perf_counter() - t0
             await _drain(loop, sock, ctx)
     except (OSError, TimeoutError) as exc:
-        outcome, icmp = classify_oserror(exc)
-        result.outcome = outcome
-        result.detail["phase"] = phase
+        outcome = note_failure(result, exc, phase)
         if phase == "connect" and "connect" not in result.phases:
             result.phases["connect"] = time.perf_counter() - mark
-        if icmp is not None:
-            result.icmp = icmp
-            result.detail["icmp_inferred"] = True
         if isinstance(exc, OSError) and exc.errno is not None:
             result.detail["errno"] = errno.errorcode.get(exc.errno, str(exc.errno))
         if outcome == "timeout":

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from agent.model import is_ip  # one definition, ground floor (re-exported)
 
 #: an id longer than this is not an AWS id (ARNs are at most 2048 characters)
 MAX_ID = 2048
 #: after the prefix AWS prints hex; accepting more (hand-made ids such as ``acl-vpc-2-client``)
 #: costs nothing, the prefix is what tells one kind of id from another
 _ID_BODY = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*")
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
 
 
 class Invalid(Exception):
@@ -125,52 +129,55 @@ class Node:
 
     # --- formats --------------------------------------------------------------------------
     def ip(self, key: str, default: Any = _MISSING) -> Any:
-        if default is not _MISSING and self.opt(key) is None:
-            return default
-        text = self.text(key)
-        try:
-            ipaddress.ip_address(text)
-        except ValueError:
-            raise Invalid(self.at(key), f"{_short(text)} is not an IP address") from None
-        return text
+        return self._formatted(key, default, is_ip, "an IP address")
 
     def cidr(self, key: str, default: Any = _MISSING) -> Any:
-        if default is not _MISSING and self.opt(key) is None:
-            return default
-        text = self.text(key)
-        if "/" not in text:
-            raise Invalid(self.at(key), f"{_short(text)} is not a CIDR")
-        try:
-            ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise Invalid(self.at(key), f"{_short(text)} is not a CIDR") from None
-        return text
+        return self._formatted(key, default, _is_cidr, "a CIDR")
 
     def id(self, key: str, prefix: str, default: Any = _MISSING) -> Any:
         """An AWS resource id: ``prefix`` then a word (``vpc-0abc…``), no spaces or slashes."""
-        if default is not _MISSING and self.opt(key) is None:
-            return default
-        text = self.text(key)
-        body = text[len(prefix) :] if text.startswith(prefix) else None
-        if body is None or len(text) > MAX_ID or not _ID_BODY.fullmatch(body):
-            raise Invalid(self.at(key), f"{_short(text)} is not a {prefix}… id")
-        return text
+
+        def ok(text: str) -> bool:
+            return (
+                text.startswith(prefix)
+                and len(text) <= MAX_ID
+                and _ID_BODY.fullmatch(text[len(prefix) :]) is not None
+            )
+
+        return self._formatted(key, default, ok, f"a {prefix}… id")
 
     def arn(self, key: str, default: Any = _MISSING) -> Any:
-        if default is not _MISSING and self.opt(key) is None:
-            return default
-        text = self.text(key)
-        if not text.startswith("arn:") or len(text) > MAX_ID or any(c.isspace() for c in text):
-            raise Invalid(self.at(key), f"{_short(text)} is not an ARN")
-        return text
+        return self._formatted(key, default, _is_arn, "an ARN")
 
     def account_id(self, key: str, default: Any = _MISSING) -> Any:
+        return self._formatted(key, default, _ACCOUNT_ID.fullmatch, "a 12-digit account id")
+
+    def _formatted(self, key: str, default: Any, ok: Callable[[str], object], what: str) -> Any:
+        """A string member in one format (``ok`` accepts it), or ``default`` when absent.
+
+        One shape for every format, so each reports a bad value the same way:
+        "<where>: <value> is not <what>".
+        """
         if default is not _MISSING and self.opt(key) is None:
             return default
         text = self.text(key)
-        if not re.fullmatch(r"[0-9]{12}", text):
-            raise Invalid(self.at(key), f"{_short(text)} is not a 12-digit account id")
+        if not ok(text):
+            raise Invalid(self.at(key), f"{_short(text)} is not {what}")
         return text
+
+
+def _is_cidr(text: str) -> bool:
+    if "/" not in text:
+        return False
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_arn(text: str) -> bool:
+    return text.startswith("arn:") and len(text) <= MAX_ID and not any(c.isspace() for c in text)
 
 
 def _kind(value: Any) -> str:
@@ -179,14 +186,6 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), type(value).__name__
     )
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["Invalid", "Node", "is_ip"]

@@ -45,61 +45,14 @@ from agent.model import (
     Vpc,
     stable_id,
 )
-from agent.sources.topology_schema import (
-    AccepterSpec,
-    AccountSpec,
-    AttachmentSpec,
-    DefaultActionSpec,
-    EndpointServiceSpec,
-    EndpointSpec,
-    HealthCheckSpec,
-    InstanceSpec,
-    LabSpec,
-    LbSpec,
-    ListenerSpec,
-    NaclEntrySpec,
-    NaclSpec,
-    PeeringSpec,
-    Resources,
-    SgRuleSpec,
-    SgSpec,
-    SubnetConfigSpec,
-    SubnetMappingSpec,
-    SubnetSpec,
-    TargetGroupSpec,
-    TopologySpec,
-    VpcSpec,
-)
+from agent.sources import topology_schema
+from agent.sources.topology_schema import *  # noqa: F403  (re-exported, see __all__)
+from agent.sources.topology_schema import TopologySpec
 from agent.yamlsrc import Loc, Located, checking, load_yaml, validate
 
-__all__ = [
-    "REFERENCE",
-    "TOPOLOGIES",
-    "AccepterSpec",
-    "AccountSpec",
-    "AttachmentSpec",
-    "DefaultActionSpec",
-    "EndpointServiceSpec",
-    "EndpointSpec",
-    "HealthCheckSpec",
-    "InstanceSpec",
-    "LabSpec",
-    "LbSpec",
-    "ListenerSpec",
-    "NaclEntrySpec",
-    "NaclSpec",
-    "PeeringSpec",
-    "Resources",
-    "SgRuleSpec",
-    "SgSpec",
-    "SubnetConfigSpec",
-    "SubnetMappingSpec",
-    "SubnetSpec",
-    "TargetGroupSpec",
-    "TopologySpec",
-    "VpcSpec",
-    "load_topology",
-]
+__all__ = ["REFERENCE", "TOPOLOGIES", "load_topology"]
+#: the document's models are part of this module's interface; their one list is the schema's
+__all__ += topology_schema.__all__
 
 #: the built-in lab topologies and agent configs: ``configs/lab`` of the checkout, shipped in
 #: the package as ``agent/lab/topologies`` (a symlink in the source tree, copied into wheels)

@@ -10,9 +10,9 @@ be read (and changed) in one place.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from agent.model import normalize_protocol
 
@@ -97,10 +97,21 @@ class SgSpec(_Res):
 _PROTOCOLS = {"tcp", "udp", "icmp", "-1"}
 
 
+def _protocol(v: Any) -> str:
+    p = normalize_protocol(v)
+    if p not in _PROTOCOLS:
+        raise ValueError(f"protocol must be one of tcp, udp, icmp, -1 (got {v!r})")
+    return p
+
+
+#: a rule's protocol as AWS spells it (numbers and names normalized), for SG and NACL rules
+_Protocol = Annotated[str, BeforeValidator(_protocol)]
+
+
 class SgRuleSpec(_Res):
     type: Literal["ingress", "egress"]
     security_group_id: str
-    protocol: str
+    protocol: _Protocol
     from_port: int = Field(ge=-1, le=65535)
     to_port: int = Field(ge=-1, le=65535)
     cidr_blocks: list[str] = Field(default_factory=list)
@@ -108,30 +119,14 @@ class SgRuleSpec(_Res):
     prefix_list_ids: list[str] = Field(default_factory=list)
     description: str = ""
 
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _proto(cls, v: Any) -> str:
-        p = normalize_protocol(v)
-        if p not in _PROTOCOLS:
-            raise ValueError(f"protocol must be one of tcp, udp, icmp, -1 (got {v!r})")
-        return p
-
 
 class NaclEntrySpec(_Strict):
     rule_no: int = Field(ge=1, le=32766)
     action: Literal["allow", "deny"]
-    protocol: str
+    protocol: _Protocol
     cidr_block: str
     from_port: int = Field(default=0, ge=0, le=65535)
     to_port: int = Field(default=65535, ge=0, le=65535)
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _proto(cls, v: Any) -> str:
-        p = normalize_protocol(v)
-        if p not in _PROTOCOLS:
-            raise ValueError(f"protocol must be one of tcp, udp, icmp, -1 (got {v!r})")
-        return p
 
 
 class NaclSpec(_Res):

@@ -23,6 +23,7 @@ __all__ = [
     "IPAddress",
     "check_key",
     "check_port",
+    "check_u64",
     "compute_mac",
     "decode_text",
     "expect_prefix",
@@ -107,6 +108,12 @@ def parse_ip(value: AddressLike, what: str) -> IPAddress:
         return ipaddress.ip_address(value)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from exc
+
+
+def check_u64(value: int, what: str) -> None:
+    """Timestamps travel as unsigned 64 bits: anything else is a bug in the caller."""
+    if not isinstance(value, int) or not 0 <= value < U64:
+        raise ValueError(f"{what} must be an unsigned 64-bit integer")
 
 
 def check_port(port: int, what: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 from agent.errors import MalformedError, TruncatedError
 from agent.wire.mac import AddressLike, Buffer, IPAddress, check_port, decode_text, parse_ip
@@ -262,9 +262,7 @@ def parse_proxy_v2(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> tuple[Pr
             unix_src = block[:108].split(b"\0", 1)[0]
             unix_dst = block[108:216].split(b"\0", 1)[0]
     return (
-        _parse_tlvs(
-            header,
-            16 + addr_len,
+        ProxyHeader(
             command=command,
             family=family,
             transport=transport,
@@ -272,28 +270,33 @@ def parse_proxy_v2(data: Buffer, *, max_len: int = PROXY_V2_MAX_LEN) -> tuple[Pr
             dst_ip=dst_ip,
             src_port=src_port,
             dst_port=dst_port,
+            length=total,
             unix_src=unix_src,
             unix_dst=unix_dst,
+            **_parse_tlvs(header, 16 + addr_len),
         ),
         total,
     )
 
 
-def _parse_tlvs(
-    header: bytes,
-    pos: int,
-    *,
-    command: Command,
-    family: Family,
-    transport: Transport,
-    src_ip: IPAddress | None,
-    dst_ip: IPAddress | None,
-    src_port: int | None,
-    dst_port: int | None,
-    unix_src: bytes | None,
-    unix_dst: bytes | None,
-) -> ProxyHeader:
-    """Walk the TLVs from ``pos`` to the end of ``header`` and build the ProxyHeader."""
+class _TlvFields(TypedDict):
+    """What the TLV block contributes to a ProxyHeader: its fields of the same names."""
+
+    tlvs: tuple[Tlv, ...]
+    vpce_id: str | None
+    crc32c: int | None
+    alpn: bytes | None
+    authority: str | None
+    unique_id: bytes | None
+    ssl: bytes | None
+
+
+def _parse_tlvs(header: bytes, pos: int) -> _TlvFields:
+    """Walk the TLVs from ``pos`` to the end of ``header``; check them and decode the known ones.
+
+    Returns only what the TLVs say, so the header's fields are listed once, in
+    ``parse_proxy_v2``.
+    """
     end = len(header)
     tlvs: list[Tlv] = []
     crc_at: int | None = None
@@ -341,15 +344,7 @@ def _parse_tlvs(
             raise MalformedError("PROXY v2 CRC32C does not match the header")
 
     authority = fields.get(PP2_TYPE_AUTHORITY)
-    return ProxyHeader(
-        command=command,
-        family=family,
-        transport=transport,
-        src_ip=src_ip,
-        dst_ip=dst_ip,
-        src_port=src_port,
-        dst_port=dst_port,
-        length=end,
+    return _TlvFields(
         tlvs=tuple(tlvs),
         vpce_id=vpce_id,
         crc32c=crc_value,
@@ -357,8 +352,6 @@ def _parse_tlvs(
         authority=None if authority is None else decode_text(authority, "PROXY v2 AUTHORITY"),
         unique_id=fields.get(PP2_TYPE_UNIQUE_ID),
         ssl=fields.get(PP2_TYPE_SSL),
-        unix_src=unix_src,
-        unix_dst=unix_dst,
     )
 
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from agent.errors import MalformedError, TruncatedError
 from agent.wire.mac import (
     MAC_LEN,
-    U64,
     Buffer,
     IPAddress,
     check_key,
     check_port,
+    check_u64,
     compute_mac,
     decode_text,
     expect_prefix,
@@ -24,7 +24,7 @@ from agent.wire.mac import (
     utf8_len,
     verify_mac,
 )
-from agent.wire.token import AGENT_ID_MAX, PROBE_ID_LEN
+from agent.wire.token import AGENT_ID_MAX, PROBE_ID_LEN, check_probe_id
 
 __all__ = [
     "REPLY_MAGIC",
@@ -78,10 +78,8 @@ class Reply:
     proxy_dst_port: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.probe_id, bytes) or len(self.probe_id) != PROBE_ID_LEN:
-            raise ValueError(f"probe_id must be {PROBE_ID_LEN} bytes")
-        if not isinstance(self.recv_ns, int) or not 0 <= self.recv_ns < U64:
-            raise ValueError("recv_ns must be an unsigned 64-bit integer")
+        check_probe_id(self.probe_id)
+        check_u64(self.recv_ns, "recv_ns")
         agent_len = utf8_len(self.agent_id, "agent_id")
         if not 1 <= agent_len <= AGENT_ID_MAX:
             raise ValueError(f"agent_id must be 1..{AGENT_ID_MAX} UTF-8 bytes")
@@ -103,6 +101,39 @@ class Reply:
             if ip is not None:
                 object.__setattr__(self, ip_name, parse_ip(ip, ip_name))
                 check_port(port, port_name)
+
+    @classmethod
+    def from_pairs(
+        cls,
+        probe_id: bytes,
+        agent_id: str,
+        recv_ns: int,
+        src: tuple[IPAddress, int],
+        local: tuple[IPAddress, int],
+        *,
+        vpce_id: str | None = None,
+        proxy_src: tuple[IPAddress, int] | None = None,
+        proxy_dst: tuple[IPAddress, int] | None = None,
+    ) -> Reply:
+        """A Reply from ``(ip, port)`` pairs, the way both ends hold the addresses.
+
+        The decoder reads them as pairs and the responder has them so from its socket and the
+        PROXY v2 header; one constructor keeps the pair-to-field mapping in one place.
+        """
+        return cls(
+            probe_id=probe_id,
+            agent_id=agent_id,
+            recv_ns=recv_ns,
+            src_ip=src[0],
+            src_port=src[1],
+            local_ip=local[0],
+            local_port=local[1],
+            vpce_id=vpce_id,
+            proxy_src_ip=proxy_src[0] if proxy_src else None,
+            proxy_src_port=proxy_src[1] if proxy_src else None,
+            proxy_dst_ip=proxy_dst[0] if proxy_dst else None,
+            proxy_dst_port=proxy_dst[1] if proxy_dst else None,
+        )
 
     @property
     def probe_id_hex(self) -> str:
@@ -224,17 +255,13 @@ def decode_reply(data: Buffer, key: bytes, *, insecure: bool = False) -> Reply:
         if not vpce_raw.isascii():
             raise MalformedError("reply vpce id is not ASCII")
         vpce_id = vpce_raw.decode("ascii")
-    return Reply(
-        probe_id=probe_id,
-        agent_id=decode_text(agent_raw, "reply agent id"),
-        recv_ns=recv_ns,
-        src_ip=src[0],
-        src_port=src[1],
-        local_ip=local[0],
-        local_port=local[1],
+    return Reply.from_pairs(
+        probe_id,
+        decode_text(agent_raw, "reply agent id"),
+        recv_ns,
+        src,
+        local,
         vpce_id=vpce_id,
-        proxy_src_ip=proxy_src[0] if proxy_src else None,
-        proxy_src_port=proxy_src[1] if proxy_src else None,
-        proxy_dst_ip=proxy_dst[0] if proxy_dst else None,
-        proxy_dst_port=proxy_dst[1] if proxy_dst else None,
+        proxy_src=proxy_src,
+        proxy_dst=proxy_dst,
     )

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from agent.errors import MalformedError, TruncatedError
 from agent.wire.mac import (
     MAC_LEN,
-    U64,
     Buffer,
     check_key,
+    check_u64,
     compute_mac,
     decode_text,
     expect_prefix,
@@ -37,6 +37,7 @@ __all__ = [
     "TOKEN_STRINGS_MAX",
     "TOKEN_VERSION",
     "Token",
+    "check_probe_id",
     "decode_token",
     "encode_token",
     "token_from_header",
@@ -59,6 +60,12 @@ TOKEN_STRINGS_MAX = TOKEN_MAX - _TOKEN_OVERHEAD
 token as a whole must stay within ``TOKEN_MAX``, so both together must fit in this."""
 
 
+def check_probe_id(probe_id: bytes) -> None:
+    """A probe id is exactly ``PROBE_ID_LEN`` bytes, in a token and in the reply echoing it."""
+    if not isinstance(probe_id, bytes) or len(probe_id) != PROBE_ID_LEN:
+        raise ValueError(f"probe_id must be {PROBE_ID_LEN} bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     """One probe's identity, as the client sends it and the target recognises it.
@@ -74,10 +81,8 @@ class Token:
     sent_ns: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.probe_id, bytes) or len(self.probe_id) != PROBE_ID_LEN:
-            raise ValueError(f"probe_id must be {PROBE_ID_LEN} bytes")
-        if not isinstance(self.sent_ns, int) or not 0 <= self.sent_ns < U64:
-            raise ValueError("sent_ns must be an unsigned 64-bit integer")
+        check_probe_id(self.probe_id)
+        check_u64(self.sent_ns, "sent_ns")
         path_len = utf8_len(self.path_id, "path_id")
         agent_len = utf8_len(self.agent_id, "agent_id")
         if not 1 <= path_len <= PATH_ID_MAX:
