@@ -65,17 +65,51 @@ def is_ip(text: str) -> bool:
     return True
 
 
+def partition_of(region: str) -> str:
+    """The ARN partition of a region: IAM ARNs in GovCloud and China are not ``arn:aws:``.
+
+    A fix text that tells a GovCloud user to allow ``arn:aws:iam::…:root`` names a principal
+    that cannot exist there (AWS General Reference, "Amazon Resource Names").
+    """
+    for prefix, partition in (
+        ("us-gov-", "aws-us-gov"),
+        ("cn-", "aws-cn"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-isof-", "aws-iso-f"),
+    ):
+        if region.startswith(prefix):
+            return partition
+    return "aws"
+
+
+def arn_account(arn: str) -> str:
+    """The account id of an ARN (``arn:PARTITION:iam::ACCOUNT:…``), ``""`` when it has none."""
+    parts = arn.split(":")
+    return parts[4] if len(parts) >= 6 and parts[0] == "arn" else ""
+
+
 @dataclass
 class Account:
-    """One AWS account; ``role`` is ``consumer`` or ``provider``."""
+    """One AWS account; ``role`` is ``consumer`` or ``provider``.
+
+    ``region`` is where its directory was read (a snapshot; "" for the lab, one region): it
+    gives the ARN partition, and tells a cross-region endpoint from its service.
+    """
 
     name: str
     id: str
     role: Literal["consumer", "provider"]
+    region: str = ""
+
+    @property
+    def partition(self) -> str:
+        return partition_of(self.region)
 
     @property
     def root_arn(self) -> str:
-        return f"arn:aws:iam::{self.id}:root"
+        return f"arn:{self.partition}:iam::{self.id}:root"
 
 
 @dataclass
@@ -471,9 +505,7 @@ class Topology:
         """
         if "*" in service.allowed_principals:
             return True
-        return any(
-            p.count(":") >= 5 and p.split(":")[4] == account_id for p in service.allowed_principals
-        )
+        return any(arn_account(p) == account_id for p in service.allowed_principals)
 
     def service_allows(self, service: EndpointService, principal: str) -> bool:
         """Allowed-principal match: ``*``, the exact ARN, or the principal's account root."""
@@ -481,8 +513,10 @@ class Topology:
             return True
         if principal in service.allowed_principals:
             return True
-        account = principal.split(":")[4] if principal.count(":") >= 5 else ""
-        return bool(account) and f"arn:aws:iam::{account}:root" in service.allowed_principals
+        account = arn_account(principal)
+        partition = principal.split(":")[1] if account else ""
+        root = f"arn:{partition}:iam::{account}:root"
+        return bool(account) and root in service.allowed_principals
 
 
 # --- persistence ---------------------------------------------------------------------------

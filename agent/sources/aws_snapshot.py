@@ -386,7 +386,7 @@ class _Parser:
         for d in self.dumps:
             if d.name in self.t.accounts:
                 raise SourceError(f"{d.origin}: account {d.name!r} given twice")
-            self.t.accounts[d.name] = Account(d.name, d.id, d.role)
+            self.t.accounts[d.name] = Account(d.name, d.id, d.role, d.region)
             self.names_by_id[d.id] = d.name
             self.t.visible_accounts.add(d.name)
             self.t.notes.extend(d.notes)

@@ -194,7 +194,7 @@ class _Builder:
         t = self.t
         roles = [a.role for a in self.spec.accounts.values()]
         for name, acc in self.spec.accounts.items():
-            t.accounts[name] = Account(name=name, id=acc.id, role=acc.role)
+            t.accounts[name] = Account(name=name, id=acc.id, role=acc.role, region=t.region)
         if "consumer" not in roles or "provider" not in roles:
             raise self.fail(("accounts",), "need one account with role consumer and one provider")
         t.visible_accounts = set(t.accounts)
