@@ -133,9 +133,7 @@ def provider_services(topology: Topology) -> list[EndpointService]:
     A provider account may also run a Gateway Load Balancer service (no NLB ARN): no
     interface endpoint reaches a TCP listener through it.
     """
-    return sorted(
-        (s for s in topology.endpoint_services.values() if s.nlb_ids), key=lambda s: s.id
-    )
+    return sorted((s for s in topology.endpoint_services.values() if s.nlb_ids), key=lambda s: s.id)
 
 
 def _is_customer_service(endpoint: Endpoint) -> bool:
@@ -180,8 +178,7 @@ def resolve_endpoint(
     if len(candidates) > 1:
         names = ", ".join(_endpoint_label(e) for e in candidates)
         raise ConfigError(
-            f"several interface endpoints can carry this path ({names}); name one with "
-            "--endpoint",
+            f"several interface endpoints can carry this path ({names}); name one with --endpoint",
             key="--endpoint",
         )
     return candidates[0] if candidates else None
