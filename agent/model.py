@@ -170,6 +170,19 @@ class Rule:
 
 
 @dataclass
+class PrefixList:
+    """A customer-managed prefix list (``aws_ec2_managed_prefix_list``): named CIDRs that SG
+    rules reference as one source or destination (``Rule.prefix_list``)."""
+
+    id: str  # pl-…
+    name: str
+    account: str
+    cidrs: list[str] = field(default_factory=list)
+    address_family: Literal["IPv4", "IPv6"] = "IPv4"
+    max_entries: int = 10
+
+
+@dataclass
 class SecurityGroup:
     id: str
     name: str
@@ -400,9 +413,9 @@ class Topology:
     listeners: dict[str, Listener] = field(default_factory=dict)
     target_groups: dict[str, TargetGroup] = field(default_factory=dict)
     lab: LabSettings = field(default_factory=LabSettings)
-    #: managed prefix list id -> its CIDRs, when read (a rule naming a list absent here cannot
-    #: be evaluated: the analysis says "not visible" instead of guessing)
-    prefix_lists: dict[str, list[str]] = field(default_factory=dict)
+    #: managed prefix lists by id, with their CIDRs, when read (a rule naming a list absent
+    #: here cannot be evaluated: the analysis says "not visible" instead of guessing)
+    prefix_lists: dict[str, PrefixList] = field(default_factory=dict)
     #: account names whose configuration this topology was built from
     visible_accounts: set[str] = field(default_factory=set)
     #: where it came from, for messages ("configs/lab/reference.yaml", "snapshot:DIR")
