@@ -265,6 +265,9 @@ class EndpointService:
     allowed_principals: list[str] = field(default_factory=list)
     private_dns_name: str | None = None
     private_dns_state: str | None = None  # "verified", "pendingVerification", "failed"
+    #: False when the permissions were not read (no describe-vpc-endpoint-service-permissions
+    #: file for it): an empty ``allowed_principals`` then means "unknown", not "nobody"
+    principals_known: bool = True
 
     @property
     def service_name(self) -> str:

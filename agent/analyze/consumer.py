@@ -165,7 +165,7 @@ class ConsumerHops(HopWalk):
             )
         # ③a allowed principals
         svc_obj = self.service
-        if svc_obj is None or not self.visible(svc_obj.account):
+        if svc_obj is None or not self.visible(svc_obj.account) or not svc_obj.principals_known:
             # an endpoint that exists was created, so its requester was allowed then
             self.add(
                 HopFinding(
@@ -302,7 +302,7 @@ class ConsumerHops(HopWalk):
                 "service the client should reach",
             )
             return
-        if svc is None or not self.visible(svc.account):
+        if svc is None or not self.visible(svc.account) or not svc.principals_known:
             self.hidden(
                 "endpoint-exists",
                 "service-principal",

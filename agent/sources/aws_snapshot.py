@@ -722,6 +722,11 @@ class _Parser:
                     self.region_links.add(frozenset((d.region, name)))
             perms_rel = BY_STEM["ec2-describe-vpc-endpoint-service-permissions"].resource_file(sid)
             principals: list[str] = []
+            if perms_rel not in d.files and s.opt("NetworkLoadBalancerArns") is not None:
+                self.note(
+                    f"{d.origin}: {sid} has no {perms_rel}: its allowed principals were not "
+                    "read and are not visible"
+                )
             if perms_rel in d.files:
                 with self.reading(d, perms_rel) as perms:
                     principals = [
@@ -739,6 +744,7 @@ class _Parser:
                 principals,
                 private_dns,
                 (dns.text("State", None) if dns else None) if private_dns else None,
+                principals_known=perms_rel in d.files,
             )
 
     def connections(self, d: AccountDump, body: Node) -> None:

@@ -396,3 +396,20 @@ def test_an_nlb_whose_nodes_were_not_read_is_not_blamed_for_missing_azs(snap: Sn
     health = hop(analyze_flow(t, "client-2", None, 80), "target-health")
     assert health.status == "not_visible" and "not visible" in health.detail
     assert [v.blocked_at for v in explain(t, "client-2", 80)] == [None]
+
+
+# --- permissions that were not read ------------------------------------------------------------
+
+
+def test_a_service_whose_permissions_were_not_read_is_not_blamed_for_a_missing_endpoint(
+    snap: Snap,
+):
+    """The aws-cli service-configurations example lists an NLB service whose
+    describe-vpc-endpoint-service-permissions output is not in the directory: "unknown", never
+    "nobody is allowed"."""
+    snap.no_endpoint()
+    snap.per_resource("provider", "ec2-describe-vpc-endpoint-service-permissions").unlink()
+    t = snap.load()
+    exists = hop(analyze_flow(t, "client-2", None, 80), "endpoint-exists")
+    assert exists.status == "not_visible"
+    assert any(SERVICE in n and "allowed principals were not read" in n for n in t.notes)
