@@ -389,7 +389,7 @@ class _Builder:
             proto = r.protocol
             lo, hi = (r.from_port, r.to_port) if proto != "-1" else (0, 65535)
             # one model rule per prefix list, as AWS lists them (each its own PrefixListId)
-            lists = [
+            lists: list[str | None] = [
                 self.prefix_list_ref(name, sg.account, v, (*loc, "prefix_list_ids", i))
                 for i, v in enumerate(r.prefix_list_ids)
             ]
