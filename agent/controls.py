@@ -112,8 +112,9 @@ CATALOGUE: tuple[Control, ...] = (
         "③",
         "provider",
         True,
-        "add the consumer's principal (e.g. arn:aws:iam::ACCOUNT:root) to the endpoint "
-        "service's allowed principals, then create the endpoint",
+        "add the principal that creates the endpoint (its role or user, or the account root "
+        "arn:PARTITION:iam::ACCOUNT:root; PARTITION is aws, aws-us-gov or aws-cn) to the "
+        "endpoint service's allowed principals, then create the endpoint",
         ("BAD_STATE",),
         stage="endpoint",
         path_position=5,

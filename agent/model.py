@@ -65,17 +65,51 @@ def is_ip(text: str) -> bool:
     return True
 
 
+def partition_of(region: str) -> str:
+    """The ARN partition of a region: IAM ARNs in GovCloud and China are not ``arn:aws:``.
+
+    A fix text that tells a GovCloud user to allow ``arn:aws:iam::…:root`` names a principal
+    that cannot exist there (AWS General Reference, "Amazon Resource Names").
+    """
+    for prefix, partition in (
+        ("us-gov-", "aws-us-gov"),
+        ("cn-", "aws-cn"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-isof-", "aws-iso-f"),
+    ):
+        if region.startswith(prefix):
+            return partition
+    return "aws"
+
+
+def arn_account(arn: str) -> str:
+    """The account id of an ARN (``arn:PARTITION:iam::ACCOUNT:…``), ``""`` when it has none."""
+    parts = arn.split(":")
+    return parts[4] if len(parts) >= 6 and parts[0] == "arn" else ""
+
+
 @dataclass
 class Account:
-    """One AWS account; ``role`` is ``consumer`` or ``provider``."""
+    """One AWS account; ``role`` is ``consumer`` or ``provider``.
+
+    ``region`` is where its directory was read (a snapshot; "" for the lab, one region): it
+    gives the ARN partition, and tells a cross-region endpoint from its service.
+    """
 
     name: str
     id: str
     role: Literal["consumer", "provider"]
+    region: str = ""
+
+    @property
+    def partition(self) -> str:
+        return partition_of(self.region)
 
     @property
     def root_arn(self) -> str:
-        return f"arn:aws:iam::{self.id}:root"
+        return f"arn:{self.partition}:iam::{self.id}:root"
 
 
 @dataclass
@@ -133,6 +167,19 @@ class Rule:
         if self.from_port == self.to_port:
             return f"{proto} {self.from_port}"
         return f"{proto} {self.from_port}-{self.to_port}"
+
+
+@dataclass
+class PrefixList:
+    """A customer-managed prefix list (``aws_ec2_managed_prefix_list``): named CIDRs that SG
+    rules reference as one source or destination (``Rule.prefix_list``)."""
+
+    id: str  # pl-…
+    name: str
+    account: str
+    cidrs: list[str] = field(default_factory=list)
+    address_family: Literal["IPv4", "IPv6"] = "IPv4"
+    max_entries: int = 10
 
 
 @dataclass
@@ -218,6 +265,9 @@ class EndpointService:
     allowed_principals: list[str] = field(default_factory=list)
     private_dns_name: str | None = None
     private_dns_state: str | None = None  # "verified", "pendingVerification", "failed"
+    #: False when the permissions were not read (no describe-vpc-endpoint-service-permissions
+    #: file for it): an empty ``allowed_principals`` then means "unknown", not "nobody"
+    principals_known: bool = True
 
     @property
     def service_name(self) -> str:
@@ -366,9 +416,9 @@ class Topology:
     listeners: dict[str, Listener] = field(default_factory=dict)
     target_groups: dict[str, TargetGroup] = field(default_factory=dict)
     lab: LabSettings = field(default_factory=LabSettings)
-    #: managed prefix list id -> its CIDRs, when read (a rule naming a list absent here cannot
-    #: be evaluated: the analysis says "not visible" instead of guessing)
-    prefix_lists: dict[str, list[str]] = field(default_factory=dict)
+    #: managed prefix lists by id, with their CIDRs, when read (a rule naming a list absent
+    #: here cannot be evaluated: the analysis says "not visible" instead of guessing)
+    prefix_lists: dict[str, PrefixList] = field(default_factory=dict)
     #: account names whose configuration this topology was built from
     visible_accounts: set[str] = field(default_factory=set)
     #: where it came from, for messages ("configs/lab/reference.yaml", "snapshot:DIR")
@@ -471,9 +521,7 @@ class Topology:
         """
         if "*" in service.allowed_principals:
             return True
-        return any(
-            p.count(":") >= 5 and p.split(":")[4] == account_id for p in service.allowed_principals
-        )
+        return any(arn_account(p) == account_id for p in service.allowed_principals)
 
     def service_allows(self, service: EndpointService, principal: str) -> bool:
         """Allowed-principal match: ``*``, the exact ARN, or the principal's account root."""
@@ -481,8 +529,10 @@ class Topology:
             return True
         if principal in service.allowed_principals:
             return True
-        account = principal.split(":")[4] if principal.count(":") >= 5 else ""
-        return bool(account) and f"arn:aws:iam::{account}:root" in service.allowed_principals
+        account = arn_account(principal)
+        partition = principal.split(":")[1] if account else ""
+        root = f"arn:{partition}:iam::{account}:root"
+        return bool(account) and root in service.allowed_principals
 
 
 # --- persistence ---------------------------------------------------------------------------

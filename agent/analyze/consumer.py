@@ -11,7 +11,7 @@ from __future__ import annotations
 from agent.analyze.fixes import sg_fix, sg_label
 from agent.analyze.hops import PROTO, HopWalk, host_cidr
 from agent.analyze.sg import evaluate_sg
-from agent.model import LINUX_EPHEMERAL, EndpointService
+from agent.model import LINUX_EPHEMERAL, EndpointService, arn_account, partition_of
 from agent.results import HopFinding
 
 #: endpoint states (DescribeVpcEndpoints State, lower-cased) and the fix for each
@@ -165,7 +165,7 @@ class ConsumerHops(HopWalk):
             )
         # ③a allowed principals
         svc_obj = self.service
-        if svc_obj is None or not self.visible(svc_obj.account):
+        if svc_obj is None or not self.visible(svc_obj.account) or not svc_obj.principals_known:
             # an endpoint that exists was created, so its requester was allowed then
             self.add(
                 HopFinding(
@@ -181,15 +181,15 @@ class ConsumerHops(HopWalk):
             return
         svc_label = f"{svc_obj.id} ({svc_obj.name})"
         if ep.requester:
+            # a declared endpoint (the lab's topology names who creates it): it is created
+            # from this declaration, so the permissions are checked as at creation
             requester = ep.requester
             allowed = t.service_allows(svc_obj, requester)
         else:
             # a snapshot does not say which principal created the endpoint: any principal of
             # its owner account (or "*") may have; blaming the account root would be a guess
-            acct = t.accounts.get(ep.account)
-            acct_id = acct.id if acct else ep.account
-            allowed = t.service_allows_account(svc_obj, acct_id)
-            requester = f"arn:aws:iam::{acct_id}:root"
+            allowed = t.service_allows_account(svc_obj, self.account_id(ep.account))
+            requester = self.root_of(ep.account)
         if allowed:
             self.add(
                 HopFinding(
@@ -199,6 +199,27 @@ class ConsumerHops(HopWalk):
                     resource=svc_label,
                     rule=f"{requester} allowed",
                     checked=list(svc_obj.allowed_principals),
+                )
+            )
+        elif not ep.requester:
+            # an observed endpoint exists, so it was created while its account was allowed;
+            # AWS keeps existing connections when a principal is removed (only rejecting the
+            # connection cuts it; terraform-provider-aws #37260): not a blame
+            self.add(
+                HopFinding(
+                    "service-principal",
+                    "service-principal",
+                    "allowed",
+                    resource=svc_label,
+                    rule="the endpoint exists: permissions gate creating endpoints, not "
+                    "existing connections",
+                    checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
+                    detail=f"no principal of account {self.account_id(ep.account)} is an "
+                    f"allowed principal of {svc_obj.id} now; {ep.id} was created while one "
+                    "was, and AWS keeps an existing connection when a principal is removed. "
+                    "A new endpoint from this account would be refused; to cut this one off, "
+                    f"reject it (aws ec2 reject-vpc-endpoint-connections --service-id "
+                    f"{svc_obj.id} --vpc-endpoint-ids {ep.id})",
                 )
             )
         else:
@@ -217,20 +238,46 @@ class ConsumerHops(HopWalk):
                     checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
                     detail=f"{requester} is not an allowed principal of {svc_obj.id}{note}",
                     ra_code="BAD_STATE",
-                    fix=self.principal_fix(svc_obj, requester),
+                    fix=self.principal_fix(svc_obj, requester, exact=True),
                 )
             )
+
+    def account_id(self, account: str) -> str:
+        acct = self.t.accounts.get(account)
+        return acct.id if acct else account
+
+    def root_of(self, account: str) -> str:
+        """The account's root ARN in its partition (``arn:aws-us-gov:iam::…:root``)."""
+        acct = self.t.accounts.get(account)
+        if acct is not None:
+            return acct.root_arn
+        return f"arn:{partition_of(self.t.region)}:iam::{account}:root"
 
     def consumer_root(self) -> str:
         acct = self.t.accounts.get(self.f.client.account) if self.f.client else None
         acct = acct or self.t.account_of_role("consumer")
-        return acct.root_arn if acct else "arn:aws:iam::CONSUMER:root"
+        if acct is not None:
+            return acct.root_arn
+        return f"arn:{partition_of(self.t.region)}:iam::CONSUMER:root"
 
-    def principal_fix(self, svc: EndpointService, principal: str) -> str:
+    def principal_fix(self, svc: EndpointService, principal: str, *, exact: bool) -> str:
+        """Allow ``principal`` (``exact``: the known requester) or, when who creates the
+        endpoint is not known, the creating role or user -- the account root only as the
+        account-wide choice. ``principal`` is already spelled in its account's partition."""
+        cmd = (
+            f"aws ec2 modify-vpc-endpoint-service-permissions --service-id {svc.id} "
+            f"--add-allowed-principals {principal}"
+        )
+        if exact:
+            return (
+                f"add {principal} to the allowed principals of {svc.id} ({svc.name}) "
+                f"({cmd}), then create the endpoint"
+            )
+        role = principal.removesuffix(":root") + ":role/ROLE-THAT-CREATES-THE-ENDPOINT"
         return (
-            f"add {principal} to the allowed principals of {svc.id} ({svc.name}) "
-            f"(aws ec2 modify-vpc-endpoint-service-permissions --service-id {svc.id} "
-            f"--add-allowed-principals {principal}), then create the endpoint"
+            f"add the role or user that creates the endpoint (e.g. {role}) to the allowed "
+            f"principals of {svc.id} ({svc.name}), or {principal} to allow every principal "
+            f"of that account ({cmd}), then create the endpoint"
         )
 
     def missing_endpoint(self) -> None:
@@ -244,7 +291,18 @@ class ConsumerHops(HopWalk):
             return
         svc = self.service
         detail = f"no interface endpoint in a VPC that {self.f.client_name} can route to"
-        if svc is None or not self.visible(svc.account):
+        if svc is None and self.ambiguous_services:
+            names = ", ".join(f"{s.id} ({s.name})" for s in self.ambiguous_services)
+            self.hidden(
+                "endpoint-exists",
+                "service-principal",
+                f"{detail}; the provider runs several load-balanced endpoint services ({names}) "
+                "and no endpoint says which one this path is for",
+                fix="name the endpoint with --endpoint once it exists, or create it to the "
+                "service the client should reach",
+            )
+            return
+        if svc is None or not self.visible(svc.account) or not svc.principals_known:
             self.hidden(
                 "endpoint-exists",
                 "service-principal",
@@ -256,15 +314,21 @@ class ConsumerHops(HopWalk):
             )
             return
         principal = self.consumer_root()
-        if self.t.service_allows(svc, principal):
+        acct_id = arn_account(principal)
+        if self.t.service_allows_account(svc, acct_id):
+            # some principal of the account may create it (the root, a role, "*"): the
+            # endpoint is simply missing; name who may create it
+            mine = [p for p in svc.allowed_principals if p == "*" or arn_account(p) == acct_id]
+            who = ", ".join(mine)
             self.add(
                 HopFinding(
                     "endpoint-exists",
                     "dns",
                     "denied",
                     resource=svc.id,
-                    detail=f"{detail}, although {principal} is allowed on {svc.id}",
-                    fix=f"create an interface endpoint to {svc.id} in {self.f.client_name}'s VPC",
+                    detail=f"{detail}, although {who} may create one on {svc.id}",
+                    fix=f"create an interface endpoint to {svc.id} in {self.f.client_name}'s "
+                    f"VPC as {who}",
                 )
             )
             return
@@ -275,10 +339,10 @@ class ConsumerHops(HopWalk):
                 "denied",
                 resource=f"{svc.id} ({svc.name})",
                 checked=list(svc.allowed_principals) or ["(no allowed principals)"],
-                detail=f"{detail}: {principal} is not an allowed principal of {svc.id}, so "
-                "AWS refused to create it",
+                detail=f"{detail}: no principal of account {acct_id} is an allowed principal "
+                f"of {svc.id}, so AWS refused to create it",
                 ra_code="BAD_STATE",
-                fix=self.principal_fix(svc, principal),
+                fix=self.principal_fix(svc, principal, exact=False),
             )
         )
 

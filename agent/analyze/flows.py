@@ -10,7 +10,14 @@ Two callers name a path differently, and both resolve it here so they cannot dri
   the ENI IP, else by its published DNS names, and the ENI in the path's AZ.
 
 Clients are found the same way for both: an instance by name or id, else the instance with
-that private IP, else the bare IP (an ECS task or a host not in the view).
+that private IP, else the bare IP (an ECS task or a host not in the view). Two accounts often
+use the same private range (both 10.1.0.0/16): an IP is looked up in the consumer account
+first, so the answer never depends on the order the snapshot directories were given in.
+
+Without a named endpoint, the endpoint is the *interface endpoint of the provider's service*
+the client's VPC routes to: a consumer account also has interface endpoints to AWS services
+(``com.amazonaws.REGION.logs``), which are never this path. Several candidates are a question
+for the user (``--endpoint``), never a choice by sort order.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.errors import ConfigError
-from agent.model import Endpoint, EndpointEni, Instance, Topology, is_ip
+from agent.model import (
+    Endpoint,
+    EndpointEni,
+    EndpointService,
+    Instance,
+    Subnet,
+    Topology,
+    is_ip,
+)
 from agent.results import PathRef, path_id
 
 
@@ -56,10 +71,29 @@ def az_of_subnet(topology: Topology, subnet_id: str) -> str | None:
 # --- clients --------------------------------------------------------------------------------
 
 
+def _consumer_first(topology: Topology, account: str) -> int:
+    """Sort key: consumer accounts' resources before the others (overlapping CIDRs)."""
+    acct = topology.accounts.get(account)
+    return 0 if acct is not None and acct.role == "consumer" else 1
+
+
 def client_at_ip(topology: Topology, ip: str) -> Client:
-    """The instance with private IP ``ip``, else ``ip`` as a bare client."""
-    inst = next((i for i in topology.instances.values() if i.ip == ip), None)
+    """The instance with private IP ``ip`` (a consumer's first), else ``ip`` as a bare client.
+
+    With overlapping CIDRs the provider may have an instance on the same address; a client is
+    in the consumer account, so that one is taken whatever the order the accounts were read.
+    """
+    same = [i for i in topology.instances.values() if i.ip == ip]
+    same.sort(key=lambda i: (_consumer_first(topology, i.account), i.id))
+    inst = same[0] if same else None
     return (inst.name, inst.ip, inst) if inst is not None else (ip, ip, None)
+
+
+def client_subnet_of_ip(topology: Topology, ip: str) -> Subnet | None:
+    """The subnet holding a client's address, a consumer account's first (overlapping CIDRs)."""
+    subnets = [s for s in topology.subnets.values() if s.contains(ip)]
+    subnets.sort(key=lambda s: (_consumer_first(topology, s.account), s.id))
+    return subnets[0] if subnets else None
 
 
 def client_named(topology: Topology, names: tuple[str, ...]) -> Client | None:
@@ -88,29 +122,65 @@ def resolve_client(topology: Topology, client: str) -> Client:
 def _client_vpc(topology: Topology, ip: str, inst: Instance | None) -> str | None:
     if inst is not None and inst.subnet_id in topology.subnets:
         return topology.subnets[inst.subnet_id].vpc_id
-    subnet = topology.subnet_of_ip(ip)
+    subnet = client_subnet_of_ip(topology, ip)
     return subnet.vpc_id if subnet else None
+
+
+def provider_services(topology: Topology) -> list[EndpointService]:
+    """The endpoint services this path can be about: those fronted by a Network Load Balancer.
+
+    A provider account may also run a Gateway Load Balancer service (no NLB ARN): no
+    interface endpoint reaches a TCP listener through it.
+    """
+    return sorted((s for s in topology.endpoint_services.values() if s.nlb_ids), key=lambda s: s.id)
+
+
+def _is_customer_service(endpoint: Endpoint) -> bool:
+    """An endpoint service of some account (``vpce-svc-…``), not an AWS service (``logs``)."""
+    return endpoint.service_id.startswith("vpce-svc-")
+
+
+def _endpoint_label(e: Endpoint) -> str:
+    return f"{e.id} ({e.name}, service {e.service_id})" if e.name != e.id else f"{e.id}"
 
 
 def resolve_endpoint(
     topology: Topology, client_ip: str, inst: Instance | None, endpoint: str | None
 ) -> Endpoint | None:
-    """The named endpoint, or the one the client can route to (``None``: none visible)."""
+    """The named endpoint, or the provider service's endpoint the client can route to.
+
+    ``None``: none visible. Only interface endpoints to the provider's service count (to any
+    customer service when the provider's directory was not read); an AWS-service endpoint
+    (cloudtrail, logs, ...) is never the path. Several candidates: ``ConfigError`` asking for
+    ``--endpoint`` -- picking one by name order would evaluate a path nobody asked about.
+    """
     if endpoint is not None:
         found = next((e for e in topology.endpoints.values() if endpoint in (e.id, e.name)), None)
         if found is None and topology.endpoints:
             known = ", ".join(sorted(e.name for e in topology.endpoints.values()))
             raise ConfigError(f"unknown endpoint {endpoint!r} (known: {known})")
         return found
+    services = {s.id for s in provider_services(topology)}
+    candidates = sorted(topology.endpoints.values(), key=lambda e: e.id)
+    if services:
+        candidates = [e for e in candidates if e.service_id in services]
+    else:
+        candidates = [e for e in candidates if _is_customer_service(e)]
     vpc = _client_vpc(topology, client_ip, inst)
-    candidates = sorted(topology.endpoints.values(), key=lambda e: e.name)
-    if vpc is not None:
-        routed = [e for e in candidates if topology.routed(vpc, e.vpc_id)]
-        if routed:
-            return routed[0]
-        if topology.vpcs:
-            return None
-    return candidates[0] if len(candidates) == 1 else None
+    if vpc is None:
+        # the client's network is not in the view (a provider-side view): only a single
+        # candidate is unambiguous
+        return candidates[0] if len(candidates) == 1 else None
+    routed = [e for e in candidates if topology.routed(vpc, e.vpc_id)]
+    if routed or topology.vpcs:
+        candidates = routed
+    if len(candidates) > 1:
+        names = ", ".join(_endpoint_label(e) for e in candidates)
+        raise ConfigError(
+            f"several interface endpoints can carry this path ({names}); name one with --endpoint",
+            key="--endpoint",
+        )
+    return candidates[0] if candidates else None
 
 
 def endpoint_of_path(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 
 from agent.analyze.fixes import nacl_fix, nacl_label, ports_text, sg_label, sgs_label
-from agent.analyze.flows import Flow
+from agent.analyze.flows import Flow, client_subnet_of_ip, provider_services
 from agent.analyze.nacl import NaclDecision, entry_text, evaluate_nacl, evaluate_nacl_range
 from agent.analyze.sg import SgDecision
 from agent.model import EndpointService, Nlb, Subnet, Topology
@@ -33,10 +33,19 @@ class HopWalk:
         self.f = flow
         self.out: list[HopFinding] = []
         self.service: EndpointService | None = None
+        #: the provider's NLB-fronted services when no endpoint names one and there are
+        #: several: the walk cannot tell which the client means (``missing_endpoint`` says so)
+        self.ambiguous_services: list[EndpointService] = []
         if flow.endpoint is not None:
             self.service = topology.endpoint_services.get(flow.endpoint.service_id)
-        elif len(topology.endpoint_services) == 1:
-            self.service = next(iter(topology.endpoint_services.values()))
+        else:
+            # no endpoint yet: the service is the provider's NLB service (a GWLB service
+            # beside it is not a path to a TCP listener)
+            services = provider_services(topology)
+            if len(services) == 1:
+                self.service = services[0]
+            elif len(services) > 1:
+                self.ambiguous_services = services
         self.nlb: Nlb | None = topology.nlb_of_service(self.service) if self.service else None
 
     # -- visibility ------------------------------------------------------------------------
@@ -92,7 +101,10 @@ class HopWalk:
         return self.t.subnet_of_ip(ip)
 
     def client_subnet(self) -> Subnet | None:
-        return self.subnet_of(self.f.client_ip, self.f.client.subnet_id if self.f.client else None)
+        """The client's subnet; for a bare IP, a consumer's subnet first (overlapping CIDRs)."""
+        if self.f.client is not None and self.f.client.subnet_id in self.t.subnets:
+            return self.t.subnets[self.f.client.subnet_id]
+        return client_subnet_of_ip(self.t, self.f.client_ip)
 
     def eni_subnet(self) -> Subnet | None:
         if self.f.eni is None:

@@ -42,11 +42,37 @@ class ProviderHops(HopWalk):
         self.hidden("return:provider-nacl", "provider-nacl", why, direction="return")
 
     def node_for_path(self, nlb: Nlb) -> NlbNode | None:
-        if self.f.az_id is None:
+        if self.f.az_id is None or self.cross_region(nlb):
             return nlb.nodes[0] if nlb.nodes else None
         return next(
             (n for n in nlb.nodes if az_of_subnet(self.t, n.subnet_id) == self.f.az_id), None
         )
+
+    def cross_region(self, nlb: Nlb) -> str:
+        """``"consumer-region -> provider-region"`` when the endpoint is in another region
+        than the NLB (cross-region PrivateLink), else ``""``.
+
+        The endpoint's ENIs are in the consumer's AZs, the NLB's nodes in the provider's:
+        AZ ids of two regions never match, so the "service not in the endpoint's AZ" and
+        "no target in the AZ" checks do not apply (which node AWS hands the traffic to is
+        not documented; every node's targets are in scope).
+        """
+        ep = self.f.endpoint
+        if ep is None:
+            return ""
+        mine = self.t.accounts.get(ep.account)
+        theirs = self.t.accounts.get(nlb.account)
+        if mine is None or theirs is None or not mine.region or not theirs.region:
+            return ""
+        return "" if mine.region == theirs.region else f"{mine.region} -> {theirs.region}"
+
+    def node_of_target(self, nlb: Nlb, node: NlbNode, inst: Instance | None) -> NlbNode:
+        """Cross-region: the node in the target's AZ sends to it (cross-zone off), else the
+        path's node."""
+        if inst is None or not self.cross_region(nlb):
+            return node
+        az = az_of_subnet(self.t, inst.subnet_id)
+        return next((n for n in nlb.nodes if az_of_subnet(self.t, n.subnet_id) == az), node)
 
     def provider_hops(self) -> None:
         f, t, nlb = self.f, self.t, self.nlb
@@ -142,6 +168,18 @@ class ProviderHops(HopWalk):
             )
         )
         node = self.node_for_path(nlb)
+        if node is None and not nlb.nodes:
+            # no node of the NLB was read (no LoadBalancerAddresses, no ELB interface in the
+            # snapshot): its AZs are unknown, which is not "no subnet in the AZ"
+            self.hidden(
+                "target-health",
+                "target-health",
+                f"the node addresses of {nlb.name} are not visible (no LoadBalancerAddresses "
+                "and no ELB network interface in the snapshot): its AZs cannot be compared "
+                "with the endpoint's",
+                resource=nlb_label,
+            )
+            return
         if node is None:
             self.add(
                 _target_health(
@@ -185,7 +223,7 @@ class ProviderHops(HopWalk):
         return "; ".join(notes)
 
     def scope(self, nlb: Nlb, node: NlbNode, tg: TargetGroup) -> list[Target]:
-        if nlb.cross_zone:
+        if nlb.cross_zone or self.cross_region(nlb):
             return list(tg.targets)
         az = az_of_subnet(self.t, node.subnet_id)
         out = []
@@ -200,13 +238,17 @@ class ProviderHops(HopWalk):
         healthy: list[str] = []
         unknown: list[str] = []
         for target in in_scope:
-            verdict = self.one_target(nlb, node, tg, target)
+            own = self.node_of_target(nlb, node, self.t.instances.get(target.instance_id))
+            verdict = self.one_target(nlb, own, tg, target)
             if verdict == "healthy":
                 healthy.append(target.instance_id)
             elif verdict == "unknown":
                 unknown.append(target.instance_id)
         names = {tt.instance_id: self.target_name(tt.instance_id) for tt in tg.targets}
         label = f"{tg.name} in {self.f.az_id or 'all AZs'}"
+        regions = self.cross_region(nlb)
+        if regions:
+            label = f"{tg.name} in every AZ of the provider's region (cross-region {regions})"
         if not tg.targets:
             self.add(
                 _target_health(
@@ -238,6 +280,13 @@ class ProviderHops(HopWalk):
                     "allowed",
                     resource=label,
                     rule="healthy: " + ", ".join(sorted(names[i] for i in healthy)),
+                    detail=(
+                        f"cross-region PrivateLink ({regions}): the endpoint's AZ "
+                        f"{self.f.az_id} is not an AZ of the NLB's region, so AZ matching "
+                        "does not apply"
+                    )
+                    if regions
+                    else "",
                 )
             )
             return
@@ -460,7 +509,21 @@ class ProviderHops(HopWalk):
             )
         # the service (not an access control): is anything listening?
         listening = port in inst.services
-        if not listening and not getattr(inst, "services_known", True):
+        health_says = self.health_shows_listening(inst, port)
+        if not listening and not inst.services_known and health_says:
+            # no plprobe:services tag, but the NLB's own health check connects to this
+            # port and passes: something listens there
+            hops.append(
+                HopFinding(
+                    f"target-service{suffix}",
+                    "target-service",
+                    "allowed",
+                    resource=f"{inst.name} ({inst.id})",
+                    rule=f"listening on {port}",
+                    detail=health_says,
+                )
+            )
+        elif not listening and not inst.services_known:
             # a snapshot cannot tell which ports an instance listens on
             hops.append(
                 HopFinding(
@@ -489,6 +552,21 @@ class ProviderHops(HopWalk):
             h.direction = direction
             self.add(h)
         return hops
+
+    def health_shows_listening(self, inst: Instance, port: int) -> str:
+        """Why the target listens on ``port``, from DescribeTargetHealth: a ``healthy`` target
+        whose health check probes that very port. ``""`` when the health says nothing."""
+        for tg in self.t.target_groups.values():
+            for target in tg.targets:
+                if target.instance_id != inst.id or (target.health or "").lower() != "healthy":
+                    continue
+                if tg.health_port(target) == port:
+                    check = tg.health_check.protocol.upper()
+                    return (
+                        f"{inst.name} is healthy in {tg.name}, whose {check} health check "
+                        f"connects to port {port} (DescribeTargetHealth)"
+                    )
+        return ""
 
     def target_return(self, node: NlbNode, inst: Instance) -> list[HopFinding]:
         """Replies from the target to the NLB node on its remapped 1024-65535 ports."""

@@ -74,10 +74,10 @@ def rule_peer_match(
             return None
         return peer_ip in topology.sg_member_ips(rule.sg_ref)
     if rule.prefix_list is not None:
-        cidrs = topology.prefix_lists.get(rule.prefix_list)
-        if cidrs is None:
+        plist = topology.prefix_lists.get(rule.prefix_list)
+        if plist is None:
             return None
-        return any(_in(peer_ip, c) for c in cidrs)
+        return any(_in(peer_ip, c) for c in plist.cidrs)
     return False
 
 

@@ -70,11 +70,13 @@ def _comment(text: str) -> str:
 
 
 class _Sets:
-    """SG references render to named sets of member IPs (``sg_<name>``)."""
+    """SG references render to named sets of member IPs (``sg_<name>``); managed prefix
+    lists to named interval sets of their CIDRs (``pl_<name>``), as AWS resolves both."""
 
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
         self.used: dict[str, str] = {}
+        self.used_lists: dict[str, str] = {}
         names = [g.name for g in topo.security_groups.values()]
         self.names = {
             g.id: _ident(f"sg_{g.name}" if names.count(g.name) == 1 else f"sg_{g.name}_{g.id}")
@@ -86,11 +88,24 @@ class _Sets:
         self.used[sg_id] = name
         return name
 
+    def prefix_list(self, pl_id: str) -> str | None:
+        """The set of an IPv4 list the topology holds; ``None``: the lab cannot match it."""
+        plist = self.topo.prefix_lists.get(pl_id)
+        if plist is None or plist.address_family != "IPv4":
+            return None
+        name = _ident(f"pl_{plist.name}_{pl_id[-6:]}")
+        self.used_lists[pl_id] = name
+        return name
+
     def render(self) -> list[str]:
         out = []
         for sg_id, name in sorted(self.used.items(), key=lambda kv: kv[1]):
             ips = self.topo.sg_member_ips(sg_id)
             elems = f" elements = {{ {', '.join(ips)} }};" if ips else ""
+            out.append(f"  set {name} {{ type ipv4_addr; flags interval;{elems} }}")
+        for pl_id, name in sorted(self.used_lists.items(), key=lambda kv: kv[1]):
+            cidrs = self.topo.prefix_lists[pl_id].cidrs
+            elems = f" elements = {{ {', '.join(cidrs)} }};" if cidrs else ""
             out.append(f"  set {name} {{ type ipv4_addr; flags interval;{elems} }}")
         return out
 
@@ -125,7 +140,14 @@ def _sg_rule(sets: _Sets, sg_name: str, rule: Rule, field_: str, warnings: list[
     if rule.sg_ref:
         matches.append(f"ip {field_} @{sets.ref(rule.sg_ref)}")
     if rule.prefix_list:
-        warnings.append(f"{sg_name}: rule {rule.id}: prefix lists are not emulated (no match)")
+        pl_set = sets.prefix_list(rule.prefix_list)
+        if pl_set is None:
+            warnings.append(
+                f"{sg_name}: rule {rule.id}: prefix list {rule.prefix_list} is not in the "
+                "topology (or not IPv4): the lab cannot match it (no match)"
+            )
+        else:
+            matches.append(f"ip {field_} @{pl_set}")
     return [" ".join(x for x in (m, pp, "return", com) if x) for m in matches]
 
 
@@ -149,7 +171,7 @@ def router_ruleset(
     """The ``forward`` ruleset of ``router``: PrivateLink legs, NACLs, then SGs.
 
     ``enis`` are all the ENI nodes of the lab (those of the router's VPC are checked here);
-    ``warnings`` collects what the lab cannot emulate (prefix lists).
+    ``warnings`` collects what the lab cannot emulate (prefix lists it does not hold).
     """
     vpc_id = router.vpc_id
     sets = _Sets(topo)

@@ -298,7 +298,8 @@ class NetworkConverter:
                 return
             source["source_security_group_id"] = ref
         elif r.prefix_list:
-            cidrs = [c for c in self.t.prefix_lists.get(r.prefix_list, []) if _ipv4_net(c)]
+            listed = self.t.prefix_lists.get(r.prefix_list)
+            cidrs = [c for c in (listed.cidrs if listed else []) if _ipv4_net(c)]
             if r.prefix_list in self.t.prefix_lists:
                 if not cidrs:
                     self.note("omitted", what, f"prefix list {r.prefix_list} has no IPv4 entry")
@@ -307,7 +308,7 @@ class NetworkConverter:
                     "assumed",
                     what,
                     f"prefix list {r.prefix_list} written out as its IPv4 entries "
-                    f"{', '.join(cidrs)} (the lab does not emulate prefix lists)",
+                    f"{', '.join(cidrs)} (replay does not write prefix-list resources yet)",
                 )
                 source["cidr_blocks"] = cidrs
             else:

@@ -106,6 +106,9 @@ _SERVICES = PerResource(
 _LBS = PerResource(
     "elbv2-describe-load-balancers", "LoadBalancers", "LoadBalancerArn", "LoadBalancerArn"
 )
+_PREFIX_LISTS = PerResource(
+    "ec2-describe-managed-prefix-lists", "PrefixLists", "PrefixListId", "PrefixListId"
+)
 _TGS = PerResource(
     "elbv2-describe-target-groups", "TargetGroups", "TargetGroupArn", "TargetGroupArn"
 )
@@ -119,6 +122,9 @@ CALLS: tuple[ApiCall, ...] = (
     ApiCall("ec2", "DescribeNetworkAcls", BOTH),
     ApiCall("ec2", "DescribeInstances", BOTH),
     ApiCall("ec2", "DescribeNetworkInterfaces", BOTH),
+    # SG rules of either account may name a customer-managed prefix list: its CIDRs
+    ApiCall("ec2", "DescribeManagedPrefixLists", BOTH),
+    ApiCall("ec2", "GetManagedPrefixListEntries", BOTH, _PREFIX_LISTS),
     ApiCall("ec2", "DescribeVpcEndpoints", CONSUMER),
     ApiCall("ec2", "DescribeVpcEndpointServiceConfigurations", PROVIDER),
     ApiCall("ec2", "DescribeVpcEndpointServicePermissions", PROVIDER, _SERVICES),

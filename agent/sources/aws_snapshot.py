@@ -51,6 +51,7 @@ from agent.model import (
     Nlb,
     NlbNode,
     Peering,
+    PrefixList,
     Rule,
     SecurityGroup,
     Subnet,
@@ -386,7 +387,7 @@ class _Parser:
         for d in self.dumps:
             if d.name in self.t.accounts:
                 raise SourceError(f"{d.origin}: account {d.name!r} given twice")
-            self.t.accounts[d.name] = Account(d.name, d.id, d.role)
+            self.t.accounts[d.name] = Account(d.name, d.id, d.role, d.region)
             self.names_by_id[d.id] = d.name
             self.t.visible_accounts.add(d.name)
             self.t.notes.extend(d.notes)
@@ -396,6 +397,7 @@ class _Parser:
             ("ec2-describe-subnets", self.subnets),
             ("ec2-describe-vpc-peering-connections", self.peerings),
             ("ec2-describe-security-groups", self.security_groups),
+            ("ec2-describe-managed-prefix-lists", self.prefix_lists),
             ("ec2-describe-network-acls", self.nacls),
             ("ec2-describe-instances", self.instances),
             ("ec2-describe-vpc-endpoints", self.endpoints),
@@ -414,7 +416,23 @@ class _Parser:
         for d in self.dumps:
             self.check_orphans(d)
         self.check_regions()
+        self.check_prefix_lists()
         return self.t
+
+    def check_prefix_lists(self) -> None:
+        """A rule naming a prefix list whose entries were not read cannot be evaluated: say
+        which file would have told (the analysis then says "not visible", never "denied")."""
+        for g in self.t.security_groups.values():
+            for r in g.rules:
+                if r.prefix_list and r.prefix_list not in self.t.prefix_lists:
+                    rel = BY_STEM["ec2-get-managed-prefix-list-entries"].resource_file(
+                        r.prefix_list
+                    )
+                    self.note(
+                        f"{g.id} ({g.name}) names prefix list {r.prefix_list}, whose entries "
+                        f"were not read ({rel} in the owner's directory): rules naming it "
+                        "cannot be evaluated"
+                    )
 
     def check_truncated(self, d: AccountDump, rel: str, body: Node) -> None:
         """A page marker means the file is one page of more: say so, loudly."""
@@ -579,6 +597,26 @@ class _Parser:
                 g.text("Description", ""),
             )
 
+    def prefix_lists(self, d: AccountDump, body: Node) -> None:
+        """Managed prefix lists and, where read, their entries (one file per list)."""
+        for pl in body.items("PrefixLists", required=True):
+            pid = pl.id("PrefixListId", "pl-")
+            rel = BY_STEM["ec2-get-managed-prefix-list-entries"].resource_file(pid)
+            if rel not in d.files or pid in self.t.prefix_lists:
+                continue  # entries not read (a rule naming it is "not visible"), or shared
+            with self.reading(d, rel) as entries:
+                cidrs = [e.cidr("Cidr") for e in entries.items("Entries", required=True)]
+            owner = pl.text("OwnerId", d.id)
+            family = pl.text("AddressFamily", "IPv4")
+            self.t.prefix_lists[pid] = PrefixList(
+                pid,
+                pl.text("PrefixListName", pid),
+                "AWS" if owner == "AWS" else self.owner(owner),
+                cidrs,
+                "IPv6" if family == "IPv6" else "IPv4",
+                pl.integer("MaxEntries", 10, lo=1),
+            )
+
     def nacls(self, d: AccountDump, body: Node) -> None:
         for n in body.items("NetworkAcls", required=True):
             entries = []
@@ -684,6 +722,11 @@ class _Parser:
                     self.region_links.add(frozenset((d.region, name)))
             perms_rel = BY_STEM["ec2-describe-vpc-endpoint-service-permissions"].resource_file(sid)
             principals: list[str] = []
+            if perms_rel not in d.files and s.opt("NetworkLoadBalancerArns") is not None:
+                self.note(
+                    f"{d.origin}: {sid} has no {perms_rel}: its allowed principals were not "
+                    "read and are not visible"
+                )
             if perms_rel in d.files:
                 with self.reading(d, perms_rel) as perms:
                     principals = [
@@ -701,6 +744,7 @@ class _Parser:
                 principals,
                 private_dns,
                 (dns.text("State", None) if dns else None) if private_dns else None,
+                principals_known=perms_rel in d.files,
             )
 
     def connections(self, d: AccountDump, body: Node) -> None:

@@ -19,6 +19,7 @@ key.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 from agent.errors import TopologyError
@@ -36,6 +37,7 @@ from agent.model import (
     Nlb,
     NlbNode,
     Peering,
+    PrefixList,
     Rule,
     SecurityGroup,
     Subnet,
@@ -147,7 +149,7 @@ class _Builder:
         t = self.t
         roles = [a.role for a in self.spec.accounts.values()]
         for name, acc in self.spec.accounts.items():
-            t.accounts[name] = Account(name=name, id=acc.id, role=acc.role)
+            t.accounts[name] = Account(name=name, id=acc.id, role=acc.role, region=t.region)
         if "consumer" not in roles or "provider" not in roles:
             raise self.fail(("accounts",), "need one account with role consumer and one provider")
         t.visible_accounts = set(t.accounts)
@@ -156,6 +158,7 @@ class _Builder:
         self.peerings()
         self.security_groups()
         self.instances()
+        self.prefix_lists()
         self.sg_rules()
         self.nacls()
         self.nlbs()
@@ -239,6 +242,64 @@ class _Builder:
             self.ids[("aws_security_group", name)] = gid
             self.t.security_groups[gid] = SecurityGroup(gid, name, acc, vid, [], g.description)
 
+    def prefix_lists(self) -> None:
+        """Customer-managed prefix lists: their entries, then the separate entry resources."""
+        for name, pl in self.r.aws_ec2_managed_prefix_list.items():
+            loc = self.loc("aws_ec2_managed_prefix_list", name)
+            acc = self.account("aws_ec2_managed_prefix_list", name, pl.account)
+            pid = stable_id("pl", name)
+            self.ids[("aws_ec2_managed_prefix_list", name)] = pid
+            cidrs = [
+                self.prefix_cidr(e.cidr, pl.address_family, (*loc, "entry", i, "cidr"))
+                for i, e in enumerate(pl.entry)
+            ]
+            self.t.prefix_lists[pid] = PrefixList(
+                pid, pl.name or name, acc, cidrs, pl.address_family, pl.max_entries
+            )
+        for name, e in self.r.aws_ec2_managed_prefix_list_entry.items():
+            loc = self.loc("aws_ec2_managed_prefix_list_entry", name)
+            acc = self.account("aws_ec2_managed_prefix_list_entry", name, e.account)
+            pid = self.ref(
+                "aws_ec2_managed_prefix_list", e.prefix_list_id, (*loc, "prefix_list_id"),
+                "prefix list",
+            )  # fmt: skip
+            plist = self.t.prefix_lists[pid]
+            self.same_account(
+                "aws_ec2_managed_prefix_list_entry", name, acc, plist.account, "a prefix list"
+            )
+            plist.cidrs.append(self.prefix_cidr(e.cidr, plist.address_family, (*loc, "cidr")))
+        for plist in self.t.prefix_lists.values():
+            if len(plist.cidrs) > plist.max_entries:
+                key = next(n for (k, n), v in self.ids.items() if v == plist.id)
+                raise self.fail(
+                    self.loc("aws_ec2_managed_prefix_list", key, "max_entries"),
+                    f"{len(plist.cidrs)} entries exceed max_entries {plist.max_entries} "
+                    "(AWS refuses the extra entries)",
+                )
+
+    def prefix_cidr(self, text: str, family: str, loc: Loc) -> str:
+        cidr = self.cidr(text, loc)
+        if (ipaddress.ip_network(cidr).version == 6) != (family == "IPv6"):
+            raise self.fail(loc, f"{cidr} is not an {family} block (the list's address_family)")
+        return cidr
+
+    def prefix_list_ref(self, rule: str, sg_account: str, value: str, loc: Loc) -> str:
+        """A rule's prefix list: a list of the topology (by key), or a bare ``pl-…`` id whose
+        entries the lab does not know (an AWS-managed list): "not visible" to the analysis."""
+        if ("aws_ec2_managed_prefix_list", value) in self.ids:
+            pid = self.ids[("aws_ec2_managed_prefix_list", value)]
+            self.same_account(
+                "aws_security_group_rule",
+                rule,
+                sg_account,
+                self.t.prefix_lists[pid].account,
+                "a prefix list (sharing through RAM is not emulated)",
+            )
+            return pid
+        if re.fullmatch(r"pl-[0-9a-f]{8,17}", value):
+            return value
+        return self.ref("aws_ec2_managed_prefix_list", value, loc, "prefix list")
+
     def sg_rules(self) -> None:
         for name, r in self.r.aws_security_group_rule.items():
             loc = self.loc("aws_security_group_rule", name)
@@ -280,19 +341,25 @@ class _Builder:
                     )
             proto = r.protocol
             lo, hi = (r.from_port, r.to_port) if proto != "-1" else (0, 65535)
-            sg.rules.append(
-                Rule(
-                    id=name,
-                    direction=r.type,
-                    protocol=proto,
-                    from_port=lo,
-                    to_port=hi,
-                    cidrs=cidrs,
-                    sg_ref=ref,
-                    prefix_list=r.prefix_list_ids[0] if r.prefix_list_ids else None,
-                    description=r.description,
+            # one model rule per prefix list, as AWS lists them (each its own PrefixListId)
+            lists: list[str | None] = [
+                self.prefix_list_ref(name, sg.account, v, (*loc, "prefix_list_ids", i))
+                for i, v in enumerate(r.prefix_list_ids)
+            ]
+            for pl in lists or [None]:
+                sg.rules.append(
+                    Rule(
+                        id=name if len(lists) <= 1 else f"{name}[{pl}]",
+                        direction=r.type,
+                        protocol=proto,
+                        from_port=lo,
+                        to_port=hi,
+                        cidrs=cidrs,
+                        sg_ref=ref,
+                        prefix_list=pl,
+                        description=r.description,
+                    )
                 )
-            )
 
     def instances(self) -> None:
         for name, i in self.r.aws_instance.items():

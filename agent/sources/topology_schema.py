@@ -28,9 +28,12 @@ __all__ = [
     "LabSpec",
     "LbSpec",
     "ListenerSpec",
+    "ManagedPrefixListEntrySpec",
+    "ManagedPrefixListSpec",
     "NaclEntrySpec",
     "NaclSpec",
     "PeeringSpec",
+    "PrefixListEntrySpec",
     "Resources",
     "SgRuleSpec",
     "SgSpec",
@@ -91,6 +94,28 @@ class PeeringSpec(_Res):
 
 class SgSpec(_Res):
     vpc_id: str
+    description: str = ""
+
+
+class PrefixListEntrySpec(_Strict):
+    cidr: str
+    description: str = ""
+
+
+class ManagedPrefixListSpec(_Res):
+    """``aws_ec2_managed_prefix_list`` (customer-managed), with its ``entry`` blocks."""
+
+    name: str | None = None  # default: the resource key
+    address_family: Literal["IPv4", "IPv6"] = "IPv4"
+    max_entries: int = Field(default=10, ge=1, le=1000)
+    entry: list[PrefixListEntrySpec] = Field(default_factory=list)
+
+
+class ManagedPrefixListEntrySpec(_Res):
+    """``aws_ec2_managed_prefix_list_entry``: one more entry of a list."""
+
+    prefix_list_id: str
+    cidr: str
     description: str = ""
 
 
@@ -242,6 +267,10 @@ class Resources(_Strict):
     aws_vpc_peering_connection: dict[str, PeeringSpec] = Field(default_factory=dict)
     aws_security_group: dict[str, SgSpec] = Field(default_factory=dict)
     aws_security_group_rule: dict[str, SgRuleSpec] = Field(default_factory=dict)
+    aws_ec2_managed_prefix_list: dict[str, ManagedPrefixListSpec] = Field(default_factory=dict)
+    aws_ec2_managed_prefix_list_entry: dict[str, ManagedPrefixListEntrySpec] = Field(
+        default_factory=dict
+    )
     aws_network_acl: dict[str, NaclSpec] = Field(default_factory=dict)
     aws_instance: dict[str, InstanceSpec] = Field(default_factory=dict)
     aws_vpc_endpoint_service: dict[str, EndpointServiceSpec] = Field(default_factory=dict)

@@ -6,7 +6,7 @@ import copy
 from functools import cache
 
 from agent.analyze.sg import evaluate_sg
-from agent.model import Rule, SecurityGroup, Topology
+from agent.model import PrefixList, Rule, SecurityGroup, Topology
 from agent.sources.topology import load_topology
 
 
@@ -118,7 +118,7 @@ def test_an_unknown_prefix_list_is_not_visible_rather_than_denied() -> None:
 
 def test_a_known_prefix_list_matches_its_cidrs() -> None:
     t = topo()
-    t.prefix_lists["pl-0abc"] = ["10.2.1.0/24"]
+    t.prefix_lists["pl-0abc"] = PrefixList("pl-0abc", "clients", "consumer", ["10.2.1.0/24"])
     gid = add_group(t, "sg-pl", Rule("pl", "ingress", "tcp", 80, 80, prefix_list="pl-0abc"))
     assert evaluate_sg(t, [gid], "ingress", "10.2.1.15", "tcp", 80).allowed
     assert evaluate_sg(t, [gid], "ingress", "10.2.2.15", "tcp", 80).status == "denied"

@@ -8,7 +8,7 @@ enforce off, cross-zone on), so a round trip that drops a field fails.
 
 from __future__ import annotations
 
-from agent.model import NaclEntry, Rule, Topology, to_plain
+from agent.model import NaclEntry, PrefixList, Rule, Topology, to_plain
 from agent.sources.topology import load_topology
 
 
@@ -48,6 +48,9 @@ def enriched() -> Topology:
         Rule("pl", "ingress", "tcp", 443, 443, (), None, "pl-0123456789abcdef0", "a list"),
         Rule("all", "egress", "-1", 0, 65535, ("10.3.0.0/16",)),
     ]
+    t.prefix_lists["pl-0123456789abcdef0"] = PrefixList(
+        "pl-0123456789abcdef0", "partners", "provider", ["10.8.0.0/24", "10.9.0.0/16"]
+    )
     ep = next(iter(t.endpoints.values()))
     ep.state = "pendingAcceptance"
     ep.private_dns_enabled = True
