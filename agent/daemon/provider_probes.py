@@ -172,7 +172,9 @@ def _segment(value: str) -> str | None:
     return value if value and "/" not in value and len(value) <= 32 else None
 
 
-def _merged(config: ProviderProbesConfig, topology: Topology | None, responder_port: int):
+def _merged(
+    config: ProviderProbesConfig, topology: Topology | None, responder_port: int
+) -> ProviderProbesConfig:
     """Configured values win over discovered ones, key by key."""
     if not config.discover or topology is None:
         return config

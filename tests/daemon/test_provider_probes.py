@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
-from agent.config import ProviderConfig
+from agent.config import ProviderConfig, load_config
 from agent.daemon.provider import ProviderAgent
 from agent.daemon.provider_probes import (
     HOPS,
@@ -25,6 +28,7 @@ from agent.daemon.provider_probes import (
     plan,
     run_round,
 )
+from agent.daemon.server import Daemon
 from agent.metrics import HOPS as METRIC_HOPS
 from agent.metrics import make_metrics
 from agent.probes import ProbeContext
@@ -216,3 +220,56 @@ async def test_a_round_that_raises_does_not_stop_the_prober() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert calls >= 2 and prober.rounds >= 1
+
+
+# -- in the daemon's provider role --------------------------------------------------------
+
+
+def write_provider(path: Path, target: str, port: int) -> Path:
+    doc = {
+        "role": "provider",
+        "agent_id": "server-1",
+        "listen": "127.0.0.1:0",
+        "insecure": True,
+        "responder": {"bind": "127.0.0.1"},
+        "sniffer": {"enabled": False},
+        "probes": {
+            "enabled": True,
+            "interval": 0.2,
+            "targets": [{"name": target, "ip": "127.0.0.1", "port": port}],
+        },
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def until(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_daemons_provider_role_probes_and_a_reload_changes_what(
+    tmp_path: Path, listening: int
+) -> None:
+    path = write_provider(tmp_path / "provider.yaml", "first", listening)
+    config = load_config(path)
+    assert isinstance(config, ProviderConfig)
+    daemon = Daemon(config, b"", handle_signals=False, responder_port=0)
+    task = asyncio.create_task(daemon.serve())
+
+    def up(target: str) -> float | None:
+        labels = {"path": f"server-1/{target}/{listening}", "hop": "target"}
+        return daemon.registry.get_sample_value("plprobe_provider_path_up", labels)
+
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 5)
+        await until(lambda: up("first") == 1)
+        write_provider(path, "second", listening)
+        ok, message = await daemon.reload()
+        assert ok, message
+        await until(lambda: up("second") == 1 and up("first") is None)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 3)
