@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config_probes import ProviderProbesConfig, ProviderProbeTarget
 from agent.errors import ConfigError
 from agent.results import path_id  # re-exported: one definition, ground floor
 from agent.yamlsrc import Loc, Located, checking, load_yaml, validate
@@ -51,6 +52,8 @@ __all__ = [
     "ConfigSources",
     "PathConfig",
     "ProviderConfig",
+    "ProviderProbeTarget",
+    "ProviderProbesConfig",
     "ResponderConfig",
     "SnifferConfig",
     "check_listen",
@@ -407,6 +410,8 @@ class ProviderConfig(_Common):
     #: and for how long
     observation_ttl: Seconds = 600.0
     config_sources: ConfigSources = Field(default_factory=ConfigSources)
+    #: probes from inside the provider VPC (agent/daemon/provider_probes.py)
+    probes: ProviderProbesConfig = Field(default_factory=ProviderProbesConfig)
 
     @field_validator("expected_endpoint_ids")
     @classmethod

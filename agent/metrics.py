@@ -14,6 +14,7 @@ only on counters. Every label value comes from a bounded set:
     control   agent.controls.IDS                status   STATUSES
     via       VIAS                              reason   REJECT_REASONS
     source    EVIDENCE_SOURCES                  role     ROLES
+    hop       HOPS (provider probes)            consumer configured expected consumers
 A value outside its set is a programming error and raises ``ValueError``: a typo must never turn
 into a new time series. There is never a per-probe label (probe ids live in the JSON API).
 
@@ -49,6 +50,7 @@ from agent.results import OUTCOMES, PROBE_KINDS, Observation, ProbeResult, Verdi
 __all__ = [
     "DURATION_BUCKETS",
     "EVIDENCE_SOURCES",
+    "HOPS",
     "OTHER_PATH",
     "REJECT_REASONS",
     "RESPONDER_REASON_FIELDS",
@@ -80,6 +82,8 @@ VIAS: tuple[str, ...] = ("responder", "sniffer")
 REJECT_REASONS: tuple[str, ...] = ("malformed", "forged", "replayed", "over_limit", "timeout")
 EVIDENCE_SOURCES: tuple[str, ...] = ("provider_api", "snapshot", "aws")
 ROLES: tuple[str, ...] = ("client", "provider", "both")
+#: what a provider probe tests (``agent.daemon.provider_probes.HOPS``; kept equal by a test)
+HOPS: tuple[str, ...] = ("nlb", "target", "health")
 #: ``agent.observe.responder.ResponderCounters`` field -> rejection reason
 RESPONDER_REASON_FIELDS: Mapping[str, str] = {
     "malformed": "malformed",
@@ -122,12 +126,22 @@ class Metrics:
     raw_fallback: Gauge
     evidence_up: Gauge
     probe_module_unknown: Counter
+    provider_up: Gauge
+    provider_probes: Counter
+    provider_duration: Histogram
+    provider_last_round: Gauge
+    provider_round_cpu: Counter
+    provider_rounds: Counter
+    consumer_expected: Gauge
     max_seen_paths: int = DEFAULT_MAX_SEEN_PATHS
     #: path -> the culprit whose series exists (at most one per path)
     _culprit: dict[str, str] = field(default_factory=dict)
     _path_kinds: set[tuple[str, str]] = field(default_factory=set)
     _seen_paths: set[str] = field(default_factory=set)
     _responder_last: dict[str, int] = field(default_factory=dict)
+    #: provider probe path -> hop, of the series that exist (removed when no longer probed)
+    _provider_paths: dict[str, str] = field(default_factory=dict)
+    _expected: set[str] = field(default_factory=set)
 
     # -- client side -----------------------------------------------------------------------
 
@@ -256,6 +270,56 @@ class Metrics:
             self.sniffer_packets.inc(packets)
         if dropped:
             self.sniffer_dropped.inc(dropped)
+
+    # -- provider probes (agent/daemon/provider_probes.py) -----------------------------------
+
+    def observe_provider_round(
+        self, results: Iterable[tuple[str, ProbeResult]], *, cpu_s: float, finished_at: float
+    ) -> None:
+        """Export one round of the provider's own probes: ``(hop, result)`` pairs.
+
+        Per path: ``plprobe_provider_path_up`` (1 got through, 0 failed), the counters by
+        result (created at 0 for every result when the path first appears, as on the client),
+        and the duration of those that got through. Paths the round no longer probes (the
+        configuration or the view changed) lose their series, so a removed target is not
+        reported down forever.
+        """
+        now: dict[str, str] = {}
+        for hop, result in results:
+            _check("hop", hop, HOPS)
+            outcome = _check("outcome", result.outcome, OUTCOMES)
+            path = result.path
+            if path not in self._provider_paths:
+                for o in OUTCOMES:
+                    self.provider_probes.labels(path, hop, o)
+            now[path] = hop
+            self.provider_probes.labels(path, hop, outcome).inc()
+            self.provider_up.labels(path, hop).set(1 if outcome == "ok" else 0)
+            if outcome == "ok":
+                self.provider_duration.labels(path, hop).observe(max(result.duration_s, 0.0))
+        for path, hop in self._provider_paths.items():
+            if now.get(path) != hop:
+                self._remove(self.provider_up, path, hop)
+                self._remove(self.provider_duration, path, hop)
+                for o in OUTCOMES:
+                    self._remove(self.provider_probes, path, hop, o)
+        self._provider_paths = now
+        self.provider_rounds.inc()
+        self.provider_round_cpu.inc(max(cpu_s, 0.0))
+        self.provider_last_round.set(finished_at)
+
+    def set_expected_consumers(self, consumers: Iterable[str]) -> None:
+        """The client agent ids this provider expects probes from (configuration).
+
+        A gauge at 1 per configured consumer, so the alert can name a consumer that never
+        arrived at all; consumers seen once are learned by the alert from the counters.
+        """
+        wanted = set(consumers)
+        for name in self._expected - wanted:
+            self._remove(self.consumer_expected, name)
+        for name in sorted(wanted):
+            self.consumer_expected.labels(name).set(1)
+        self._expected = wanted
 
     # -- self ------------------------------------------------------------------------------
 
@@ -395,6 +459,46 @@ def make_metrics(
         probe_module_unknown=Counter(
             "plprobe_probe_module_unknown_total",
             "/probe requests naming a module that is not configured.",
+            registry=r,
+        ),
+        provider_up=Gauge(
+            "plprobe_provider_path_up",
+            "1 when the provider's own probe on the path got through in the last round, else 0.",
+            ["path", "hop"],
+            registry=r,
+        ),
+        provider_probes=Counter(
+            "plprobe_provider_probes_total",
+            "Probes the provider agent sent from inside the provider VPC, by hop and result.",
+            ["path", "hop", "result"],
+            registry=r,
+        ),
+        provider_duration=Histogram(
+            "plprobe_provider_probe_duration_seconds",
+            "Duration of the provider's own probes that got through.",
+            ["path", "hop"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        ),
+        provider_last_round=Gauge(
+            "plprobe_provider_last_round_timestamp_seconds",
+            "When the provider's last probe round finished.",
+            registry=r,
+        ),
+        provider_round_cpu=Counter(
+            "plprobe_provider_probe_cpu_seconds_total",
+            "CPU time the provider agent spent in its probe rounds.",
+            registry=r,
+        ),
+        provider_rounds=Counter(
+            "plprobe_provider_probe_rounds_total",
+            "Provider probe rounds run.",
+            registry=r,
+        ),
+        consumer_expected=Gauge(
+            "plprobe_provider_consumer_expected",
+            "1 for each client agent id this provider is configured to expect probes from.",
+            ["consumer"],
             registry=r,
         ),
         max_seen_paths=max_seen_paths,

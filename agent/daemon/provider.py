@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from agent.config import INSECURE_NOTE, ProviderConfig, parse_listen, read_token_file
+from agent.daemon.provider_probes import ProviderProber, ProviderRound
 from agent.errors import PlprobeError
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
@@ -95,6 +96,8 @@ class ProviderAgent:
         self.sniffer: Any = None
         self.sniffer_error: str | None = None
         self.api_addresses: list[tuple[str, int]] = []
+        #: the provider's own probes (``probes.enabled``), see agent/daemon/provider_probes.py
+        self.prober: ProviderProber | None = None
         self._responder_port = responder_port
         self._api_listen = api_listen or config.listen
         self._stack = contextlib.AsyncExitStack()
@@ -155,6 +158,7 @@ class ProviderAgent:
         await self._start_sniffer()
         if self._serve_api:
             await self._start_api()
+        await self._start_probes()
         self._stack.push_async_callback(self._cancel_task, self._start_metrics_sync())
 
     async def stop(self) -> None:
@@ -217,6 +221,47 @@ class ProviderAgent:
             self.sniffer.close()
         except (PlprobeError, OSError) as exc:
             log.warning("sniffer did not stop cleanly: %s", exc)
+
+    async def _start_probes(self) -> None:
+        """Start the provider's own probe rounds (``probes.enabled``) as one background task.
+
+        With ``probes.discover`` a view keeper re-reads the provider's configuration view on
+        ``config_sources.refresh_interval``; each round plans from the view it has then.
+        """
+        pc = self.config.probes
+        if self._metrics is not None:
+            self._metrics.set_expected_consumers(pc.expected_consumers)
+        if not pc.enabled:
+            return
+        topology: Callable[[], Any] = lambda: None  # noqa: E731 - the no-view default
+        if pc.discover:
+            from agent.sources.views import ViewKeeper, for_daemon, source_for
+
+            keeper = ViewKeeper(
+                for_daemon(source_for(self.config)),
+                interval_s=self.config.config_sources.refresh_interval,
+            )
+            task = asyncio.create_task(keeper.run(), name="plprobe-provider-view")
+            self._stack.push_async_callback(self._cancel_task, task)
+            topology = lambda: keeper.view.topology  # noqa: E731
+        self.prober = ProviderProber(
+            self.config, self.key, topology=topology, on_round=self._export_round
+        )
+        task = asyncio.create_task(self.prober.run(), name="plprobe-provider-probes")
+        self._stack.push_async_callback(self._cancel_task, task)
+        self._say(
+            f"provider probes every {pc.interval:g}s "
+            f"({'discovered from the provider view' if pc.discover else 'configured'})"
+        )
+
+    def _export_round(self, round_: ProviderRound) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.observe_provider_round(
+            ((r.hop, r.result) for r in round_.results),
+            cpu_s=round_.cpu_s,
+            finished_at=round_.started_at + round_.duration_s,
+        )
 
     def counter_sources(self) -> dict[str, Callable[[], dict[str, int]]]:
         """Plain counters of the responder and sniffer, for ``/v1/observations``."""

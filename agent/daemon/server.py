@@ -683,6 +683,7 @@ class Daemon:
             and new.agent_id == old.agent_id
             and new.insecure == old.insecure
             and new.expected_endpoint_ids == old.expected_endpoint_ids
+            and new.probes == old.probes
             and key == self.key
         )
         if same:

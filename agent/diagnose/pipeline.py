@@ -45,12 +45,13 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.analyze.flows import Client, Flow, client_at_ip, client_named, path_flow
 from agent.analyze.path import walk
+from agent.diagnose.provider_probes import ProviderProbeSummary, narrow_verdict
 from agent.diagnose.rounds import RoundResult
 from agent.diagnose.verdict import diagnose, rollup
 from agent.errors import PlprobeError
@@ -262,12 +263,15 @@ def diagnose_round(
     paths: Iterable[PathRef] = (),
     now: float | None = None,
     cache: FindingsCache | None = None,
+    provider_probes: Mapping[str, ProviderProbeSummary] | None = None,
 ) -> Diagnosis:
     """One verdict per path of the round: packets decide the stage, the view the rule.
 
     ``round_`` is a ``RoundResult`` (its ``paths`` say what each path is) or bare evidence
     plus ``paths``. ``view`` may be a ConfigView, a bare Topology, or None (packets only).
     ``cache`` (the daemon's) reuses the static findings of a path while the view is the same.
+    ``provider_probes`` (path id -> what the provider's own probes say of its listener and AZ)
+    narrows the candidates of a verdict without a culprit (agent.diagnose.provider_probes).
     """
     if isinstance(view, Topology):
         view = ConfigView(view, "snapshot", view.source or "topology", loaded_at=time.time())
@@ -299,6 +303,8 @@ def diagnose_round(
             verdict.evidence.append(f"configuration not used for this path: {notes[ev.path]}")
             log.debug("%s: %s", ev.path, notes[ev.path])
         verdicts.append(verdict)
+    if provider_probes:
+        verdicts = [narrow_verdict(v, provider_probes.get(v.path)) for v in verdicts]
     return Diagnosis(verdicts=verdicts, evidence=evidence, view=view, notes=notes)
 
 

@@ -215,6 +215,7 @@ resource "aws_instance" "server_1" {
       agent_id       = "server-1"
       service_port   = var.service_port
       responder_port = var.responder_port
+      region         = var.region
     })
     unit      = local.unit
     wheel_url = var.plprobe_wheel_url
@@ -240,6 +241,7 @@ resource "aws_instance" "server_2" {
       agent_id       = "server-2"
       service_port   = var.service_port
       responder_port = var.responder_port
+      region         = var.region
     })
     unit      = local.unit
     wheel_url = var.plprobe_wheel_url

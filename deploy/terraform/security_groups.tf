@@ -157,3 +157,52 @@ resource "aws_security_group_rule" "server_egress_https" {
   to_port           = 443
   cidr_blocks       = ["0.0.0.0/0"]
 }
+
+# Inside the provider VPC: the provider agents' own probes and their peers. A provider agent
+# probes each NLB listener through the NLB node (target -> NLB: target SG egress, NLB SG
+# ingress from the target SG) and each target directly on the traffic and health-check ports
+# (target -> target), and the agents of the target group share what they saw with each other on
+# the responder port (target -> target). Traffic port = health-check port here.
+resource "aws_security_group_rule" "server_egress_nlb" {
+  for_each                 = local.ports
+  provider                 = aws.provider
+  security_group_id        = aws_security_group.server.id
+  type                     = "egress"
+  protocol                 = "tcp"
+  from_port                = tonumber(each.value)
+  to_port                  = tonumber(each.value)
+  source_security_group_id = aws_security_group.nlb.id
+}
+
+resource "aws_security_group_rule" "nlb_from_server" {
+  for_each                 = local.ports
+  provider                 = aws.provider
+  security_group_id        = aws_security_group.nlb.id
+  type                     = "ingress"
+  protocol                 = "tcp"
+  from_port                = tonumber(each.value)
+  to_port                  = tonumber(each.value)
+  source_security_group_id = aws_security_group.server.id
+}
+
+resource "aws_security_group_rule" "server_egress_server" {
+  for_each                 = local.ports
+  provider                 = aws.provider
+  security_group_id        = aws_security_group.server.id
+  type                     = "egress"
+  protocol                 = "tcp"
+  from_port                = tonumber(each.value)
+  to_port                  = tonumber(each.value)
+  source_security_group_id = aws_security_group.server.id
+}
+
+resource "aws_security_group_rule" "server_from_server" {
+  for_each                 = local.ports
+  provider                 = aws.provider
+  security_group_id        = aws_security_group.server.id
+  type                     = "ingress"
+  protocol                 = "tcp"
+  from_port                = tonumber(each.value)
+  to_port                  = tonumber(each.value)
+  source_security_group_id = aws_security_group.server.id
+}

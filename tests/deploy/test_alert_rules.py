@@ -33,6 +33,7 @@ EXPECTED_ALERTS = {
     "PrivateLinkPathDegraded",
     "PlprobeProbesStale",
     "PlprobeProbeNotSeenAtTarget",
+    "PlprobeConsumerProbesStopped",
     "PlprobeAgentDown",
     "PlprobeConfigReloadFailed",
 }
