@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from agent.results import Verdict
 
-__all__ = ["JsonFormatter", "TextFormatter", "VerdictLog", "setup_logging"]
+__all__ = ["CLIP_DEFAULT", "JsonFormatter", "TextFormatter", "VerdictLog", "clip", "setup_logging"]
 
 #: the logger verdict changes are written to
 VERDICT_LOGGER = "plprobe.verdict"
@@ -60,6 +60,33 @@ class TextFormatter(logging.Formatter):
         if isinstance(fields, dict) and fields:
             text += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None)
         return text
+
+
+#: how much of a client-supplied or otherwise unbounded string a log line or error body keeps
+CLIP_DEFAULT = 256
+
+
+def clip(value: str | bytes | bytearray | memoryview, limit: int = CLIP_DEFAULT) -> str:
+    """``value`` made safe to log or echo: at most ``limit`` characters, one line, printable.
+
+    Why: anything a client sent (a request line, a header, a token) or a file holds may end up
+    in a message; unclipped, one 8 MiB request becomes an 8 MiB log line and error body. Bytes
+    are decoded leniently, control characters (CR/LF included: no forged log lines) escaped,
+    and what is cut is counted (``...[+N chars]``), so the line still says how big it was.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value[: limit * 4])
+        total = len(value)
+        text = raw.decode("utf-8", "backslashreplace")
+    else:
+        total = len(value)
+        text = value[: limit * 4]
+    safe = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+    if len(safe) <= limit and len(text) == total:
+        return safe
+    return f"{safe[:limit]}...[+{max(total - limit, 1)} chars]"
 
 
 def _text(value: object) -> str:

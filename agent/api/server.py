@@ -56,6 +56,7 @@ from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeFn, ProbeModule, answer
 from agent.api.fastpath import ProbeConnection
 from agent.api.state import ServerState
 from agent.errors import ConfigError
+from agent.logs import clip
 from agent.metrics import Metrics
 from agent.observe.store import ObservationStore
 from agent.results import PROBE_KINDS, PathEvidence, ProbeResult, Verdict
@@ -269,9 +270,12 @@ async def _probe(request: web.Request) -> web.Response:
 
 #: reloads whose client went away: referenced until they finish (the loop keeps weak refs)
 _RELOADS: set[asyncio.Future[tuple[bool, str]]] = set()
+#: a reload message may quote the configuration file: bounded in the answer
+_RELOAD_BODY_MAX = 2048
 
 
 async def _reload(request: web.Request) -> web.Response:
+    """200 with "configuration reloaded", or 500 saying why and that the old config runs."""
     deps = request.app[DEPS_KEY]
     if deps.reload_fn is None:
         return web.Response(status=404, text="this agent does not reload its configuration\n")
@@ -279,9 +283,22 @@ async def _reload(request: web.Request) -> web.Response:
     # ones not started) because the client went away; the task is kept until it finishes
     task = asyncio.ensure_future(deps.reload_fn())
     _RELOADS.add(task)
-    task.add_done_callback(_RELOADS.discard)
-    ok, message = await asyncio.shield(task)
-    return web.Response(status=200 if ok else 500, text=message.rstrip("\n") + "\n")
+    task.add_done_callback(_reload_done)
+    try:
+        ok, message = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the daemon's reload never raises; any other reload_fn may
+        log.error("reload failed: %s", clip(repr(exc)))
+        ok, message = False, f"reload failed, running configuration kept: {type(exc).__name__}"
+    text = clip(message.rstrip("\n"), _RELOAD_BODY_MAX) + "\n"
+    return web.Response(status=200 if ok else 500, text=text)
+
+
+def _reload_done(task: asyncio.Future[tuple[bool, str]]) -> None:
+    _RELOADS.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved here (answered in _reload): never "never retrieved"
 
 
 # -- app and server ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import ProviderConfig, parse_listen, read_token_file
 from agent.errors import PlprobeError
-from agent.observe.responder import Responder
+from agent.observe.responder import Responder, ResponderCounters
 from agent.observe.store import ObservationStore
 from agent.wire import ReplayGuard
 
@@ -67,6 +67,12 @@ class ProviderAgent:
     The daemon (``plprobe run``) passes its own ``registry``/``metrics`` and ``serve_api=False``:
     it serves one API for both roles (with ``/-/reload``) from ``store`` and
     ``counter_sources()``, and keeps the store across a provider restart on reload.
+
+    ``replay_guard`` and ``responder_counters`` are passed by an owner that restarts the
+    provider (the daemon's reload): a fresh guard would accept, a second time, a token the
+    previous responder accepted within its window, and fresh counters would restart the
+    ``/v1/observations`` counts at 0. The guard's window follows ``responder.replay_window``
+    (safe in both directions: the guard's floor rejects anything it may have forgotten).
     """
 
     def __init__(
@@ -81,6 +87,9 @@ class ProviderAgent:
         metrics: Any = None,
         store: ObservationStore | None = None,
         serve_api: bool = True,
+        replay_guard: ReplayGuard | None = None,
+        responder_counters: ResponderCounters | None = None,
+        sniffer_guard: ReplayGuard | None = None,
     ) -> None:
         self.config = config
         self.key = key
@@ -98,6 +107,13 @@ class ProviderAgent:
         self._api_listen = api_listen or config.listen
         self._stack = contextlib.AsyncExitStack()
         self._metrics: Any = metrics
+        if replay_guard is None:  # not ``or``: an empty guard has len() 0, so it is falsy
+            replay_guard = ReplayGuard(window_s=config.responder.replay_window)
+        self.replay_guard = replay_guard
+        self.replay_guard.window_ns = int(config.responder.replay_window * 1_000_000_000)
+        self._carried_counters = responder_counters
+        #: the sniffer's own guard (it sees the same tokens as the responder: not shared)
+        self.sniffer_guard = sniffer_guard
         #: observations already in a kept store were counted by the agent before a reload
         self.sync_cursor = self.store.counters.appended
 
@@ -117,7 +133,7 @@ class ProviderAgent:
 
     async def _start(self) -> None:
         cfg = self.config
-        if self._metrics is not None:
+        if self._metrics is not None and self._carried_counters is None:
             self._metrics.new_responder()  # a fresh responder's counters start at 0
         who = f"plprobe observe: agent {cfg.agent_id} (provider)"
         self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
@@ -137,8 +153,9 @@ class ProviderAgent:
                 max_connections=rc.max_connections,
                 read_timeout=rc.read_timeout,
                 max_bytes=rc.max_bytes,
-                replay_guard=ReplayGuard(window_s=rc.replay_window),
+                replay_guard=self.replay_guard,
                 expected_endpoint_ids=cfg.expected_endpoint_ids,
+                counters=self._carried_counters,
             )
             await self.responder.start()
             self._stack.push_async_callback(self.responder.stop, _STOP_GRACE_S)
@@ -199,7 +216,7 @@ class ProviderAgent:
 
     def _make_sniffer(self, module: Any) -> Any:
         sc = self.config.sniffer
-        return module.Sniffer(
+        sniffer = module.Sniffer(
             sc.interface,
             sc.ports,
             key=self.key,
@@ -208,6 +225,10 @@ class ProviderAgent:
             sink=self.store.append,
             replay_window_s=self.config.responder.replay_window,
         )
+        if self.sniffer_guard is not None:  # carried across a restart: no double count
+            self.sniffer_guard.window_ns = sniffer.replay.window_ns
+            sniffer.replay = self.sniffer_guard
+        return sniffer
 
     async def _stop_sniffer(self) -> None:
         if self.sniffer is None:

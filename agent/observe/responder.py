@@ -146,6 +146,7 @@ class Responder:
         replay_guard: ReplayGuard | None = None,
         expected_endpoint_ids: Collection[str] = (),
         clock_ns: Callable[[], int] = time.time_ns,
+        counters: ResponderCounters | None = None,
     ) -> None:
         if not 1 <= len(agent_id.encode("utf-8")) <= AGENT_ID_MAX:
             raise ValueError(f"agent_id must be 1..{AGENT_ID_MAX} UTF-8 bytes")
@@ -169,7 +170,8 @@ class Responder:
         self.max_bytes = max_bytes
         self.expected_endpoint_ids = frozenset(expected_endpoint_ids)
         self.guard = replay_guard if replay_guard is not None else ReplayGuard()
-        self.counters = ResponderCounters()
+        #: passed in by an owner whose counters must outlive this instance (a daemon reload)
+        self.counters = counters if counters is not None else ResponderCounters()
         self._clock_ns = clock_ns
         self._proxy_max_len = max(16, min(PROXY_V2_MAX_LEN, max_bytes))
         self._server: asyncio.Server | None = None
