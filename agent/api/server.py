@@ -53,6 +53,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeFn, ProbeModule, answer_probe
+from agent.api.bounds import BoundedRequestHandler, ConnectionTable, HttpLimits, Refused
 from agent.api.fastpath import ProbeConnection
 from agent.api.state import ServerState
 from agent.errors import ConfigError
@@ -304,9 +305,11 @@ def _reload_done(task: asyncio.Future[tuple[bool, str]]) -> None:
 # -- app and server ------------------------------------------------------------------------
 
 
-def build_app(deps: ApiDeps) -> web.Application:
+def build_app(
+    deps: ApiDeps, *, client_max_size: int = HttpLimits.client_max_size
+) -> web.Application:
     """The application; everything it serves is read from ``deps`` at request time."""
-    app = web.Application(middlewares=[_bearer_auth])
+    app = web.Application(middlewares=[_bearer_auth], client_max_size=client_max_size)
     app[DEPS_KEY] = deps
     app.add_routes(
         [
@@ -335,6 +338,10 @@ class ApiServer:
     connection to aiohttp from the start. ``handler_cancellation=True`` (and the fast path's
     equivalent): a client that disconnects (a scraper past its timeout) cancels its handler,
     and with it the probe it asked for.
+
+    Every connection is bounded (``agent.api.bounds``): aiohttp's own limits from ``limits``
+    and ours on top (head timeout and size, ``max_connections`` with shed-the-oldest-idle at
+    accept). ``table.counters`` counts what the bounds cut.
     """
 
     def __init__(
@@ -345,17 +352,21 @@ class ApiServer:
         port: int = DEFAULT_PORT,
         shutdown_timeout: float = 1.0,
         fast_probe: bool = True,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.deps = app[DEPS_KEY]
         self.fast_probe = fast_probe
+        self.limits = limits or HttpLimits()
+        self.table = ConnectionTable(self.limits.max_connections)
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,
             access_log=None,
+            **self.limits.handler_args(),
         )
         self._server: asyncio.Server | None = None
         #: all the fast path's connections see of this server
@@ -371,9 +382,11 @@ class ApiServer:
         """A fresh aiohttp connection handler (tracked by aiohttp for its own shutdown)."""
         server = self._runner.server
         assert server is not None
-        return server()
+        return BoundedRequestHandler.for_server(server, self.limits, self.table)
 
     def _protocol(self) -> asyncio.Protocol:
+        if not self.table.admit():  # every slot busy with a request: refuse at accept
+            return Refused()
         if not self.fast_probe:
             return self.aiohttp_protocol()
         return ProbeConnection(self.state)
@@ -386,7 +399,11 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                self._protocol, self.host or None, self.port, backlog=128, reuse_address=True
+                self._protocol,
+                self.host or None,
+                self.port,
+                backlog=self.limits.backlog,
+                reuse_address=True,
             )
         except OSError as exc:
             await self.stop()

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import ProviderConfig, parse_listen, read_token_file
 from agent.errors import PlprobeError
+from agent.limits import raise_nofile_limit
 from agent.observe.responder import Responder, ResponderCounters
 from agent.observe.store import ObservationStore
 from agent.wire import ReplayGuard
@@ -255,7 +256,9 @@ class ProviderAgent:
         return sources
 
     async def _start_api(self) -> None:
+        from agent.api.bounds import HttpLimits
         from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
+        from agent.limits import api_connection_cap
 
         if self._metrics is None:
             from agent.metrics import make_metrics
@@ -276,7 +279,14 @@ class ProviderAgent:
             config_loaded=True,
             first_round_done=True,  # a provider is ready once its listeners are up
         )
-        server = ApiServer(build_app(deps), host=host, port=port, shutdown_timeout=_STOP_GRACE_S)
+        cap = api_connection_cap(other_listeners=self.config.responder.max_connections)
+        server = ApiServer(
+            build_app(deps),
+            host=host,
+            port=port,
+            shutdown_timeout=_STOP_GRACE_S,
+            limits=HttpLimits(max_connections=cap),
+        )
         self.api_addresses = await server.start()
         self._stack.push_async_callback(server.stop)
         for h, p in self.api_addresses:
@@ -352,6 +362,7 @@ async def serve(
         elif main is not None:  # a second signal: do not wait for anything
             main.cancel()
 
+    raise_nofile_limit()  # ``plprobe observe`` owns its process
     installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

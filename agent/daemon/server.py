@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from agent.api.answer import ProbeModule, ProbeReport
+from agent.api.bounds import HttpLimits
 from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
 from agent.config import (
     AgentConfig,
@@ -111,6 +112,7 @@ from agent.diagnose.rounds import (
     run_round,
 )
 from agent.errors import ConfigError, PlprobeError
+from agent.limits import api_connection_cap, raise_nofile_limit
 from agent.logs import VerdictLog, clip, setup_logging
 from agent.metrics import Metrics, make_metrics
 from agent.probes.base import ProbeContext, ProbeTarget
@@ -242,8 +244,9 @@ class Daemon:
     async def serve(self) -> int:
         """Start, run until a stop signal (or ``stop()``), stop everything; returns 0."""
         self._main = asyncio.current_task()
-        if self.handle_signals:  # the daemon owns the process: its allocator too
+        if self.handle_signals:  # the daemon owns the process: its allocator and fd limit too
             limit_malloc_arenas()
+            raise_nofile_limit()
         async with contextlib.AsyncExitStack() as stack:
             if self.handle_signals:
                 self._install_signals(stack)
@@ -273,8 +276,13 @@ class Daemon:
             self.deps.observations = self._store
             self.deps.observation_counters = self._live_counters()
         host, port = parse_listen(self.listen)
+        responder = cfg.responder.max_connections if isinstance(cfg, ProviderConfig) else 0
         server = ApiServer(
-            build_app(self.deps), host=host, port=port, shutdown_timeout=API_SHUTDOWN_S
+            build_app(self.deps),
+            host=host,
+            port=port,
+            shutdown_timeout=API_SHUTDOWN_S,
+            limits=HttpLimits(max_connections=api_connection_cap(other_listeners=responder)),
         )
         self.api_addresses = await server.start()
         stack.push_async_callback(server.stop)
