@@ -370,7 +370,12 @@ class ApiServer:
         )
         self._server: asyncio.Server | None = None
         #: all the fast path's connections see of this server
-        self.state = ServerState(deps=self.deps, aiohttp_protocol=self.aiohttp_protocol)
+        self.state = ServerState(
+            deps=self.deps,
+            aiohttp_protocol=self.aiohttp_protocol,
+            table=self.table,
+            head_timeout_s=self.limits.head_timeout_s,
+        )
         self._started = False
 
     @property

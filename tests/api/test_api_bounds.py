@@ -69,7 +69,7 @@ async def get(server: ApiServer, path: str = "/healthz") -> bytes:
         writer.close()
 
 
-@pytest.mark.parametrize("fast_probe", [False])
+@pytest.mark.parametrize("fast_probe", [False, True])
 async def test_a_slowloris_request_head_is_cut_within_the_head_timeout(
     start: Start, fast_probe: bool
 ) -> None:
@@ -94,7 +94,7 @@ async def test_a_slowloris_request_head_is_cut_within_the_head_timeout(
     assert server.table.counters.head_timeouts == 1
 
 
-@pytest.mark.parametrize("fast_probe", [False])
+@pytest.mark.parametrize("fast_probe", [False, True])
 async def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(
     start: Start, fast_probe: bool
 ) -> None:
@@ -163,7 +163,7 @@ async def test_an_8_mib_garbage_request_is_not_echoed_back_or_logged_whole(
     assert all(len(r.getMessage()) < 300 and r.exc_info is None for r in caplog.records)
 
 
-@pytest.mark.parametrize("fast_probe", [False])
+@pytest.mark.parametrize("fast_probe", [False, True])
 async def test_a_flood_of_idle_connections_cannot_lock_out_a_scraper(
     start: Start, fast_probe: bool
 ) -> None:
@@ -199,3 +199,14 @@ def test_the_api_connection_cap_leaves_room_for_probes_and_the_responder() -> No
     assert api_connection_cap(1024, other_listeners=256) == 1024 - PROBE_RESERVE - 256
     assert api_connection_cap(1 << 20) == 1024
     assert api_connection_cap(100) == 32  # never so low that /metrics is unreachable
+
+
+async def test_the_fast_path_sends_an_http_1_1_request_without_host_to_aiohttp_for_a_400(
+    start: Start,
+) -> None:
+    server = await start(fast_probe=True)
+    reader, writer = await connect(server)
+    writer.write(b"GET /probe?target=x&module=tcp HTTP/1.1\r\nConnection: close\r\n\r\n")
+    answer = await closed_within(reader, 3)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400" and b"Host" in answer
