@@ -143,6 +143,11 @@ class Refused(asyncio.Protocol):
             transport.close()
 
 
+def _http_0_9(message: object) -> bool:
+    version = getattr(message, "version", None)
+    return version is not None and tuple(version) < (1, 0)
+
+
 class BoundedRequestHandler(RequestHandler):
     """aiohttp's connection handler with a head timeout and size, a table, and quiet 400s."""
 
@@ -189,6 +194,11 @@ class BoundedRequestHandler(RequestHandler):
         if self._request_count != before:  # a head completed (or failed to parse: 400)
             self._head_bytes = 0
             self._cancel_head_timer()
+            if any(_http_0_9(msg) for msg, _ in self._messages):
+                # aiohttp answers a request line without a version as "HTTP/0.9 200 OK" with
+                # headers, which HTTP/0.9 never had: nothing here speaks 0.9
+                self._table.counters.bad_requests += 1
+                self._reject(HTTPStatus.BAD_REQUEST)
         elif waiting_for_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._limits.max_head_bytes:

@@ -210,3 +210,12 @@ async def test_the_fast_path_sends_an_http_1_1_request_without_host_to_aiohttp_f
     answer = await closed_within(reader, 3)
     writer.close()
     assert answer.split(b" ", 2)[1] == b"400" and b"Host" in answer
+
+
+async def test_a_request_without_a_version_is_never_answered_as_http_0_9(start: Start) -> None:
+    server = await start(fast_probe=True)
+    reader, writer = await connect(server)
+    writer.write(b"GET /probe?target=x\r\n\r\n")
+    answer = await closed_within(reader, 3)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
