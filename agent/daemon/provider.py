@@ -347,8 +347,13 @@ async def serve(
     responder_port: int | None = None,
     api_listen: str | None = None,
     on_ready: Callable[[ProviderAgent], None] | None = None,
+    own_process: bool = False,
 ) -> int:
-    """Run the provider agent until ``stop`` is set or SIGINT/SIGTERM arrives; returns 0."""
+    """Run the provider agent until ``stop`` is set or SIGINT/SIGTERM arrives; returns 0.
+
+    ``own_process`` (``plprobe observe``): the agent owns the process, so it raises its open
+    file limit and, once started, drops the capabilities it no longer needs (agent.privileges).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -362,7 +367,8 @@ async def serve(
         elif main is not None:  # a second signal: do not wait for anything
             main.cancel()
 
-    raise_nofile_limit()  # ``plprobe observe`` owns its process
+    if own_process:
+        raise_nofile_limit()
     installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -375,6 +381,8 @@ async def serve(
     )
     try:
         async with agent:
+            if own_process:
+                _drop_privileges(agent)
             if on_ready is not None:
                 on_ready(agent)
             await stop.wait()
@@ -384,3 +392,13 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _drop_privileges(agent: ProviderAgent) -> None:
+    """Listeners and sniffer are open: keep CAP_NET_RAW only if the sniffer may reopen."""
+    from agent.privileges import drop_capabilities, needed_capabilities
+
+    ports = [p for _, p in agent.api_addresses]
+    if agent.responder is not None:
+        ports.append(agent.responder.bound_port)
+    drop_capabilities(needed_capabilities(raw=agent.config.sniffer.enabled, ports=ports))

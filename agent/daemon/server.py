@@ -251,6 +251,8 @@ class Daemon:
             if self.handle_signals:
                 self._install_signals(stack)
             await self._startup(stack)
+            if self.handle_signals:  # the daemon owns the process: its privileges too
+                self._drop_privileges()
             self._say("plprobe run: ready" if self.deps.ready else "plprobe run: started")
             await self.stop_event.wait()
             self._say("plprobe run: stopping")
@@ -258,6 +260,19 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _drop_privileges(self) -> None:
+        """Listeners, raw sockets and sniffer are open: keep only what may reopen (privileges)."""
+        from agent.privileges import drop_capabilities, needed_capabilities
+
+        cfg = self.config
+        ports = [p for _, p in self.api_addresses]
+        if isinstance(cfg, ClientConfig):
+            raw = any("syn" in p.probes for p in cfg.paths)
+        else:
+            raw = cfg.sniffer.enabled
+            ports.append(cfg.responder.port)
+        drop_capabilities(needed_capabilities(raw=raw, ports=ports))
 
     async def _startup(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config

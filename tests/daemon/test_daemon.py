@@ -680,7 +680,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 def daemon_proc(tmp_path: Path) -> Iterator[Proc]:
     """The daemon as a process, probing a closed port (no responder needed for signals)."""
     path = write(tmp_path / "client.yaml", client_doc(free_port()))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PLPROBE_ALLOW_ROOT": "1"}
     out = tmp_path / "stdout.txt"
     with out.open("w") as sink:
         proc = subprocess.Popen(
