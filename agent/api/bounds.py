@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -44,6 +44,11 @@ from agent.logs import clip
 __all__ = ["BoundedRequestHandler", "ConnectionTable", "HttpLimits"]
 
 log = logging.getLogger("agent.api.http")
+
+#: seconds after a costly connection ends before the heap is trimmed (bursts share one trim)
+TRIM_DELAY_S = 1.0
+#: bytes a connection may read before its end is worth a trim
+COSTLY_BYTES = 64 * 1024
 
 #: how much of a client's bad request line or header is echoed in a 400 body and the log
 ECHO_MAX = 128
@@ -104,11 +109,18 @@ class TableCounters:
 
 
 class ConnectionTable:
-    """Live connections, oldest first; ``admit()`` makes room at accept time or says no."""
+    """Live connections, oldest first; ``admit()`` makes room at accept time or says no.
 
-    def __init__(self, max_connections: int) -> None:
+    ``trim`` (the daemon passes ``malloc_trim``) is called once, a second after connections
+    that cost memory (malformed, oversized, timed out) are gone, so RSS returns near its
+    baseline after a burst of garbage instead of keeping the freed heap resident.
+    """
+
+    def __init__(self, max_connections: int, trim: Callable[[], object] | None = None) -> None:
         self.max_connections = max(1, max_connections)
         self.counters = TableCounters()
+        self.trim = trim
+        self._trim_handle: asyncio.TimerHandle | None = None
         self._live: dict[Any, None] = {}  # insertion order = age
 
     def __len__(self) -> int:
@@ -119,6 +131,17 @@ class ConnectionTable:
 
     def discard(self, conn: Any) -> None:
         self._live.pop(conn, None)
+
+    def after_abuse(self) -> None:
+        """A costly connection ended: trim the heap soon (once per burst)."""
+        if self.trim is None or self._trim_handle is not None:
+            return
+        self._trim_handle = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_handle = None
+        if self.trim is not None:
+            self.trim()
 
     def admit(self) -> bool:
         """Room for one more? At the cap, shed the oldest idle connection; False if none."""
@@ -164,6 +187,8 @@ class BoundedRequestHandler(RequestHandler):
         self._table = table
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._received = 0
+        self._costly = False
 
     @classmethod
     def for_server(
@@ -186,8 +211,11 @@ class BoundedRequestHandler(RequestHandler):
         self._table.discard(self)
         self._cancel_head_timer()
         super().connection_lost(exc)
+        if self._costly or self._received > COSTLY_BYTES:
+            self._table.after_abuse()
 
     def data_received(self, data: bytes) -> None:
+        self._received += len(data)
         waiting_for_head = self._head_timer is not None or self.idle
         before = self._request_count
         super().data_received(data)
@@ -226,6 +254,7 @@ class BoundedRequestHandler(RequestHandler):
 
     def _reject(self, status: HTTPStatus) -> None:
         """Answer a short error (best effort) and close, without aiohttp's parser or handler."""
+        self._costly = True
         transport = self.transport
         if transport is not None and not transport.is_closing():
             body = f"{status.value} {status.phrase}\n".encode()
@@ -252,6 +281,7 @@ class BoundedRequestHandler(RequestHandler):
         if status >= 500 or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         self._table.counters.bad_requests += 1
+        self._costly = True
         why = clip(message or exc.message or HTTPStatus(status).phrase, ECHO_MAX)
         log.warning("bad request from %s: %s", request.remote, why)
         response = web.Response(

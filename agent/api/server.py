@@ -353,13 +353,14 @@ class ApiServer:
         shutdown_timeout: float = 1.0,
         fast_probe: bool = True,
         limits: HttpLimits | None = None,
+        trim: Callable[[], object] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.deps = app[DEPS_KEY]
         self.fast_probe = fast_probe
         self.limits = limits or HttpLimits()
-        self.table = ConnectionTable(self.limits.max_connections)
+        self.table = ConnectionTable(self.limits.max_connections, trim=trim)
         self._runner = web.AppRunner(
             app,
             handle_signals=False,

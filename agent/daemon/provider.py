@@ -258,6 +258,7 @@ class ProviderAgent:
     async def _start_api(self) -> None:
         from agent.api.bounds import HttpLimits
         from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
+        from agent.daemon.memory import release_free_memory
         from agent.limits import api_connection_cap
 
         if self._metrics is None:
@@ -286,6 +287,7 @@ class ProviderAgent:
             port=port,
             shutdown_timeout=_STOP_GRACE_S,
             limits=HttpLimits(max_connections=cap),
+            trim=release_free_memory,
         )
         self.api_addresses = await server.start()
         self._stack.push_async_callback(server.stop)

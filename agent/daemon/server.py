@@ -298,6 +298,7 @@ class Daemon:
             port=port,
             shutdown_timeout=API_SHUTDOWN_S,
             limits=HttpLimits(max_connections=api_connection_cap(other_listeners=responder)),
+            trim=release_free_memory if self.handle_signals else None,
         )
         self.api_addresses = await server.start()
         stack.push_async_callback(server.stop)

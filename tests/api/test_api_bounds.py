@@ -219,3 +219,26 @@ async def test_a_request_without_a_version_is_never_answered_as_http_0_9(start: 
     answer = await closed_within(reader, 3)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+async def test_the_heap_is_trimmed_once_after_a_burst_of_garbage_requests() -> None:
+    trims: list[float] = []
+    reg = CollectorRegistry()
+    server = ApiServer(
+        build_app(ApiDeps(registry=reg, metrics=make_metrics(reg))),
+        host="127.0.0.1",
+        port=0,
+        limits=FAST,
+        trim=lambda: trims.append(time.monotonic()),
+    )
+    await server.start()
+    try:
+        for _ in range(5):
+            reader, writer = await connect(server)
+            writer.write(b"\x16\x03\x01junk\r\n\r\n")
+            await closed_within(reader, 3)
+            writer.close()
+        await asyncio.sleep(1.5)
+        assert len(trims) == 1
+    finally:
+        await server.stop()
