@@ -239,6 +239,7 @@ class BoundedRequestHandler(RequestHandler):
         return self._current_request is None and not self._messages
 
     def shed(self) -> None:
+        self._costly = True  # a flood's connection: trim after the flood
         self.force_close()
 
     def _cancel_head_timer(self) -> None:

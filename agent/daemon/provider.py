@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from agent.config import ProviderConfig, parse_listen, read_token_file
+from agent.daemon.memory import release_free_memory
 from agent.errors import PlprobeError
 from agent.limits import raise_nofile_limit
 from agent.observe.responder import Responder, ResponderCounters
@@ -157,6 +158,7 @@ class ProviderAgent:
                 replay_guard=self.replay_guard,
                 expected_endpoint_ids=cfg.expected_endpoint_ids,
                 counters=self._carried_counters,
+                trim=release_free_memory,  # after a flood: RSS back near its baseline
             )
             await self.responder.start()
             self._stack.push_async_callback(self.responder.stop, _STOP_GRACE_S)
@@ -258,7 +260,6 @@ class ProviderAgent:
     async def _start_api(self) -> None:
         from agent.api.bounds import HttpLimits
         from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
-        from agent.daemon.memory import release_free_memory
         from agent.limits import api_connection_cap
 
         if self._metrics is None:

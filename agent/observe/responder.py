@@ -163,6 +163,7 @@ class Responder:
         counters: ResponderCounters | None = None,
         max_per_peer: int | None = None,
         max_per_client: int | None = None,
+        trim: Callable[[], object] | None = None,
     ) -> None:
         if not 1 <= len(agent_id.encode("utf-8")) <= AGENT_ID_MAX:
             raise ValueError(f"agent_id must be 1..{AGENT_ID_MAX} UTF-8 bytes")
@@ -197,6 +198,9 @@ class Responder:
         self._active = 0
         #: unauthenticated connections, oldest first, all and by source
         self._pending: dict[_Conn, None] = {}
+        #: called (e.g. malloc_trim) once the responder is idle again after shedding a flood
+        self._trim = trim
+        self._shed_since_trim = False
         self._by_source: dict[str, dict[_Conn, None]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -293,6 +297,9 @@ class Responder:
             if not conn.shed:  # a shed connection gave its slot back when it was shed
                 self._active -= 1
             self._tasks.discard(task)
+            if not self._tasks and self._shed_since_trim and self._trim is not None:
+                self._shed_since_trim = False
+                asyncio.get_running_loop().call_later(1.0, self._trim)
 
     # -- who is shed under load -------------------------------------------------------------
 
@@ -329,6 +336,7 @@ class Responder:
         for victim in among:
             self._untrack(victim)
             victim.shed = True
+            self._shed_since_trim = True
             self._active -= 1
             if per_source:
                 self.counters.shed_per_source += 1
