@@ -2,11 +2,13 @@
 
 aiohttp bounds a request's parts (``max_line_size``, ``max_field_size``, ``max_headers``,
 ``client_max_size`` for a body, ``keepalive_timeout`` for an idle keep-alive connection,
-``lingering_time`` for an unread body) but not the whole: it has **no header-read timeout**
-(a connection that trickles a request head, or sends nothing at all, is held for ever), **no
-connection limit** (each connection is a protocol, a transport and a 64 KiB buffer until
-"Too many open files") and no bound on a head's total size (128 fields of 8 KiB are
-accepted). ``BoundedRequestHandler`` adds those on aiohttp's own ``RequestHandler``:
+``lingering_time`` for an unread body) but not the whole: it has **no header-read timeout** of
+its own (a connection that trickles a request head, or sends nothing at all, was held for ever;
+recent releases — 3.14 here, ``aiohttp>=3.9`` allowed — arm ``keepalive_timeout`` at connect,
+which also bounds a first head), **no connection limit** (each connection is a protocol, a
+transport and a 64 KiB buffer until "Too many open files") and no bound on a head's total
+size (128 fields of 8 KiB are accepted). ``BoundedRequestHandler`` adds those on aiohttp's
+own ``RequestHandler``:
 
 * a request head must be complete within ``head_timeout_s`` of the connection's first byte
   slot (a slowloris connection is cut within seconds, however slowly it trickles); between
@@ -88,17 +90,6 @@ class HttpLimits:
         }
 
 
-class _Closable:
-    """What ``ConnectionTable`` needs of a connection."""
-
-    @property
-    def idle(self) -> bool:  # pragma: no cover - protocol only
-        raise NotImplementedError
-
-    def shed(self) -> None:  # pragma: no cover - protocol only
-        raise NotImplementedError
-
-
 @dataclass
 class TableCounters:
     shed: int = 0  # idle connections closed to make room for a new one
@@ -110,6 +101,9 @@ class TableCounters:
 
 class ConnectionTable:
     """Live connections, oldest first; ``admit()`` makes room at accept time or says no.
+
+    A connection is anything with an ``idle`` property (no request in flight: safe to close)
+    and a ``shed()`` method: aiohttp's handlers here and the ``/probe`` fast path's.
 
     ``trim`` (the daemon passes ``malloc_trim``) is called once, a second after connections
     that cost memory (malformed, oversized, timed out) are gone, so RSS returns near its

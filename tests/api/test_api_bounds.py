@@ -21,7 +21,7 @@ from agent.api.server import ApiDeps, ApiServer, build_app
 from agent.metrics import make_metrics
 
 FAST = HttpLimits(head_timeout_s=1.0, keepalive_timeout_s=1.0, max_connections=20)
-#: aiohttp >= 3.10 also arms keepalive_timeout at connect; 30 s shows our head timer alone
+#: recent aiohttp also arms keepalive_timeout at connect; 30 s shows our head timer alone
 HEAD_ONLY = HttpLimits(head_timeout_s=1.0, keepalive_timeout_s=30.0, max_connections=20)
 Start = Callable[..., Awaitable[ApiServer]]
 

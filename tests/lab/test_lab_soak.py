@@ -27,7 +27,7 @@ def report() -> dict:
 
 
 def test_every_change_is_reflected_in_the_verdict_within_a_few_intervals(report: dict) -> None:
-    assert report["changes_n"] >= 8 and report["changes_unsettled"] == 0
+    assert report["changes_n"] >= 6 and report["changes_unsettled"] == 0
     assert report["max_latency_s"] < 5 * report["client_interval_s"]
 
 
