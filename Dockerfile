@@ -6,7 +6,9 @@
 #     -v /etc/plprobe:/etc/plprobe:ro -e PLPROBE_KEY="$(cat key)" plprobe
 #
 # Runs as a non-root user. Only NET_RAW is needed, and only for SYN probes and the sniffer:
-# without it those probes fall back to TCP connects (and say so in a metric).
+# without it those probes fall back to TCP connects (and say so in a metric). plprobe refuses
+# to run as root unless --allow-root / PLPROBE_ALLOW_ROOT=1, and drops CAP_NET_RAW after start
+# when neither SYN probes nor the sniffer are configured.
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src

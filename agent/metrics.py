@@ -90,6 +90,8 @@ RESPONDER_REASON_FIELDS: Mapping[str, str] = {
     "forged": "forged",
     "replayed": "replayed",
     "over_limit": "over_limit",
+    "shed": "over_limit",  # closed to make room for newer work: the same cause, a full server
+    "shed_per_source": "over_limit",
     "timeouts": "timeout",
 }
 #: provider-side path label for tokens beyond ``max_seen_paths`` distinct path ids

@@ -41,8 +41,6 @@ _FAST_PREFIXES = (b"GET /probe?", b"GET /probe ")
 _FAST_PREFIX_LEN = len(_FAST_PREFIXES[0])
 #: a header block larger than this goes to aiohttp (which enforces its own limits)
 _FAST_MAX_HEAD = 8190
-#: an idle connection (no request yet, or between keep-alive requests) is closed after this
-_FAST_IDLE_S = 75.0
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _URL_BAD_CHARS = re.compile(r"[\x00-\x20\x7f#]")
@@ -91,6 +89,8 @@ def _parse_fast_request(head: bytes) -> _FastRequest | None:
         headers.setdefault(name.lower(), []).append(value.strip(" \t"))
     if any(h in headers for h in _FAST_REFUSED_HEADERS):
         return None
+    if version == "HTTP/1.1" and len(headers.get("host", ())) != 1:
+        return None  # RFC 9112 3.2: exactly one Host; aiohttp answers the rest 400
     connection = {t.strip().lower() for v in headers.get("connection", ()) for t in v.split(",")}
     if version == "HTTP/1.1":
         keep_alive = "close" not in connection
@@ -159,6 +159,8 @@ class ProbeConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._state.connections.add(self)
+        if self._state.table is not None:
+            self._state.table.add(self)
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -175,6 +177,8 @@ class ProbeConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.connections.discard(self)
+        if self._state.table is not None:
+            self._state.table.discard(self)
         self._transport = None
         if self._idle is not None:
             self._idle.cancel()
@@ -182,6 +186,14 @@ class ProbeConnection(asyncio.Protocol):
             self._task.cancel()  # like aiohttp's handler_cancellation: the scraper gave up
 
     # ours
+
+    @property
+    def idle(self) -> bool:
+        """No probe in flight: the connection table may shed it to make room."""
+        return self._task is None
+
+    def shed(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._task is not None:
@@ -191,7 +203,8 @@ class ProbeConnection(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(_FAST_IDLE_S, self._on_idle)
+        # not re-armed by incoming bytes: a trickled head is cut like an idle connection
+        self._idle = loop.call_later(self._state.head_timeout_s, self._on_idle)
 
     def _on_idle(self) -> None:
         if self._task is None and self._transport is not None:
@@ -254,6 +267,8 @@ class ProbeConnection(asyncio.Protocol):
             self._idle.cancel()
             self._idle = None
         self._state.connections.discard(self)
+        if self._state.table is not None:
+            self._state.table.discard(self)  # the aiohttp handler takes the slot
         protocol = self._state.aiohttp_protocol()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -59,11 +59,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeFn, ProbeModule, answer_probe
+from agent.api.bounds import BoundedRequestHandler, ConnectionTable, HttpLimits, Refused
 from agent.api.fastpath import ProbeConnection
 from agent.api.history import RoundHistory
 from agent.api.page import PageData, page_headers, render_page
 from agent.api.state import ServerState
 from agent.errors import ConfigError
+from agent.logs import clip
 from agent.metrics import Metrics
 from agent.observe.store import ObservationStore
 from agent.results import PROBE_KINDS, PathEvidence, ProbeResult, Verdict
@@ -348,9 +350,12 @@ async def _probe(request: web.Request) -> web.Response:
 
 #: reloads whose client went away: referenced until they finish (the loop keeps weak refs)
 _RELOADS: set[asyncio.Future[tuple[bool, str]]] = set()
+#: a reload message may quote the configuration file: bounded in the answer
+_RELOAD_BODY_MAX = 2048
 
 
 async def _reload(request: web.Request) -> web.Response:
+    """200 with "configuration reloaded", or 500 saying why and that the old config runs."""
     deps = request.app[DEPS_KEY]
     if deps.reload_fn is None:
         return web.Response(status=404, text="this agent does not reload its configuration\n")
@@ -358,17 +363,32 @@ async def _reload(request: web.Request) -> web.Response:
     # ones not started) because the client went away; the task is kept until it finishes
     task = asyncio.ensure_future(deps.reload_fn())
     _RELOADS.add(task)
-    task.add_done_callback(_RELOADS.discard)
-    ok, message = await asyncio.shield(task)
-    return web.Response(status=200 if ok else 500, text=message.rstrip("\n") + "\n")
+    task.add_done_callback(_reload_done)
+    try:
+        ok, message = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the daemon's reload never raises; any other reload_fn may
+        log.error("reload failed: %s", clip(repr(exc)))
+        ok, message = False, f"reload failed, running configuration kept: {type(exc).__name__}"
+    text = clip(message.rstrip("\n"), _RELOAD_BODY_MAX) + "\n"
+    return web.Response(status=200 if ok else 500, text=text)
+
+
+def _reload_done(task: asyncio.Future[tuple[bool, str]]) -> None:
+    _RELOADS.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved here (answered in _reload): never "never retrieved"
 
 
 # -- app and server ------------------------------------------------------------------------
 
 
-def build_app(deps: ApiDeps) -> web.Application:
+def build_app(
+    deps: ApiDeps, *, client_max_size: int = HttpLimits.client_max_size
+) -> web.Application:
     """The application; everything it serves is read from ``deps`` at request time."""
-    app = web.Application(middlewares=[_bearer_auth])
+    app = web.Application(middlewares=[_bearer_auth], client_max_size=client_max_size)
     app[DEPS_KEY] = deps
     app.add_routes(
         [
@@ -398,6 +418,10 @@ class ApiServer:
     connection to aiohttp from the start. ``handler_cancellation=True`` (and the fast path's
     equivalent): a client that disconnects (a scraper past its timeout) cancels its handler,
     and with it the probe it asked for.
+
+    Every connection is bounded (``agent.api.bounds``): aiohttp's own limits from ``limits``
+    and ours on top (head timeout and size, ``max_connections`` with shed-the-oldest-idle at
+    accept). ``table.counters`` counts what the bounds cut.
     """
 
     def __init__(
@@ -408,21 +432,31 @@ class ApiServer:
         port: int = DEFAULT_PORT,
         shutdown_timeout: float = 1.0,
         fast_probe: bool = True,
+        limits: HttpLimits | None = None,
+        trim: Callable[[], object] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.deps = app[DEPS_KEY]
         self.fast_probe = fast_probe
+        self.limits = limits or HttpLimits()
+        self.table = ConnectionTable(self.limits.max_connections, trim=trim)
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,
             access_log=None,
+            **self.limits.handler_args(),
         )
         self._server: asyncio.Server | None = None
         #: all the fast path's connections see of this server
-        self.state = ServerState(deps=self.deps, aiohttp_protocol=self.aiohttp_protocol)
+        self.state = ServerState(
+            deps=self.deps,
+            aiohttp_protocol=self.aiohttp_protocol,
+            table=self.table,
+            head_timeout_s=self.limits.head_timeout_s,
+        )
         self._started = False
 
     @property
@@ -434,9 +468,11 @@ class ApiServer:
         """A fresh aiohttp connection handler (tracked by aiohttp for its own shutdown)."""
         server = self._runner.server
         assert server is not None
-        return server()
+        return BoundedRequestHandler.for_server(server, self.limits, self.table)
 
     def _protocol(self) -> asyncio.Protocol:
+        if not self.table.admit():  # every slot busy with a request: refuse at accept
+            return Refused()
         if not self.fast_probe:
             return self.aiohttp_protocol()
         return ProbeConnection(self.state)
@@ -449,7 +485,11 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                self._protocol, self.host or None, self.port, backlog=128, reuse_address=True
+                self._protocol,
+                self.host or None,
+                self.port,
+                backlog=self.limits.backlog,
+                reuse_address=True,
             )
         except OSError as exc:
             await self.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.api.answer import ProbeDeps
 
@@ -37,3 +37,7 @@ class ServerState:
     connections: set[Connection] = field(default_factory=set)
     #: set while the server stops: answers no longer offer keep-alive
     stopping: bool = False
+    #: the listener's connection table (``agent.api.bounds.ConnectionTable``), if bounded
+    table: Any = None
+    #: a request head must be complete this long after connect or the previous answer
+    head_timeout_s: float = 5.0

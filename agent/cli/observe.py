@@ -16,12 +16,15 @@ from agent.daemon.provider import serve
 __all__ = ["register", "run_observe"]
 
 
-def run_observe(config_path: str) -> int:
+def run_observe(config_path: str, *, allow_root: bool = False) -> int:
     """Load the configuration and key, then run ``serve`` until a signal."""
+    from agent.privileges import check_root
+
     config = require_role(load_config(config_path), ProviderConfig, command="observe")
     key = load_key(config)
+    check_root("observe", allow=allow_root)  # before anything listens
     try:
-        return asyncio.run(serve(config, key))
+        return asyncio.run(serve(config, key, own_process=True))
     except asyncio.CancelledError:  # second signal
         return 130
 
@@ -37,4 +40,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--config", required=True, metavar="FILE", help="provider config YAML")
-    parser.set_defaults(func=lambda args: run_observe(args.config))
+    parser.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run even as root (refused otherwise; also PLPROBE_ALLOW_ROOT=1)",
+    )
+    parser.set_defaults(func=lambda args: run_observe(args.config, allow_root=args.allow_root))

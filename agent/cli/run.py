@@ -21,10 +21,15 @@ from agent.errors import ConfigError
 __all__ = ["main", "register", "run_daemon"]
 
 
-def run_daemon(config_path: str, *, listen: str | None = None, debug: bool = False) -> int:
+def run_daemon(
+    config_path: str, *, listen: str | None = None, debug: bool = False, allow_root: bool = False
+) -> int:
     """Load the config and key, then serve until a stop signal; 130 after a second signal."""
     from agent.daemon.server import Daemon
     from agent.logs import setup_logging
+    from agent.privileges import check_root
+
+    check_root("run", allow=allow_root)
 
     config = load_config(config_path)
     if listen is not None:
@@ -33,6 +38,7 @@ def run_daemon(config_path: str, *, listen: str | None = None, debug: bool = Fal
         except ValueError as exc:
             raise ConfigError(str(exc), key="--listen") from None
     key = load_key(config)
+    check_root("run", allow=allow_root)  # before anything listens
     setup_logging(config.log_format, level=logging.DEBUG if debug else logging.INFO)
 
     async def main() -> int:
@@ -50,6 +56,11 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", default=None, metavar="HOST:PORT", help="override the config's listen"
     )
+    parser.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run even as root (refused otherwise; also PLPROBE_ALLOW_ROOT=1)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -64,7 +75,10 @@ def register(subparsers: Any) -> None:
     _add_flags(parser)
     parser.set_defaults(
         func=lambda args: run_daemon(
-            args.config, listen=args.listen, debug=getattr(args, "debug", False)
+            args.config,
+            listen=args.listen,
+            debug=getattr(args, "debug", False),
+            allow_root=args.allow_root,
         )
     )
 

@@ -29,9 +29,11 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from agent.config import INSECURE_NOTE, ProviderConfig, parse_listen, read_token_file
+from agent.daemon.memory import release_free_memory
 from agent.daemon.provider_probes import ProviderProber, ProviderRound
 from agent.errors import PlprobeError
-from agent.observe.responder import Responder
+from agent.limits import raise_nofile_limit
+from agent.observe.responder import Responder, ResponderCounters
 from agent.observe.store import ObservationStore
 from agent.results import hostport
 from agent.wire.replay import ReplayGuard
@@ -69,6 +71,12 @@ class ProviderAgent:
     The daemon (``plprobe run``) passes its own ``registry``/``metrics`` and ``serve_api=False``:
     it serves one API for both roles (with ``/-/reload``) from ``store`` and
     ``counter_sources()``, and keeps the store across a provider restart on reload.
+
+    ``replay_guard`` and ``responder_counters`` are passed by an owner that restarts the
+    provider (the daemon's reload): a fresh guard would accept, a second time, a token the
+    previous responder accepted within its window, and fresh counters would restart the
+    ``/v1/observations`` counts at 0. The guard's window follows ``responder.replay_window``
+    (safe in both directions: the guard's floor rejects anything it may have forgotten).
     """
 
     def __init__(
@@ -83,6 +91,9 @@ class ProviderAgent:
         metrics: Any = None,
         store: ObservationStore | None = None,
         serve_api: bool = True,
+        replay_guard: ReplayGuard | None = None,
+        responder_counters: ResponderCounters | None = None,
+        sniffer_guard: ReplayGuard | None = None,
     ) -> None:
         self.config = config
         self.key = key
@@ -102,6 +113,13 @@ class ProviderAgent:
         self._api_listen = api_listen or config.listen
         self._stack = contextlib.AsyncExitStack()
         self._metrics: Any = metrics
+        if replay_guard is None:  # not ``or``: an empty guard has len() 0, so it is falsy
+            replay_guard = ReplayGuard(window_s=config.responder.replay_window)
+        self.replay_guard = replay_guard
+        self.replay_guard.window_ns = int(config.responder.replay_window * 1_000_000_000)
+        self._carried_counters = responder_counters
+        #: the sniffer's own guard (it sees the same tokens as the responder: not shared)
+        self.sniffer_guard = sniffer_guard
         #: observations already in a kept store were counted by the agent before a reload
         self.sync_cursor = self.store.counters.appended
 
@@ -121,7 +139,7 @@ class ProviderAgent:
 
     async def _start(self) -> None:
         cfg = self.config
-        if self._metrics is not None:
+        if self._metrics is not None and self._carried_counters is None:
             self._metrics.new_responder()  # a fresh responder's counters start at 0
         who = f"plprobe observe: agent {cfg.agent_id} (provider)"
         self._say(who + (", authentication OFF (insecure: true)" if cfg.insecure else ""))
@@ -141,8 +159,10 @@ class ProviderAgent:
                 max_connections=rc.max_connections,
                 read_timeout=rc.read_timeout,
                 max_bytes=rc.max_bytes,
-                replay_guard=ReplayGuard(window_s=rc.replay_window),
+                replay_guard=self.replay_guard,
                 expected_endpoint_ids=cfg.expected_endpoint_ids,
+                counters=self._carried_counters,
+                trim=release_free_memory,  # after a flood: RSS back near its baseline
             )
             await self.responder.start()
             self._stack.push_async_callback(self.responder.stop, _STOP_GRACE_S)
@@ -204,7 +224,7 @@ class ProviderAgent:
 
     def _make_sniffer(self, module: Any) -> Any:
         sc = self.config.sniffer
-        return module.Sniffer(
+        sniffer = module.Sniffer(
             sc.interface,
             sc.ports,
             key=self.key,
@@ -213,6 +233,10 @@ class ProviderAgent:
             sink=self.store.append,
             replay_window_s=self.config.responder.replay_window,
         )
+        if self.sniffer_guard is not None:  # carried across a restart: no double count
+            self.sniffer_guard.window_ns = sniffer.replay.window_ns
+            sniffer.replay = self.sniffer_guard
+        return sniffer
 
     async def _stop_sniffer(self) -> None:
         if self.sniffer is None:
@@ -280,7 +304,9 @@ class ProviderAgent:
         return sources
 
     async def _start_api(self) -> None:
+        from agent.api.bounds import HttpLimits
         from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
+        from agent.limits import api_connection_cap
 
         if self._metrics is None:
             from agent.metrics import make_metrics
@@ -301,7 +327,15 @@ class ProviderAgent:
             config_loaded=True,
             first_round_done=True,  # a provider is ready once its listeners are up
         )
-        server = ApiServer(build_app(deps), host=host, port=port, shutdown_timeout=_STOP_GRACE_S)
+        cap = api_connection_cap(other_listeners=self.config.responder.max_connections)
+        server = ApiServer(
+            build_app(deps),
+            host=host,
+            port=port,
+            shutdown_timeout=_STOP_GRACE_S,
+            limits=HttpLimits(max_connections=cap),
+            trim=release_free_memory,
+        )
         self.api_addresses = await server.start()
         self._stack.push_async_callback(server.stop)
         for h, p in self.api_addresses:
@@ -361,8 +395,13 @@ async def serve(
     responder_port: int | None = None,
     api_listen: str | None = None,
     on_ready: Callable[[ProviderAgent], None] | None = None,
+    own_process: bool = False,
 ) -> int:
-    """Run the provider agent until ``stop`` is set or SIGINT/SIGTERM arrives; returns 0."""
+    """Run the provider agent until ``stop`` is set or SIGINT/SIGTERM arrives; returns 0.
+
+    ``own_process`` (``plprobe observe``): the agent owns the process, so it raises its open
+    file limit and, once started, drops the capabilities it no longer needs (agent.privileges).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -376,6 +415,8 @@ async def serve(
         elif main is not None:  # a second signal: do not wait for anything
             main.cancel()
 
+    if own_process:
+        raise_nofile_limit()
     installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -388,6 +429,8 @@ async def serve(
     )
     try:
         async with agent:
+            if own_process:
+                _drop_privileges(agent)
             if on_ready is not None:
                 on_ready(agent)
             await stop.wait()
@@ -397,3 +440,13 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _drop_privileges(agent: ProviderAgent) -> None:
+    """Listeners and sniffer are open: keep CAP_NET_RAW only if the sniffer may reopen."""
+    from agent.privileges import drop_capabilities, needed_capabilities
+
+    ports = [p for _, p in agent.api_addresses]
+    if agent.responder is not None:
+        ports.append(agent.responder.bound_port)
+    drop_capabilities(needed_capabilities(raw=agent.config.sniffer.enabled, ports=ports))

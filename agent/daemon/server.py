@@ -9,12 +9,14 @@ SIGTERM/SIGINT set the stop event (a second one cancels at once); the whole stop
 (schedules cancelled, API shutdown 0.5 s, each provider component 0.8 s) to stay within the
 2 s an orchestrator grants. SIGHUP and ``POST /-/reload`` call the same ``reload()``, serialised
 by one lock: the file is decoded into a *new* config (unknown keys rejected, the key re-read);
-a bad one keeps the old config running, sets ``plprobe_config_last_reload_successful 0`` and
-logs the error; a good one is swapped in: removed paths are forgotten (metrics, API, logs),
-new ones added, the schedules restarted. Schedules are restarted in a ``finally``: a swap that
-fails or is cancelled half-way restarts the running configuration's schedules, so the daemon
-never ends up probing nothing (``POST /-/reload`` also shields the reload from a client that
-disconnects).
+a reload that fails for *any* reason (a loader bug included) keeps the old config running, sets
+``plprobe_config_last_reload_successful 0``, logs one line and answers ``/-/reload`` with a 500
+whose body says why (clipped); a good one is swapped in (the provider's replay guards and
+responder counters, and every kept path's last verdict, outlive it): removed paths are
+forgotten (metrics, API, logs), new ones added, the schedules restarted. Schedules are
+restarted in a ``finally``: a swap that fails or is cancelled half-way restarts the running
+configuration's schedules, so the daemon never ends up probing nothing (``POST /-/reload``
+also shields the reload from a client that disconnects).
 
 **Client role.** One schedule per configured endpoint (``paths[]`` entry, which covers its AZs
 and ports): a first round within ``first_jitter_s`` of start, then a round every
@@ -79,6 +81,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from agent.api.answer import ProbeModule, ProbeReport
+from agent.api.bounds import HttpLimits
 from agent.api.server import ApiConfig, ApiDeps, ApiServer, build_app
 from agent.config import (
     AgentConfig,
@@ -109,7 +112,8 @@ from agent.diagnose.rounds import (
     run_round,
 )
 from agent.errors import ConfigError, PlprobeError
-from agent.logs import VerdictLog, setup_logging
+from agent.limits import api_connection_cap, raise_nofile_limit
+from agent.logs import VerdictLog, clip, setup_logging
 from agent.metrics import Metrics, make_metrics
 from agent.probes.base import ProbeContext, ProbeTarget
 from agent.results import PROBE_KINDS, PathEvidence, PathRef, ProbeResult, Verdict
@@ -117,7 +121,9 @@ from agent.sources.views import ViewKeeper, for_daemon, source_for
 
 if TYPE_CHECKING:
     from agent.daemon.provider import ProviderAgent
+    from agent.observe.responder import ResponderCounters
     from agent.observe.store import ObservationStore
+    from agent.wire import ReplayGuard
 
 __all__ = ["Daemon", "round_budget", "schedule_period"]
 
@@ -131,6 +137,8 @@ FIRST_VIEW_WAIT_S = 10.0
 #: runner slack per prober call (agent.diagnose.rounds._GRACE_S)
 _GRACE_S = 0.5
 _CONNECTING = ("syn", "tcp", "http")
+#: a reload error is echoed to the log and to ``POST /-/reload``: bounded (it may quote input)
+RELOAD_MESSAGE_MAX = 1024
 
 
 def schedule_period(interval: float, jitter: float) -> float:
@@ -222,6 +230,10 @@ class Daemon:
         # provider role
         self._agent: ProviderAgent | None = None
         self._store: ObservationStore | None = None
+        #: outlive a provider restart on reload (see ProviderAgent): created at first start
+        self._guard: ReplayGuard | None = None
+        self._responder_counters: ResponderCounters | None = None
+        self._sniffer_guard: ReplayGuard | None = None
 
     def _say(self, line: str) -> None:
         if self.out is not None:
@@ -232,12 +244,15 @@ class Daemon:
     async def serve(self) -> int:
         """Start, run until a stop signal (or ``stop()``), stop everything; returns 0."""
         self._main = asyncio.current_task()
-        if self.handle_signals:  # the daemon owns the process: its allocator too
+        if self.handle_signals:  # the daemon owns the process: its allocator and fd limit too
             limit_malloc_arenas()
+            raise_nofile_limit()
         async with contextlib.AsyncExitStack() as stack:
             if self.handle_signals:
                 self._install_signals(stack)
             await self._startup(stack)
+            if self.handle_signals:  # the daemon owns the process: its privileges too
+                self._drop_privileges()
             self._say("plprobe run: ready" if self.deps.ready else "plprobe run: started")
             await self.stop_event.wait()
             self._say("plprobe run: stopping")
@@ -245,6 +260,19 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _drop_privileges(self) -> None:
+        """Listeners, raw sockets and sniffer are open: keep only what may reopen (privileges)."""
+        from agent.privileges import drop_capabilities, needed_capabilities
+
+        cfg = self.config
+        ports = [p for _, p in self.api_addresses]
+        if isinstance(cfg, ClientConfig):
+            raw = any("syn" in p.probes for p in cfg.paths)
+        else:
+            raw = cfg.sniffer.enabled
+            ports.append(cfg.responder.port)
+        drop_capabilities(needed_capabilities(raw=raw, ports=ports))
 
     async def _startup(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
@@ -263,8 +291,14 @@ class Daemon:
             self.deps.observations = self._store
             self.deps.observation_counters = self._live_counters()
         host, port = parse_listen(self.listen)
+        responder = cfg.responder.max_connections if isinstance(cfg, ProviderConfig) else 0
         server = ApiServer(
-            build_app(self.deps), host=host, port=port, shutdown_timeout=API_SHUTDOWN_S
+            build_app(self.deps),
+            host=host,
+            port=port,
+            shutdown_timeout=API_SHUTDOWN_S,
+            limits=HttpLimits(max_connections=api_connection_cap(other_listeners=responder)),
+            trim=release_free_memory if self.handle_signals else None,
         )
         self.api_addresses = await server.start()
         stack.push_async_callback(server.stop)
@@ -306,7 +340,13 @@ class Daemon:
     def _on_hup(self) -> None:
         task = asyncio.create_task(self.reload(), name="plprobe-reload")
         self._hup_tasks.add(task)
-        task.add_done_callback(self._hup_tasks.discard)
+        task.add_done_callback(self._hup_done)
+
+    def _hup_done(self, task: asyncio.Task[Any]) -> None:
+        """Retrieve a SIGHUP reload's outcome: nothing is left for asyncio to complain about."""
+        self._hup_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # reload() does not raise
+            log.error("reload after SIGHUP failed: %s", clip(repr(task.exception()), 512))
 
     async def _cancel_hups(self) -> None:
         await _cancel_all(list(self._hup_tasks))
@@ -340,7 +380,13 @@ class Daemon:
     # -- reload -----------------------------------------------------------------------------
 
     async def reload(self) -> tuple[bool, str]:
-        """Re-read the config file (SIGHUP, ``POST /-/reload``); keep the old one if bad."""
+        """Re-read the config file (SIGHUP, ``POST /-/reload``); keep the old one if bad.
+
+        Never raises (a cancellation aside): *any* failure, a loader bug included, keeps the
+        running configuration, sets ``plprobe_config_last_reload_successful 0`` and logs one
+        line, so SIGHUP cannot leave "Task exception was never retrieved" behind and the API
+        always has a message to answer with.
+        """
         async with self._reload_lock:
             source = self.config.source
             try:
@@ -356,14 +402,8 @@ class Daemon:
                         key="role",
                     )
                 await self._apply(new, key)
-            except PlprobeError as exc:
-                self.metrics.config_reloaded(False)
-                log.error(
-                    "reload failed, keeping the running configuration: %s",
-                    exc,
-                    extra={"fields": {"event": "reload", "ok": False}},
-                )
-                return False, f"reload failed: {exc}"
+            except Exception as exc:  # every failure is reported the same way
+                return self._reload_failed(exc)
             self.reloads += 1
             self.metrics.config_reloaded(True)
             log.info(
@@ -372,6 +412,22 @@ class Daemon:
                 extra={"fields": {"event": "reload", "ok": True}},
             )
             return True, "configuration reloaded"
+
+    def _reload_failed(self, exc: Exception) -> tuple[bool, str]:
+        """Report a failed reload: metric 0, one log line, one message for the API."""
+        self.metrics.config_reloaded(False)
+        if isinstance(exc, PlprobeError):
+            why = str(exc)
+        else:  # a bug in the loader: say what it was, keep the traceback at debug level
+            why = f"unexpected {type(exc).__name__}: {exc}"
+            log.debug("reload failed unexpectedly", exc_info=exc)
+        why = clip(why, RELOAD_MESSAGE_MAX)
+        log.error(
+            "reload failed, keeping the running configuration: %s",
+            why,
+            extra={"fields": {"event": "reload", "ok": False}},
+        )
+        return False, f"reload failed, running configuration kept: {why}"
 
     async def _apply(self, new: AgentConfig, key: bytes) -> None:
         """Swap in a validated config; raises (keeping the old one) if it cannot be applied."""
@@ -650,8 +706,14 @@ class Daemon:
 
     async def _start_provider(self, config: ProviderConfig, key: bytes) -> None:
         from agent.daemon.provider import ProviderAgent  # provider role only
+        from agent.observe.responder import ResponderCounters
+        from agent.wire import ReplayGuard
 
         assert self._store is not None
+        if self._guard is None:
+            self._guard = ReplayGuard(window_s=config.responder.replay_window)
+            self._responder_counters = ResponderCounters()
+            self._sniffer_guard = ReplayGuard(window_s=config.responder.replay_window)
         agent = ProviderAgent(
             config,
             key,
@@ -661,6 +723,9 @@ class Daemon:
             metrics=self.metrics,
             store=self._store,
             serve_api=False,
+            replay_guard=self._guard,
+            responder_counters=self._responder_counters,
+            sniffer_guard=self._sniffer_guard,
         )
         await agent.start()
         self._agent = agent
@@ -691,7 +756,7 @@ class Daemon:
         await self._stop_provider()
         try:
             await self._start_provider(new, key)
-        except PlprobeError:
+        except Exception:
             log.error("the new provider configuration cannot start; restarting the old one")
             await self._start_provider(old, self.key)
             raise

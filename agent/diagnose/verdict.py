@@ -27,7 +27,9 @@ Rules that keep the verdict honest:
   fail or would fail (one of several targets blocked or unhealthy, the NLB failing open because
   no target is healthy, part of an ephemeral range denied), or when the round itself was mixed;
 - the provider's evidence missing (``seen_at_target == "unknown"``): the stage the client's
-  evidence supports is kept, visible denials are named, everything else is a candidate.
+  evidence supports is kept, visible denials are named, everything else is a candidate; when
+  the provider's evidence could not be had (agent down, channel cut) the verdict says
+  "provider evidence unavailable" and names no control the configuration does not deny.
 
 ``diagnose_static`` is the same without packets (``plprobe explain``): the stage is that of
 the first denied hop.
@@ -51,6 +53,8 @@ SERVICE_CONTROLS = controls.SERVICE_STAGE
 RESET_CONTROLS = controls.RESETTING
 FORWARD_CONTROLS = controls.FORWARD_PATH
 RETURN_CONTROLS = controls.RETURN_PATH
+#: what every verdict made without the provider's evidence says (never a control by itself)
+PROVIDER_UNAVAILABLE = "provider evidence unavailable"
 
 
 # --- what configuration alone predicts ------------------------------------------------------
@@ -412,7 +416,36 @@ def diagnose(
 
     ``findings`` may be empty (packets only) and may be partial (not-visible hops); evidence
     ``None`` falls back to ``diagnose_static``.
+
+    Peer down is not a blocked control: when the provider's evidence could not be had (its
+    agent is down, or the channel to it is cut: ``provider_error``), a failing verdict says
+    "provider evidence unavailable" first, and names a control only if the configuration
+    denies it; a control inferred from packets alone is demoted to a candidate.
     """
+    verdict = _diagnose(evidence, findings, path=path, now=now)
+    if evidence is not None and evidence.seen_at_target == "unknown" and evidence.provider_error:
+        return _without_provider(verdict, evidence, findings)
+    return verdict
+
+
+def _without_provider(
+    verdict: Verdict, evidence: PathEvidence, findings: list[HopFinding]
+) -> Verdict:
+    if verdict.status == "pass" or verdict.stage == "dns":  # no packet depends on the peer
+        return verdict
+    denied = {f.control for f in findings if f.status == "denied"}
+    if verdict.blocked_at not in (None, "unknown") and verdict.blocked_at not in denied:
+        verdict.candidates = _unique([verdict.blocked_at, *verdict.candidates])
+        verdict.blocked_at = "unknown"
+        verdict.fix = controls.get("unknown").fix
+    if PROVIDER_UNAVAILABLE not in verdict.explanation:
+        verdict.explanation = f"{PROVIDER_UNAVAILABLE}: {verdict.explanation}"
+    return verdict
+
+
+def _diagnose(
+    evidence: PathEvidence | None, findings: list[HopFinding], *, path: str, now: float
+) -> Verdict:
     if evidence is None:
         return diagnose_static(findings, path=path, now=now)
     pred = predict(findings)
@@ -788,8 +821,8 @@ def _no_provider(
     """A silent drop and no provider evidence: forward and return cannot be told apart."""
     why = f" ({evidence.provider_error})" if evidence.provider_error else ""
     seen_text = (
-        "the probe timed out and the provider's evidence is missing" + why + ", so forward "
-        "and return cannot be told apart"
+        f"{PROVIDER_UNAVAILABLE}{why}: the probe timed out, and forward and return cannot be "
+        "told apart"
     )
     hop = _first_denied(findings, ("forward", "health"))
     if hop is None:

@@ -44,6 +44,8 @@ def lab_env(name: str) -> dict[str, str]:
     """The environment of every process of lab ``name``: ours, its mark, this package first."""
     env = dict(os.environ)
     env[ENV_MARK] = name
+    # the lab's agents run as root inside ``ip netns exec``: said explicitly (agent.privileges)
+    env["PLPROBE_ALLOW_ROOT"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
     return env
 

@@ -11,8 +11,20 @@ client a second way (the observations API) when the reply is lost on the return 
 Hostile input gets nothing: malformed, forged, replayed, oversized or slow input is counted and
 the connection closed without a byte written, and a reply is never longer than ``REPLY_MAX``, so
 the responder cannot amplify traffic toward anyone. Resources are bounded three ways:
-``max_connections`` at once (excess closed on accept and counted), ``read_timeout`` for the
-whole read (a slow-loris connection is cut however slowly it trickles), ``max_bytes`` read.
+``max_connections`` at once, ``read_timeout`` for the whole read (a slow-loris connection is cut
+however slowly it trickles), ``max_bytes`` read.
+
+Real probes are served during a flood. A connection is *unauthenticated* until its token's MAC
+and freshness verify; after that it only has a reply to write. At ``max_connections`` the
+oldest unauthenticated connection is shed to admit the new one (counted in ``shed``): a real
+probe sends its token within a round trip of connecting, so it is authenticated long before a
+flood of idle connections can push it out, while the flood's own connections are recycled
+oldest-first. Only when every slot holds authenticated work is a new connection refused
+(``over_limit``). No source may hold more than its share of unauthenticated slots: the NLB
+address the socket sees (``max_per_peer``, half the slots by default, so one NLB node cannot
+take the others' room) and, once a PROXY v2 header has named it, the original client address
+(``max_per_client``, 1/16 by default): past its share a source's own oldest connection is shed
+(``shed_per_source``), so one client behind the NLB cannot displace the others.
 
 PROXY v2 handling (``proxy_v2=True``, the target group attribute is on): the NLB's header is
 ``headers[0]``; later headers were sent by the client and are not trusted. A LOCAL header is
@@ -87,7 +99,9 @@ class ResponderCounters:
     malformed: int = 0  # bytes that can never be a (PROXY header +) token, incl. oversized
     forged: int = 0  # token HMAC did not verify
     replayed: int = 0  # authentic token, stale / future / seen before
-    over_limit: int = 0  # connections closed on accept: max_connections reached
+    over_limit: int = 0  # connections closed on accept: every slot holds authenticated work
+    shed: int = 0  # unauthenticated connections closed to make room (oldest first)
+    shed_per_source: int = 0  # ... because their source (NLB or PROXY client) had its share
     timeouts: int = 0  # read_timeout expired before a whole token arrived
     empty: int = 0  # closed without sending a byte (TCP health checks, port scanners)
     proxy_headers: int = 0  # connections that started with PROXY v2 header(s)
@@ -139,6 +153,10 @@ class Responder:
         replay_guard: ReplayGuard | None = None,
         expected_endpoint_ids: Collection[str] = (),
         clock_ns: Callable[[], int] = time.time_ns,
+        counters: ResponderCounters | None = None,
+        max_per_peer: int | None = None,
+        max_per_client: int | None = None,
+        trim: Callable[[], object] | None = None,
     ) -> None:
         if not 1 <= len(agent_id.encode("utf-8")) <= AGENT_ID_MAX:
             raise ValueError(f"agent_id must be 1..{AGENT_ID_MAX} UTF-8 bytes")
@@ -158,16 +176,25 @@ class Responder:
         self.port = port
         self.proxy_v2 = proxy_v2
         self.max_connections = max_connections
+        self.max_per_peer = max_per_peer or max(1, max_connections // 2)
+        self.max_per_client = max_per_client or max(4, max_connections // 16)
         self.read_timeout = read_timeout
         self.max_bytes = max_bytes
         self.expected_endpoint_ids = frozenset(expected_endpoint_ids)
         self.guard = replay_guard if replay_guard is not None else ReplayGuard()
-        self.counters = ResponderCounters()
+        #: passed in by an owner whose counters must outlive this instance (a daemon reload)
+        self.counters = counters if counters is not None else ResponderCounters()
         self._clock_ns = clock_ns
         self._proxy_max_len = max(16, min(PROXY_V2_MAX_LEN, max_bytes))
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
+        #: unauthenticated connections, oldest first, all and by source
+        self._pending: dict[_Conn, None] = {}
+        #: called (e.g. malloc_trim) once the responder is idle again after shedding a flood
+        self._trim = trim
+        self._shed_since_trim = False
+        self._by_source: dict[str, dict[_Conn, None]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -235,17 +262,20 @@ class Responder:
     # -- one connection ---------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= self.max_connections:
+        if self._active >= self.max_connections and not self._shed_oldest(self._pending):
             self.counters.over_limit += 1
             writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
+        peer = _sock_addr(writer.get_extra_info("peername"))
+        conn = _Conn(task, writer, f"peer {peer[0]}" if peer else "peer ?")
         self._active += 1
         self._tasks.add(task)
+        self._track(conn, self.max_per_peer)
         self.counters.accepted += 1
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, conn)
         except asyncio.CancelledError:
             # Only stop() (or loop shutdown) cancels a connection task, and nobody awaits it:
             # re-raising would make asyncio's stream callback log a spurious error (3.11).
@@ -256,13 +286,66 @@ class Responder:
             log.exception("responder: unexpected error on a connection")
             writer.transport.abort()
         finally:
-            self._active -= 1
+            self._untrack(conn)
+            if not conn.shed:  # a shed connection gave its slot back when it was shed
+                self._active -= 1
             self._tasks.discard(task)
+            if not self._tasks and self._shed_since_trim and self._trim is not None:
+                self._shed_since_trim = False
+                asyncio.get_running_loop().call_later(1.0, self._trim)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # -- who is shed under load -------------------------------------------------------------
+
+    def _track(self, conn: _Conn, share: int) -> None:
+        """Count ``conn`` as unauthenticated work of its source; over ``share``, shed its oldest."""
+        bucket = self._by_source.setdefault(conn.source, {})
+        while len(bucket) >= share and self._shed_oldest(bucket, per_source=True):
+            pass
+        bucket[conn] = None
+        self._pending[conn] = None
+
+    def _untrack(self, conn: _Conn) -> None:
+        self._pending.pop(conn, None)
+        bucket = self._by_source.get(conn.source)
+        if bucket is not None:
+            bucket.pop(conn, None)
+            if not bucket:
+                del self._by_source[conn.source]
+
+    def _rekey(self, conn: _Conn, client: str) -> None:
+        """The NLB's PROXY header named the client: count the connection against it instead."""
+        if conn.shed or conn not in self._pending:
+            return
+        self._untrack(conn)
+        conn.source = f"client {client}"
+        self._track(conn, self.max_per_client)
+
+    def _authenticated(self, conn: _Conn) -> None:
+        """Its token verified: from now on the connection is never shed."""
+        self._untrack(conn)
+
+    def _shed_oldest(self, among: dict[_Conn, None], *, per_source: bool = False) -> bool:
+        """Close the oldest unauthenticated connection in ``among``; False if there is none."""
+        for victim in among:
+            self._untrack(victim)
+            victim.shed = True
+            self._shed_since_trim = True
+            self._active -= 1
+            if per_source:
+                self.counters.shed_per_source += 1
+            else:
+                self.counters.shed += 1
+            victim.writer.transport.abort()
+            victim.task.cancel()
+            return True
+        return False
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+    ) -> None:
         peer = _sock_addr(writer.get_extra_info("peername"))
         local = _sock_addr(writer.get_extra_info("sockname"))
-        state = _ConnState()
+        state = _ConnState(conn=conn)
         try:
             async with asyncio.timeout(self.read_timeout):
                 headers, token = await self._read_token(reader, state)
@@ -289,6 +372,7 @@ class Responder:
             self.counters.replayed += 1
             await self._close(writer)
             return
+        self._authenticated(conn)
         if peer is None or local is None:  # not an IP socket: nothing meaningful to report
             await self._close(writer)
             return
@@ -394,6 +478,8 @@ class Responder:
                         if headers and not counted_proxy:
                             counted_proxy = True
                             self.counters.proxy_headers += 1
+                            if headers[0].src_ip is not None and state.conn is not None:
+                                self._rekey(state.conn, str(headers[0].src_ip))
                             if headers[0].is_local:
                                 state.health_check = True
                                 self.counters.health_checks += 1
@@ -423,6 +509,19 @@ class Responder:
             buf += chunk
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One accepted connection, as the shedding policy sees it."""
+
+    task: asyncio.Task[None]
+    writer: asyncio.StreamWriter
+    #: "peer <ip>" (the NLB) until a PROXY v2 header names the client: "client <ip>"
+    source: str
+    #: closed to make room: its slot was already given back
+    shed: bool = False
+
+
 @dataclass
 class _ConnState:
     health_check: bool = False
+    conn: _Conn | None = None

@@ -376,6 +376,121 @@ async def test_a_reload_that_fails_half_way_restarts_the_running_schedules(
     assert len(schedules) == 1 and not schedules[0].done()
 
 
+async def test_a_reload_whose_loader_raises_unexpectedly_keeps_the_config_and_says_so(
+    running: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import agent.daemon.server as daemon_module
+
+    def crashing_loader(path: Path) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(daemon_module, "load_config", crashing_loader)
+    before = running.daemon.config
+    with caplog.at_level(logging.INFO):
+        async with aiohttp.ClientSession() as s, s.post(running.url + "/-/reload") as r:
+            status, body = r.status, await r.text()
+    assert status == 500
+    assert body.startswith("reload failed, running configuration kept: unexpected RecursionError")
+    assert running.sample("plprobe_config_last_reload_successful") == 0
+    assert running.daemon.config is before
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert len(failed[0].getMessage().splitlines()) == 1
+
+
+async def test_a_sighup_reload_that_crashes_leaves_no_unretrieved_task_exception(
+    running: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    import agent.daemon.server as daemon_module
+
+    def crashing_loader(path: Path) -> Any:
+        raise ValueError("exceeds the limit for integer string conversion")
+
+    monkeypatch.setattr(daemon_module, "load_config", crashing_loader)
+    running.daemon._on_hup()
+    tasks = list(running.daemon._hup_tasks)
+    await asyncio.wait(tasks, timeout=3)
+    del tasks
+    gc.collect()
+    await asyncio.sleep(0)
+    assert running.sample("plprobe_config_last_reload_successful") == 0
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert [r for r in caplog.records if "unexpected ValueError" in r.getMessage()]
+
+
+async def test_a_failed_reload_answer_and_log_line_are_bounded(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    running.config_path.write_text("role: client\n" + "x" * 200_000 + ": 1\n")
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/-/reload") as r:
+        status, body = r.status, await r.text()
+    assert status == 500 and len(body) < 4096
+    assert all(len(r.getMessage()) < 4096 for r in caplog.records)
+
+
+async def test_a_reload_keeps_the_last_verdicts_and_does_not_announce_them_again(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = running.daemon.deps.verdicts[pid(running.port)]
+    second = free_port()
+    write(running.config_path, client_doc(running.port, second))
+    with caplog.at_level(logging.INFO, logger=VERDICT_LOGGER):
+        caplog.clear()
+        assert (await running.daemon.reload())[0]
+        assert running.daemon.deps.verdicts[pid(running.port)].status == kept.status
+        await eventually(lambda: running.up(second) == 0)
+    announced = [r for r in caplog.records if r.name == VERDICT_LOGGER]
+    assert [r.fields["path"] for r in announced] == [pid(second)]  # type: ignore[attr-defined]
+
+
+async def _send(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 3)
+    finally:
+        writer.close()
+
+
+async def test_a_token_accepted_before_a_provider_reload_is_refused_after_it(
+    tmp_path: Path,
+) -> None:
+    from agent.wire import Token, encode_token
+
+    doc: dict[str, Any] = {
+        "role": "provider",
+        "agent_id": "server-1",
+        "listen": "127.0.0.1:0",
+        "insecure": True,
+        "responder": {"bind": "127.0.0.1", "max_connections": 64},
+        "sniffer": {"enabled": False},
+    }
+    path = write(tmp_path / "provider.yaml", doc)
+    provider_cfg = load_config(path)
+    provider = Daemon(provider_cfg, b"", handle_signals=False, responder_port=0)
+    task = asyncio.create_task(provider.serve())
+    try:
+        await asyncio.wait_for(provider.ready.wait(), 5)
+        assert provider._agent is not None and provider._agent.responder is not None
+        first = provider._agent.responder
+        data = encode_token(Token.new("c1/az1/1", "c1"), b"", insecure=True)
+        assert await _send(first.bound_port, data)  # answered once
+        doc["responder"]["max_connections"] = 65  # a change that restarts the responder
+        write(path, doc)
+        assert (await provider.reload())[0]
+        second = provider._agent.responder
+        assert second is not None and second is not first
+        assert await _send(second.bound_port, data) == b""  # the same token: refused
+        assert second.counters.replayed == 1
+        assert second.counters.replied == 1  # counters outlive the restart too
+    finally:
+        provider.stop()
+        await asyncio.wait_for(task, 3)
+
+
 async def test_a_path_labelled_by_an_old_eni_ip_is_forgotten_when_dns_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -577,7 +692,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 def daemon_proc(tmp_path: Path) -> Iterator[Proc]:
     """The daemon as a process, probing a closed port (no responder needed for signals)."""
     path = write(tmp_path / "client.yaml", client_doc(free_port()))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PLPROBE_ALLOW_ROOT": "1"}
     out = tmp_path / "stdout.txt"
     with out.open("w") as sink:
         proc = subprocess.Popen(

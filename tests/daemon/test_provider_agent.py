@@ -114,6 +114,7 @@ def test_observe_stops_gracefully_on_sigterm_within_two_seconds(tmp_path: Path) 
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(cfg)],
         cwd=REPO,
+        env={**os.environ, "PLPROBE_ALLOW_ROOT": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

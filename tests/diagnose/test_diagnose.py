@@ -318,3 +318,46 @@ def test_an_unresolvable_name_on_packets_alone_names_both_candidates() -> None:
     v = diagnose(ev, [], path=PATH, now=NOW)
     assert (v.status, v.stage, v.blocked_at) == ("fail", "dns", "unknown")
     assert set(v.candidates) == {"dns", "service-principal"}
+
+
+# -- provider evidence unavailable: the peer being down is not a blocked control -------------
+
+#: the provider agent is down (its API refuses) / the evidence channel is cut (no answer)
+PEER_DOWN = (
+    "provider observations unavailable: http://10.3.1.10:9720/v1/observations: "
+    "Cannot connect to host 10.3.1.10:9720 [Connection refused]",
+    "provider observations unavailable: http://10.3.1.10:9720/v1/observations: no answer within 3s",
+)
+FAILING = [s for s in SCENARIOS if s.wire[0] not in ("ok", "dns_error")]
+
+
+def _peer_down_verdict(s: Scenario, level: str, why: str) -> tuple[object, list[HopFinding]]:
+    t = broken(s)
+    if level == "consumer":
+        t = consumer_only(t)
+    findings: list[HopFinding] = [] if level == "packets" else analyze_flow(t, s.client, None, 80)
+    ev = evidence(s.wire[0], "unknown", provider_error=why)
+    return diagnose(ev, findings, path=PATH, now=NOW), findings
+
+
+@pytest.mark.parametrize("why", PEER_DOWN, ids=["agent-down", "channel-cut"])
+@pytest.mark.parametrize("level", ["packets", "consumer", "full"])
+@pytest.mark.parametrize("s", FAILING, ids=lambda s: f"s{s.n}")
+def test_without_provider_evidence_a_verdict_says_so_and_names_only_configured_denials(
+    s: Scenario, level: str, why: str
+) -> None:
+    v, findings = _peer_down_verdict(s, level, why)
+    assert "provider evidence unavailable" in v.explanation
+    if v.blocked_at not in (None, "unknown"):
+        denied = {f.control for f in findings if f.status == "denied"}
+        assert v.blocked_at in denied, "a control named without configuration naming it"
+
+
+@pytest.mark.parametrize("level", ["packets", "consumer"])
+def test_a_reset_with_the_provider_down_is_not_blamed_on_the_service(level: str) -> None:
+    t = reference() if level == "consumer" else None
+    findings = analyze_flow(consumer_only(t), "client-2", None, 80) if t is not None else []
+    ev = evidence("refused", "unknown", provider_error=PEER_DOWN[0])
+    v = diagnose(ev, findings, path=PATH, now=NOW)
+    assert v.blocked_at in ("unknown", None) and v.status != "pass"
+    assert "target-service" in v.candidates

@@ -272,48 +272,137 @@ async def test_a_slow_loris_connection_is_cut_at_read_timeout(
     assert responder.counters.timeouts == 1
 
 
-async def test_connections_beyond_max_connections_are_closed_at_once_and_counted(
+async def wait_active(responder: Responder, n: int) -> None:
+    for _ in range(200):
+        if responder.active_connections == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{responder.active_connections} active connections, expected {n}")
+
+
+async def test_at_max_connections_the_oldest_unauthenticated_connection_makes_room(
     make_responder: MakeResponder,
 ) -> None:
-    responder = await make_responder(max_connections=2, read_timeout=3.0)
+    responder = await make_responder(max_connections=2, max_per_peer=2, read_timeout=3.0)
     held = [await asyncio.open_connection("127.0.0.1", responder.bound_port) for _ in range(2)]
     for _, w in held:
         w.write(b"PLPB")  # a token's start: the responder keeps reading
         await w.drain()
-    for _ in range(100):
-        if responder.active_connections == 2:
-            break
-        await asyncio.sleep(0.01)
+    await wait_active(responder, 2)
     start = time.monotonic()
+    newer_reader, newer_writer = await asyncio.open_connection("127.0.0.1", responder.bound_port)
+    try:
+        async with asyncio.timeout(2):
+            with contextlib.suppress(ConnectionResetError):
+                assert await held[0][0].read() == b""  # the oldest was closed
+        assert not newer_reader.at_eof()
+    finally:
+        newer_writer.close()
+        for _, w in held:
+            w.close()
+    assert time.monotonic() - start < 1.0
+    assert responder.counters.shed == 1 and responder.counters.over_limit == 0
+    assert responder.counters.accepted == 3
+
+
+async def test_when_every_slot_holds_authenticated_work_a_new_connection_is_refused(
+    make_responder: MakeResponder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    responder = await make_responder(max_connections=2, max_per_peer=2, read_timeout=3.0)
+    release = asyncio.Event()
+
+    async def slow_write(writer: asyncio.StreamWriter, data: bytes) -> bool:
+        await release.wait()  # authenticated, still writing its reply
+        return False
+
+    monkeypatch.setattr(responder, "_write", slow_write)
+    busy = [await asyncio.open_connection("127.0.0.1", responder.bound_port) for _ in range(2)]
+    for _, w in busy:
+        w.write(encode_token(token(), KEY))
+        await w.drain()
+    await wait_active(responder, 2)
+    await asyncio.sleep(0.05)
     excess_reader, excess_writer = await asyncio.open_connection("127.0.0.1", responder.bound_port)
     try:
         async with asyncio.timeout(2):
             with contextlib.suppress(ConnectionResetError):
                 assert await excess_reader.read() == b""
     finally:
+        release.set()
         excess_writer.close()
-        for _, w in held:
+        for _, w in busy:
             w.close()
-    assert time.monotonic() - start < 1.0
-    assert responder.counters.over_limit == 1
-    assert responder.counters.accepted == 2
+    assert responder.counters.over_limit == 1 and responder.counters.shed == 0
 
 
-async def test_after_an_overload_the_responder_answers_again(
+async def test_a_probe_arriving_while_an_idle_connection_holds_the_only_slot_is_answered(
     make_responder: MakeResponder,
 ) -> None:
     responder = await make_responder(max_connections=1, read_timeout=3.0)
     _, hog = await asyncio.open_connection("127.0.0.1", responder.bound_port)
-    for _ in range(100):
-        if responder.active_connections == 1:
-            break
-        await asyncio.sleep(0.01)
-    refused, _ = await exchange(responder, encode_token(token(), KEY))
-    hog.close()
-    await settle(responder)
+    await wait_active(responder, 1)
     answered, _ = await exchange(responder, encode_token(token(), KEY))
-    assert refused == b""
+    hog.close()
     assert decode_reply(answered, KEY).agent_id == "target-1"
+    assert responder.counters.shed == 1
+
+
+async def test_one_proxy_client_cannot_hold_more_than_its_share_of_slots(
+    make_responder: MakeResponder,
+) -> None:
+    responder = await make_responder(
+        proxy_v2=True, max_connections=100, max_per_client=10, read_timeout=5.0
+    )
+    header = build_proxy_v2("10.1.1.20", "10.2.1.5", 51000, 9721, vpce_id=VPCE)
+    flood = [await asyncio.open_connection("127.0.0.1", responder.bound_port) for _ in range(50)]
+    for _, w in flood:
+        w.write(header)  # then nothing: an idle client behind the NLB
+        await w.drain()
+    await asyncio.sleep(0.3)
+    try:
+        assert responder.active_connections <= 10
+        assert responder.counters.shed_per_source == 40
+        other = build_proxy_v2("10.1.1.99", "10.2.1.5", 52000, 9721, vpce_id=VPCE)
+        answered, _ = await exchange(responder, other + encode_token(token(), KEY))
+        assert decode_reply(answered, KEY).proxy_src_ip is not None
+    finally:
+        for _, w in flood:
+            w.close()
+
+
+async def test_authenticated_probes_keep_succeeding_while_a_flood_of_idle_connections_runs(
+    make_responder: MakeResponder,
+) -> None:
+    responder = await make_responder(max_connections=64, read_timeout=30.0)
+    stop = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def flood() -> None:  # keeps opening idle connections, 4x the slots and more
+        while not stop.is_set():
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", responder.bound_port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            held.append(w)
+            if len(held) > 256:
+                held.pop(0).close()
+
+    flooders = [asyncio.create_task(flood()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)
+        answers = []
+        for _ in range(20):
+            reply, _ = await exchange(responder, encode_token(token(), KEY))
+            answers.append(decode_reply(reply, KEY).agent_id)
+        assert answers == ["target-1"] * 20
+        shed = responder.counters.shed + responder.counters.shed_per_source
+        assert shed > 64  # the flood was recycled, not the probes
+    finally:
+        stop.set()
+        await asyncio.gather(*flooders)
+        for w in held:
+            w.close()
 
 
 async def test_stop_cuts_open_connections_quickly(make_responder: MakeResponder) -> None:
