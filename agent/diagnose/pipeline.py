@@ -44,15 +44,17 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.analyze.path import Flow, walk
 from agent.diagnose.rounds import RoundResult
 from agent.diagnose.verdict import diagnose, rollup
 from agent.errors import PlprobeError
 from agent.model import Endpoint, EndpointEni, Instance, Topology
 from agent.results import HopFinding, PathEvidence, PathRef, Verdict
 from agent.sources.views import NO_VIEW, ConfigView
+
+if TYPE_CHECKING:  # the analyzer is loaded with the first view: packets-only runs skip it
+    from agent.analyze.path import Flow
 
 __all__ = [
     "Diagnosis",
@@ -177,6 +179,8 @@ def _consumer_visible(topology: Topology) -> bool:
 
 def find_flow(topology: Topology, ref: PathRef, me: SelfIdentity) -> Flow:
     """The Flow of one probed path (module docstring); ``LookupError`` with the reason."""
+    from agent.analyze.path import Flow
+
     name, ip = _find_client(topology, me, ref.ip)
     inst: Instance | None = topology.instance_by_name(name) if name != ip else None
     found = _find_endpoint(topology, ref)
@@ -195,6 +199,8 @@ def find_flow(topology: Topology, ref: PathRef, me: SelfIdentity) -> Flow:
 
 def _static(topology: Topology, ref: PathRef, me: SelfIdentity) -> tuple[list[HopFinding], str]:
     """(findings, "") or ([], why the configuration cannot be used for this path)."""
+    from agent.analyze.path import walk
+
     try:
         return walk(topology, find_flow(topology, ref, me)), ""
     except LookupError as exc:

@@ -51,9 +51,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import ClientConfig, PathConfig, path_id
 from agent.diagnose.correlate import correlate
@@ -61,6 +59,9 @@ from agent.errors import PlprobeError, ProbeError
 from agent.probes import get_prober
 from agent.probes.base import ProbeContext, ProbeTarget
 from agent.results import Observation, PathEvidence, PathRef, ProbeResult
+
+if TYPE_CHECKING:  # aiohttp is imported where a session is made: not every round needs it
+    import aiohttp
 
 __all__ = [
     "HttpObservationSource",
@@ -198,6 +199,8 @@ class HttpObservationSource:
         return out
 
     async def fetch(self, since: float) -> list[Observation]:
+        import aiohttp
+
         own = self.session is None
         session = self.session or aiohttp.ClientSession(trust_env=False)
         self.failures = {}
@@ -637,6 +640,14 @@ class SharedProbes:
             await session.close()
 
 
+def _client_errors() -> tuple[type[Exception], ...]:
+    """aiohttp's client errors, once aiohttp is loaded (before that nothing can raise them)."""
+    import sys
+
+    aiohttp = sys.modules.get("aiohttp")
+    return (aiohttp.ClientError,) if aiohttp is not None else ()
+
+
 async def _fetch_observations(
     config: ClientConfig, provider: ObservationSource | None, *, since: float
 ) -> tuple[list[Observation] | None, str | None, str | None]:
@@ -660,7 +671,7 @@ async def _fetch_observations(
         observations = await provider.fetch(since)
     except PlprobeError as exc:
         return None, f"provider observations unavailable: {exc}", None
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+    except (*_client_errors(), OSError, TimeoutError, ValueError) as exc:
         return None, f"provider observations unavailable: {type(exc).__name__}: {exc}", None
     failures = getattr(provider, "failures", None)
     partial = None
