@@ -523,7 +523,11 @@ async def run_round(
     results.sort(key=lambda r: (order.get(r.path, len(order)), _KIND_ORDER.get(r.probe, 9)))
 
     observations, provider_error, partial = await _fetch_observations(
-        config, provider, since=started - config.correlation_window
+        config,
+        provider,
+        since=started - config.correlation_window,
+        # 0: nothing was sent (no ENI address), so no evidence is expected and nothing waited
+        last_sent=max((r.started_at + r.duration_s for r in connect_results), default=0.0),
     )
     window = config.correlation_window
     evidence = correlate(results, observations, window_s=window, provider_error=provider_error)
@@ -649,9 +653,19 @@ def _client_errors() -> tuple[type[Exception], ...]:
 
 
 async def _fetch_observations(
-    config: ClientConfig, provider: ObservationSource | None, *, since: float
+    config: ClientConfig,
+    provider: ObservationSource | None,
+    *,
+    since: float,
+    last_sent: float | None = None,
 ) -> tuple[list[Observation] | None, str | None, str | None]:
-    """(observations or None, why there are none, why they may be incomplete)."""
+    """(observations or None, why there are none, why they may be incomplete).
+
+    ``provider_delay`` is the sniffer's lag after the round's last probe (``last_sent``: the
+    latest end of a connect probe, wall clock), not a fixed pause: what has already passed
+    since then is not waited again, and a round that sent no probe (``last_sent`` 0) does not
+    wait at all. None (callers outside a round): the whole delay.
+    """
     if provider is None:
         urls: list[str] = []
         for p in config.paths:
@@ -666,7 +680,10 @@ async def _fetch_observations(
             urls, timeout_s=max(config.timeout, 1.0), token=token, agent=config.agent_id
         )
     if config.provider_delay:
-        await asyncio.sleep(config.provider_delay)
+        if last_sent is None:
+            await asyncio.sleep(config.provider_delay)
+        elif (wait := config.provider_delay - (time.time() - last_sent)) > 0:
+            await asyncio.sleep(wait)
     try:
         observations = await provider.fetch(since)
     except PlprobeError as exc:
