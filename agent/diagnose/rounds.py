@@ -58,6 +58,7 @@ from agent.diagnose.correlate import correlate
 from agent.errors import PlprobeError, ProbeError
 from agent.probes import get_prober
 from agent.probes.base import ProbeContext, ProbeTarget
+from agent.probes.dns import MEMO_KEY as DNS_MEMO_KEY
 from agent.results import Observation, PathEvidence, PathRef, ProbeResult
 
 if TYPE_CHECKING:  # aiohttp is imported where a session is made: not every round needs it
@@ -462,6 +463,7 @@ async def run_round(
         retries=config.retries,
         raw_allowed=raw,
     )
+    base.extras[DNS_MEMO_KEY] = {}  # one resolution per name per round (agent.probes.dns)
     contexts: dict[int, ProbeContext] = {}
 
     def ctx_for(p: PathConfig) -> ProbeContext:

@@ -507,3 +507,28 @@ async def test_a_round_that_sent_no_probe_does_not_wait_for_the_provider(tmp_pat
     result = await runner.run_round(config, key=KEY, provider=fake, check_raw=no_raw)
     assert [r.outcome for r in result.results] == ["dns_error"]
     assert fake.asked_at is not None and time.monotonic() - t0 < 2.5
+
+
+async def test_a_round_resolves_a_name_shared_by_several_endpoints_once(
+    tmp_path, monkeypatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+
+    async def fake(host, *args, **kwargs):
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", fake)
+    port = closed_port()
+    entry = {"regional": "svc.example", "probes": ["dns", "tcp"]}
+    config = client_config(
+        tmp_path,
+        paths=[
+            {"name": f"ep-{i}", "expected_ips": {"az1": "127.0.0.1"}, "ports": [port + i], **entry}
+            for i in range(3)
+        ],
+    )
+    result = await runner.run_round(config, key=KEY, check_raw=no_raw)
+    assert asked == ["svc.example"]
+    assert [r.outcome for r in result.results if r.probe == "dns"] == ["ok"] * 3
