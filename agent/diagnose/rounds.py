@@ -106,6 +106,8 @@ class RoundResult:
     insecure: bool = False
     raw_allowed: bool = False
     paths: list[PathRef] = field(default_factory=list)
+    #: path id -> the ``paths[]`` entry it came from (a round may cover several entries)
+    path_configs: dict[str, PathConfig] = field(default_factory=dict)
 
     @property
     def all_ok(self) -> bool:
@@ -449,7 +451,8 @@ async def run_round(
     """Run one round of probes for every configured path and correlate with the provider.
 
     ``semaphore`` bounds probes in flight across rounds that run at once (the daemon runs
-    one round per endpoint on its own schedule and shares one); default: ``concurrency``.
+    one round per schedule — the endpoints that share an interval — and shares one);
+    default: ``concurrency``.
     ``shared``: the daemon's long-lived session and SYN engine (module docstring); without
     it the round opens and closes its own.
     """
@@ -548,6 +551,7 @@ async def run_round(
         insecure=config.insecure,
         raw_allowed=raw,
         paths=[path.ref for path in paths],
+        path_configs={path.ref.id: path.config for path in paths},
     )
 
 
