@@ -577,8 +577,10 @@ class Daemon:
         config = self.config
         assert isinstance(config, ClientConfig)
         seen = {ref.id for ref in result.paths}
+        # by identity: comparing pydantic models field by field was quadratic in paths
+        mine = {id(pc) for pc in pcs}
         for pid, owner in list(self._owner.items()):  # run-time ids the round no longer has
-            if owner in pcs and pid not in seen and pid not in self._declared:
+            if pid not in seen and pid not in self._declared and id(owner) in mine:
                 self._forget(pid, "no longer produced by its endpoint's DNS answers")
         for ref in result.paths:
             self._refs[ref.id] = ref

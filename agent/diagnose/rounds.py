@@ -411,23 +411,38 @@ async def run_probe(
 async def _dns_round(
     config: ClientConfig, ctx_for: Callable[[PathConfig], ProbeContext], sem: asyncio.Semaphore
 ) -> list[list[tuple[_DnsName, ProbeResult]]]:
+    """The DNS results of every ``paths[]`` entry, one probe per distinct target.
+
+    Entries that share names (one endpoint configured once per port, a round batching many
+    endpoints) share the probe: the same name, kind, AZ, expected addresses and timeout give
+    the same ``<agent>/dns/...`` result, so it is probed once and handed to each entry (the
+    planner copies results per path). Why: with 1,000 such entries, 2,000 probe tasks per
+    round cost more than the resolutions they repeated.
+    """
     dns = get_prober("dns")
     assert dns is not None
+    shared: dict[tuple[object, ...], asyncio.Future[ProbeResult]] = {}
 
-    async def one(p: PathConfig) -> list[tuple[_DnsName, ProbeResult]]:
+    async def run(t: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
+        async with sem:
+            return await _attempt(dns, "dns", t, ctx, ctx.timeout_s + _GRACE_S)
+
+    plans: list[list[tuple[_DnsName, asyncio.Future[ProbeResult]]]] = []
+    for p in config.paths:
         if "dns" not in p.probes and p.expected_ips:
-            return []
+            plans.append([])
+            continue
         ctx = ctx_for(p)
-        targets = build_dns_targets(config.agent_id, p)
-
-        async def run(t: ProbeTarget) -> ProbeResult:
-            async with sem:
-                return await _attempt(dns, "dns", t, ctx, ctx.timeout_s + _GRACE_S)
-
-        results = await asyncio.gather(*(run(t) for _, t in targets))
-        return [(n, r) for (n, _), r in zip(targets, results, strict=True)]
-
-    return list(await asyncio.gather(*(one(p) for p in config.paths)))
+        plan = []
+        for n, t in build_dns_targets(config.agent_id, p):
+            key = (n.kind, n.name, n.az, n.expected, ctx.timeout_s, ctx.retries)
+            if key not in shared:
+                shared[key] = asyncio.ensure_future(run(t, ctx))
+            plan.append((n, shared[key]))
+        plans.append(plan)
+    if shared:
+        await asyncio.gather(*shared.values())
+    return [[(n, fut.result()) for n, fut in plan] for plan in plans]
 
 
 def _read_token(config: ClientConfig) -> str | None:

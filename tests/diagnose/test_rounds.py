@@ -532,3 +532,31 @@ async def test_a_round_resolves_a_name_shared_by_several_endpoints_once(
     result = await runner.run_round(config, key=KEY, check_raw=no_raw)
     assert asked == ["svc.example"]
     assert [r.outcome for r in result.results if r.probe == "dns"] == ["ok"] * 3
+
+
+async def test_endpoints_that_share_names_share_one_dns_probe_per_name(
+    tmp_path, monkeypatch
+) -> None:
+    calls: list[str] = []
+
+    async def fake_dns(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
+        calls.append(target.path.name)
+        return ProbeResult(path=target.path.id, probe="dns", outcome="ok", addresses=["127.0.0.1"])
+
+    real = runner.get_prober
+    monkeypatch.setattr(runner, "get_prober", lambda k: fake_dns if k == "dns" else real(k))
+    port = closed_port()
+    names = {"regional": "svc.example", "zonal": {"az1": "az1.svc.example"}}
+    config = client_config(
+        tmp_path,
+        paths=[
+            {"name": f"ep-{i}", "expected_ips": {"az1": "127.0.0.1"}, "ports": [port + i],
+             "probes": ["dns", "tcp"], **names}
+            for i in range(4)
+        ],
+    )  # fmt: skip
+    result = await runner.run_round(config, key=KEY, check_raw=no_raw)
+    assert sorted(calls) == ["az1.svc.example", "svc.example"]
+    dns = [r for r in result.results if r.probe == "dns"]
+    assert len(dns) == 8  # still two DNS results on each of the four paths
+    assert len({r.path for r in dns}) == 4
