@@ -55,8 +55,9 @@ path) live from client start to stop, and are replaced on reload. Modules only t
 role or one probe kind needs (the observe stack, scapy, botocore) are imported when used.
 
 Memory, when the daemon owns its process (``handle_signals``): malloc arenas capped and freed
-heap pages returned to the kernel once every endpoint has had its first round and after each
-view refresh (``agent.daemon.memory``; no-ops off glibc).
+heap pages returned to the kernel once every endpoint has had its first round, after each
+later round (one per schedule and interval, so ~0.1 ms per 10 s) and after each view refresh
+(``agent.daemon.memory``; no-ops off glibc).
 
 **Provider role.** ``agent.daemon.provider.ProviderAgent`` (responder, sniffer when enabled and
 permitted — without CAP_NET_RAW it logs and continues — and the observation store) with this
@@ -527,6 +528,8 @@ class Daemon:
                 self._first_pending.discard(index)
                 if not self._first_pending:
                     self._set_ready()
+            else:
+                self._trim()  # a batched round's transient heap, back to the kernel
             period = schedule_period(interval, self.jitter)
             await asyncio.sleep(max(0.0, started + period - loop.time()))
 
