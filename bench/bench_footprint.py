@@ -31,6 +31,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import time
@@ -117,12 +118,15 @@ def round_span(port: int) -> float | None:
         return None
     if not results:
         return None
-    latest = max(r["started_at"] for r in results)
-    # the latest round: results that started within one interval before the latest start
-    recent = [r for r in results if r["started_at"] > latest - 9.0]
-    return max(r["started_at"] + r["duration_s"] for r in recent) - min(
-        r["started_at"] for r in recent
-    )
+    # the latest round: the results after the last gap of more than 2 s between probe starts
+    # (a round starts its probes back to back; rounds of one schedule are ~9-10 s apart)
+    starts = sorted(r["started_at"] for r in results)
+    first = starts[0]
+    for a, b in itertools.pairwise(starts):
+        if b - a > 2.0:
+            first = b
+    recent = [r for r in results if r["started_at"] >= first]
+    return max(r["started_at"] + r["duration_s"] for r in recent) - first
 
 
 def measure(args: argparse.Namespace) -> dict:
