@@ -49,10 +49,11 @@ configured endpoint, or one its DNS answers produced, with one of its ports; any
 
 What a round does not redo (the daemon's idle cost is per-round work; docs/BENCHMARKS.md):
 one ``runner.SharedProbes`` (an aiohttp session whose connector still opens a new connection
-per http probe, and one SYN engine: raw sockets and scapy-built templates made once, replaced
-if a socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per view and
+per http probe, and one SYN engine: raw sockets and BPF filters made once, replaced if a
+socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per view and
 path) live from client start to stop, and are replaced on reload. Modules only the provider
-role or one probe kind needs (the observe stack, scapy, botocore) are imported when used.
+role or one probe kind needs (the observe stack, botocore) are imported when used; scapy is
+not imported at all (the SYN templates are constants, ``agent.probes.syn``).
 
 Memory, when the daemon owns its process (``handle_signals``): malloc arenas capped and freed
 heap pages returned to the kernel once every endpoint has had its first round, after each

@@ -35,9 +35,9 @@ result for that probe, never a failed round.
 **Per round or per daemon.** A one-off round (``check``, ``probe``) opens its own aiohttp
 session and SYN engine and closes them at the end. The daemon passes ``shared``
 (``SharedProbes``), which keeps both for the process's lifetime: the SYN engine's sockets and
-scapy-built templates are made once and replaced only when a socket breaks or the key
-changes; the session's connector still opens a NEW connection for every http probe
-(``force_close``), so each probe exercises connection setup, as a per-round session did.
+filters are made once and replaced only when a socket breaks or the key changes; the
+session's connector still opens a NEW connection for every http probe (``force_close``), so
+each probe exercises connection setup, as a per-round session did.
 """
 
 from __future__ import annotations
