@@ -50,6 +50,8 @@ def _command_module(argv: Sequence[str]) -> str | None:
     command is registered, so help and argparse's errors list them all.
     """
     first = next((a for a in argv if not a.startswith("-")), None)
+    if first == "version":  # built in: needs no command module at all
+        return "version"
     return next((m for m in COMMAND_MODULES if m.rsplit(".", 1)[-1] == first), None)
 
 
@@ -66,7 +68,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     version.set_defaults(func=lambda args: print(f"plprobe {__version__}") or 0)
     only = _command_module(argv) if argv is not None else None
     for name in (only,) if only else COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        if name != "version":
+            importlib.import_module(name).register(sub)
     return parser
 
 

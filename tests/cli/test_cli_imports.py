@@ -66,3 +66,10 @@ def test_check_loads_no_server_lab_daemon_aws_or_scapy_modules(tmp_path: Path) -
 def test_a_round_without_http_probes_does_not_load_aiohttp() -> None:
     modules = loaded_after("import agent.diagnose.check, agent.probes.tcp, agent.probes.syn")
     assert not any(m == "aiohttp" or m.startswith("aiohttp.") for m in modules)
+
+
+def test_the_version_command_registers_no_command_module() -> None:
+    parser = cli.build_parser(["version"])
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(sub.choices) == ["version"]  # type: ignore[union-attr]
+    assert cli.main(["version"]) == 0
