@@ -1,10 +1,9 @@
 """The blackbox-compatible ``/probe`` answer, independent of the HTTP layer that carries it.
 
-Both carriers of ``/probe`` — the aiohttp route (``agent.api.server``) and the hand-written fast
-path (``agent.api.fastpath``) — answer through ``answer_probe`` here, so they cannot drift apart:
-same checks, same status codes, same body. This module is a leaf of ``agent.api``: it knows
-nothing of aiohttp's app or of connections, and reads what it needs of the server's state
-through the small ``ProbeDeps`` protocol (``agent.api.server.ApiDeps`` satisfies it).
+The aiohttp route (``agent.api.server``) answers ``/probe`` through ``answer_probe`` here. This
+module is a leaf of ``agent.api``: it knows nothing of aiohttp's app or of connections, and
+reads what it needs of the server's state through the small ``ProbeDeps`` protocol
+(``agent.api.server.ApiDeps`` satisfies it), so it is tested without a server.
 
 blackbox_exporter's rules: a failed probe is a *successful* request whose body says
 ``probe_success 0`` (plus plprobe's ``plprobe_probe_result{result}`` and, when a verdict is
@@ -212,11 +211,7 @@ def _text(status: int, message: str) -> ProbeAnswer:
 async def answer_probe(
     deps: ProbeDeps, target: str, module_name: str, scrape_timeout: str | None, accept: str
 ) -> ProbeAnswer:
-    """One ``/probe`` request, independent of the HTTP layer that carries it.
-
-    Both the aiohttp route and the fast path (``ProbeConnection``) answer through here, so
-    they cannot drift apart: same checks, same status codes, same body.
-    """
+    """One ``/probe`` request, independent of the HTTP layer that carries it."""
     config = deps.config
     if not target:
         return _text(400, "target parameter is missing\n")

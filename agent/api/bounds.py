@@ -103,7 +103,7 @@ class ConnectionTable:
     """Live connections, oldest first; ``admit()`` makes room at accept time or says no.
 
     A connection is anything with an ``idle`` property (no request in flight: safe to close)
-    and a ``shed()`` method: aiohttp's handlers here and the ``/probe`` fast path's.
+    and a ``shed()`` method: aiohttp's request handlers (``BoundedRequestHandler``).
 
     ``trim`` (the daemon passes ``malloc_trim``) is called once, a second after connections
     that cost memory (malformed, oversized, timed out) are gone, so RSS returns near its

@@ -29,16 +29,16 @@ frozen at startup, so the app keeps only the holder.
 request whose body says ``probe_success 0``; only a bad request is an HTTP error); with
 ``handler_cancellation`` a scraper that gives up cancels its probe.
 
-``/probe`` is the one endpoint on a hot path (a scraper asks once per target per interval), so
-it costs no more CPU than blackbox_exporter's (docs/BENCHMARKS.md): its answer is rendered from
-text precomputed at import (``agent.api.answer.render_probe``), and plain ``GET /probe``
-requests are answered below aiohttp by ``agent.api.fastpath.ProbeConnection``, which hands a
-connection to aiohttp at its first request that is anything else. ``ApiServer(fast_probe=False)``
-serves everything through aiohttp.
+``/probe`` is the one endpoint on a hot path (a scraper asks once per target per interval): its
+answer is rendered from text precomputed at import (``agent.api.answer.render_probe``), and
+the daemon runs on uvloop (``agent.cli.run``). Every request, ``/probe`` included, goes
+through aiohttp's router and middleware: a hand-written HTTP fast path below aiohttp was
+measured against plain aiohttp on uvloop and removed — it saved ~0.1 ms of CPU per request,
+bypassed the middleware, depended on aiohttp internals and broke on uvloop's transports
+(docs/BENCHMARKS.md).
 
-Modules, without a cycle: ``answer`` (the probe answer, a leaf) <- ``state`` (what the server
-shares with its connections: ``ServerState``) <- ``fastpath`` (knows only those two) <- this
-module (the aiohttp app and ``ApiServer``, which hands each fast-path connection its state).
+Modules, without a cycle: ``answer`` (the probe answer, a leaf) <- this module (the aiohttp
+app and ``ApiServer``).
 """
 
 from __future__ import annotations
@@ -60,10 +60,8 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.api.answer import SCRAPE_TIMEOUT_HEADER, ProbeFn, ProbeModule, answer_probe
 from agent.api.bounds import BoundedRequestHandler, ConnectionTable, HttpLimits, Refused
-from agent.api.fastpath import ProbeConnection
 from agent.api.history import RoundHistory
 from agent.api.page import PageData, page_headers, render_page
-from agent.api.state import ServerState
 from agent.errors import ConfigError
 from agent.logs import clip
 from agent.metrics import Metrics
@@ -334,7 +332,7 @@ async def _page(request: web.Request) -> web.Response:
 
 
 async def _probe(request: web.Request) -> web.Response:
-    """The aiohttp route of ``/probe``: HEAD, unusual requests, and the test client."""
+    """``/probe``: blackbox_exporter's contract (``agent.api.answer.answer_probe``)."""
     query = request.query
     status, content_type, body = await answer_probe(
         request.app[DEPS_KEY],
@@ -413,11 +411,8 @@ def build_app(
 class ApiServer:
     """The app embedded in the daemon's loop: the daemon owns signals, we only listen.
 
-    Connections start on the ``/probe`` fast path (``ProbeConnection``) and move to aiohttp
-    at the first request that is not a plain ``GET /probe``; ``fast_probe=False`` gives every
-    connection to aiohttp from the start. ``handler_cancellation=True`` (and the fast path's
-    equivalent): a client that disconnects (a scraper past its timeout) cancels its handler,
-    and with it the probe it asked for.
+    ``handler_cancellation=True``: a client that disconnects (a scraper past its timeout)
+    cancels its handler, and with it the probe it asked for.
 
     Every connection is bounded (``agent.api.bounds``): aiohttp's own limits from ``limits``
     and ours on top (head timeout and size, ``max_connections`` with shed-the-oldest-idle at
@@ -431,14 +426,12 @@ class ApiServer:
         host: str = "0.0.0.0",
         port: int = DEFAULT_PORT,
         shutdown_timeout: float = 1.0,
-        fast_probe: bool = True,
         limits: HttpLimits | None = None,
         trim: Callable[[], object] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.deps = app[DEPS_KEY]
-        self.fast_probe = fast_probe
         self.limits = limits or HttpLimits()
         self.table = ConnectionTable(self.limits.max_connections, trim=trim)
         self._runner = web.AppRunner(
@@ -450,38 +443,21 @@ class ApiServer:
             **self.limits.handler_args(),
         )
         self._server: asyncio.Server | None = None
-        #: all the fast path's connections see of this server
-        self.state = ServerState(
-            deps=self.deps,
-            aiohttp_protocol=self.aiohttp_protocol,
-            table=self.table,
-            head_timeout_s=self.limits.head_timeout_s,
-        )
         self._started = False
 
-    @property
-    def stopping(self) -> bool:
-        """True from ``stop()`` until the next ``start()``: answers stop offering keep-alive."""
-        return self.state.stopping
-
-    def aiohttp_protocol(self) -> asyncio.Protocol:
+    def _protocol(self) -> asyncio.Protocol:
         """A fresh aiohttp connection handler (tracked by aiohttp for its own shutdown)."""
         server = self._runner.server
-        assert server is not None
-        return BoundedRequestHandler.for_server(server, self.limits, self.table)
-
-    def _protocol(self) -> asyncio.Protocol:
         if not self.table.admit():  # every slot busy with a request: refuse at accept
             return Refused()
-        if not self.fast_probe:
-            return self.aiohttp_protocol()
-        return ProbeConnection(self.state)
+        if server is None:  # start() sets the runner up before it listens
+            raise RuntimeError("the API server is not set up")
+        return BoundedRequestHandler.for_server(server, self.limits, self.table)
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen; returns the bound (host, port) pairs (port 0 picks a free port)."""
         await self._runner.setup()
         self._started = True
-        self.state.stopping = False
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
@@ -508,12 +484,9 @@ class ApiServer:
         if not self._started:
             return
         self._started = False
-        self.state.stopping = True
         if self._server is not None:
             self._server.close()
             self._server = None
-        for connection in list(self.state.connections):
-            connection.close()
         await self._runner.cleanup()
 
     async def __aenter__(self) -> ApiServer:

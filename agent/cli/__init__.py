@@ -42,7 +42,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_module(argv: Sequence[str]) -> str | None:
+    """The one command module ``argv`` needs, or None when it names no known command.
+
+    Why: registering a command imports its module, and every module's imports together
+    (the lab, the provider daemon, aiohttp's server, ...) were ~0.1 s of a ``plprobe check``
+    that should feel instant. The only top-level option is the flag ``--debug``, so the first
+    argument that is not an option is the command. Without one (``--help``, a typo) every
+    command is registered, so help and argparse's errors list them all.
+    """
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first == "version":  # built in: needs no command module at all
+        return "version"
+    return next((m for m in COMMAND_MODULES if m.rsplit(".", 1)[-1] == first), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``plprobe`` parser; given ``argv``, with only the command it names (if any)."""
     parser = _Parser(
         prog="plprobe",
         description="Connection testing for AWS PrivateLink: which control blocked the path.",
@@ -52,13 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(f"plprobe {__version__}") or 0)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    only = _command_module(argv) if argv is not None else None
+    for name in (only,) if only else COMMAND_MODULES:
+        if name != "version":
+            importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,

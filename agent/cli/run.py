@@ -1,9 +1,10 @@
 """``plprobe run --config FILE [--listen HOST:PORT]``: the daemon (agent/daemon/), either role.
 
 Flags only: the file is loaded and checked once here (a bad file exits 2 before anything
-listens), logging is set up per ``log_format``, then ``Daemon.serve()`` runs until SIGTERM or
-SIGINT. ``python -m agent.cli.run --config FILE`` is the same command without the ``plprobe``
-wrapper (used by tests and by images that start the daemon directly).
+listens), logging is set up per ``log_format``, then ``Daemon.serve()`` runs on uvloop's event
+loop (``event_loop_factory``) until SIGTERM or SIGINT. ``python -m agent.cli.run --config
+FILE`` is the same command without the ``plprobe`` wrapper (used by tests and by images that
+start the daemon directly).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.config import check_listen, load_config, load_key
 from agent.errors import ConfigError
 
-__all__ = ["main", "register", "run_daemon"]
+__all__ = ["event_loop_factory", "main", "register", "run_daemon"]
 
 
 def run_daemon(
@@ -46,9 +47,24 @@ def run_daemon(
         return await daemon.serve()
 
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(main())
     except asyncio.CancelledError:  # second signal
         return 130
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """The daemon's event loop: uvloop's.
+
+    Why: a daemon's cost per round and per ``/probe`` is mostly event-loop work (wake-ups,
+    socket readiness, timers, the resolver's thread hand-off, which uvloop does in C through
+    libuv's pool — still the system ``getaddrinfo``); uvloop cut the CPU per ``/probe`` by
+    ~10 % and a round's by more (docs/BENCHMARKS.md). One-shot commands keep asyncio's loop:
+    importing uvloop would cost them more than it saves.
+    """
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:

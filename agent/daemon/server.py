@@ -18,16 +18,21 @@ restarted in a ``finally``: a swap that fails or is cancelled half-way restarts 
 configuration's schedules, so the daemon never ends up probing nothing (``POST /-/reload``
 also shields the reload from a client that disconnects).
 
-**Client role.** One schedule per configured endpoint (``paths[]`` entry, which covers its AZs
-and ports): a first round within ``first_jitter_s`` of start, then a round every
-``interval × U(1 − jitter, 1)`` (``interval`` is the path's override, else the client's),
-measured from the previous round's start. The jitter keeps endpoints out of lock-step but
-only ever *shortens* a period: a break is probed at most ``interval`` after it happens, so
+**Client role.** One schedule per distinct ``interval`` (the path's override, else the
+client's): every configured endpoint (``paths[]`` entry, which covers its AZs and ports) with
+that interval is probed in the same round. Why batched: the per-round framework cost (task
+set-up, correlation, diagnosis, publishing, wake-ups) was paid once per endpoint, and with
+50 endpoints it, not the packets, was the daemon's CPU (docs/BENCHMARKS.md). A schedule makes
+a first round within ``first_jitter_s`` of start, then a round every
+``interval × U(1 − jitter, 1)``, measured from the previous round's start. The jitter only
+ever *shortens* a period: a break is probed at most ``interval`` after it happens, so
 ``plprobe_path_up`` flips at most ``interval + timeout × (1 + retries)`` (+ DNS and
 diagnosis, milliseconds) after a break — the worst case docs/BENCHMARKS.md measures.
-Rounds of different endpoints overlap; probes in flight are bounded daemon-wide by one
-semaphore (``concurrency``). Each round has an explicit budget (DNS + connect attempts +
-provider fetch + one interval); an overrun is cancelled and logged. After a round:
+Rounds of different schedules overlap; probes in flight are bounded daemon-wide by one
+semaphore (``concurrency``). Each round has an explicit budget (the largest of its
+endpoints': DNS + connect attempts + provider fetch + one interval); an overrun is cancelled
+and logged. Between rounds a schedule sleeps in one timer: an idle daemon has no periodic
+wake-up of its own (the view refresh, when configured, is the only other). After a round:
 ``agent.diagnose.pipeline`` diagnoses it with the current configuration view
 (``agent.sources.views``, its own
 slower refresh with backoff; the view's static analysis, when not cached, runs in a worker
@@ -46,14 +51,16 @@ configured endpoint, or one its DNS answers produced, with one of its ports; any
 
 What a round does not redo (the daemon's idle cost is per-round work; docs/BENCHMARKS.md):
 one ``runner.SharedProbes`` (an aiohttp session whose connector still opens a new connection
-per http probe, and one SYN engine: raw sockets and scapy-built templates made once, replaced
-if a socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per view and
+per http probe, and one SYN engine: raw sockets and BPF filters made once, replaced if a
+socket breaks) and one ``pipeline.FindingsCache`` (static analysis once per view and
 path) live from client start to stop, and are replaced on reload. Modules only the provider
-role or one probe kind needs (the observe stack, scapy, botocore) are imported when used.
+role or one probe kind needs (the observe stack, botocore) are imported when used; scapy is
+not imported at all (the SYN templates are constants, ``agent.probes.syn``).
 
 Memory, when the daemon owns its process (``handle_signals``): malloc arenas capped and freed
-heap pages returned to the kernel once every endpoint has had its first round and after each
-view refresh (``agent.daemon.memory``; no-ops off glibc).
+heap pages returned to the kernel once every endpoint has had its first round, after each
+later round (one per schedule and interval, so ~0.1 ms per 10 s) and after each view refresh
+(``agent.daemon.memory``; no-ops off glibc).
 
 **Provider role.** ``agent.daemon.provider.ProviderAgent`` (responder, sniffer when enabled and
 permitted — without CAP_NET_RAW it logs and continues — and the observation store) with this
@@ -125,7 +132,7 @@ if TYPE_CHECKING:
     from agent.observe.store import ObservationStore
     from agent.wire import ReplayGuard
 
-__all__ = ["Daemon", "round_budget", "schedule_period"]
+__all__ = ["Daemon", "round_budget", "schedule_groups", "schedule_period"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +164,15 @@ def round_budget(config: ClientConfig, path: PathConfig) -> float:
     connect = s.timeout * (1 + s.retries) + _GRACE_S
     fetch = max(config.timeout, 1.0) + 1.0
     return dns + connect + config.provider_delay + fetch + s.interval
+
+
+def schedule_groups(config: ClientConfig) -> dict[float, list[PathConfig]]:
+    """The client's schedules: interval -> the ``paths[]`` entries probed at that interval
+    (in configuration order), each group one round per interval."""
+    groups: dict[float, list[PathConfig]] = {}
+    for pc in config.paths:
+        groups.setdefault(config.for_path(pc).interval, []).append(pc)
+    return groups
 
 
 def _modules(config: AgentConfig) -> dict[str, ProbeModule]:
@@ -491,10 +507,11 @@ class Daemon:
             self._owner[pid] = pc
         self._declared = set(declared)
         self._targets.rebuild(config, self._refs.values())
-        self._first_pending = set(range(len(config.paths)))
-        for i, pc in enumerate(config.paths):
+        groups = schedule_groups(config)
+        self._first_pending = set(range(len(groups)))
+        for i, (interval, pcs) in enumerate(groups.items()):
             self._schedules[i] = asyncio.create_task(
-                self._schedule(config, i, pc, key), name=f"plprobe-path-{pc.name}"
+                self._schedule(config, i, pcs, key), name=f"plprobe-schedule-{interval:g}s"
             )
 
     async def _stop_schedules(self) -> None:
@@ -553,26 +570,33 @@ class Daemon:
         self.deps.history.forget(pid)
         log.info("path %s %s", pid, why)
 
-    async def _schedule(self, config: ClientConfig, index: int, pc: PathConfig, key: bytes) -> None:
-        """Probe one endpoint forever: first round after a short jitter, then every interval."""
+    async def _schedule(
+        self, config: ClientConfig, index: int, pcs: list[PathConfig], key: bytes
+    ) -> None:
+        """Probe endpoints that share an interval forever, in one round each interval."""
         loop = asyncio.get_running_loop()
-        settings = config.for_path(pc)
-        sub = config.model_copy(update={"paths": [pc]})
-        budget = round_budget(config, pc)
-        await asyncio.sleep(random.uniform(0, min(self.first_jitter_s, settings.interval)))
+        interval = config.for_path(pcs[0]).interval
+        sub = config.model_copy(update={"paths": pcs})
+        budget = max(round_budget(config, pc) for pc in pcs)
+        await asyncio.sleep(random.uniform(0, min(self.first_jitter_s, interval)))
         while True:
             started = loop.time()
-            await self._round(sub, pc, key, budget)
+            await self._round(sub, pcs, key, budget)
             if index in self._first_pending:
                 self._first_pending.discard(index)
                 if not self._first_pending:
                     self._set_ready()
-            period = schedule_period(settings.interval, self.jitter)
+            else:
+                self._trim()  # a batched round's transient heap, back to the kernel
+            period = schedule_period(interval, self.jitter)
             await asyncio.sleep(max(0.0, started + period - loop.time()))
 
     async def _round(
-        self, sub: ClientConfig, pc: PathConfig, key: bytes, budget: float
+        self, sub: ClientConfig, pcs: list[PathConfig], key: bytes, budget: float
     ) -> RoundResult | None:
+        names = ", ".join(pc.name for pc in pcs[:3])
+        if len(pcs) > 3:
+            names += f" (+{len(pcs) - 3} more)"
         try:
             try:
                 async with asyncio.timeout(budget):
@@ -585,16 +609,14 @@ class Daemon:
                         shared=self._shared,
                     )
             except TimeoutError:
-                log.warning(
-                    "round of %s overran its %.1fs budget and was cancelled", pc.name, budget
-                )
+                log.warning("round of %s overran its %.1fs budget and was cancelled", names, budget)
                 return None
-            await self._publish(result, pc)
+            await self._publish(result, pcs)
         except PlprobeError as exc:
-            log.warning("round of %s could not run: %s", pc.name, exc)
+            log.warning("round of %s could not run: %s", names, exc)
             return None
-        except Exception:  # a bug must not end this endpoint's schedule for good
-            log.exception("round of %s failed; the schedule continues", pc.name)
+        except Exception:  # a bug must not end this schedule for good
+            log.exception("round of %s failed; the schedule continues", names)
             return None
         return result
 
@@ -610,21 +632,24 @@ class Daemon:
                 cache.put(topology, me, computed)
         return diagnose_round(result, view, me, cache=cache)
 
-    async def _publish(self, result: RoundResult, pc: PathConfig) -> None:
+    async def _publish(self, result: RoundResult, pcs: list[PathConfig]) -> None:
         """Diagnose a round and hand everything to metrics, the API holder and the log."""
         diagnosis = await self._diagnose(result)
         config = self.config
         assert isinstance(config, ClientConfig)
-        interval = config.for_path(pc).interval
         seen = {ref.id for ref in result.paths}
+        # by identity: comparing pydantic models field by field was quadratic in paths
+        mine = {id(pc) for pc in pcs}
         for pid, owner in list(self._owner.items()):  # run-time ids the round no longer has
-            if owner == pc and pid not in seen and pid not in self._declared:
+            if pid not in seen and pid not in self._declared and id(owner) in mine:
                 self._forget(pid, "no longer produced by its endpoint's DNS answers")
         for ref in result.paths:
             self._refs[ref.id] = ref
             self._targets.add(ref)
             if ref.id not in self._owner:
+                pc = result.path_configs.get(ref.id, pcs[0])
                 self._owner[ref.id] = pc
+                interval = config.for_path(pc).interval
                 self.metrics.add_path(ref.id, interval_s=interval, probes=pc.probes)
         by_path: dict[str, list[ProbeResult]] = {}
         for r in result.results:
@@ -640,7 +665,7 @@ class Daemon:
                 self.metrics.set_verdict(v)
             except ValueError as exc:
                 log.error("cannot export verdict of %s: %s", v.path, exc)
-        if self.provider is not None or config.for_path(pc).provider_urls:
+        if self.provider is not None or any(config.for_path(pc).provider_urls for pc in pcs):
             fetched = result.observations is not None and not result.provider_error
             self.metrics.set_evidence_source("provider_api", fetched)
         evidence: dict[str, PathEvidence] = {e.path: e for e in diagnosis.evidence}
@@ -648,7 +673,7 @@ class Daemon:
         self.deps.evidence = {**self.deps.evidence, **evidence}
         self.deps.verdicts = {**self.deps.verdicts, **verdicts}
         self.deps.history.record(
-            pc.name,
+            ", ".join(p.name for p in pcs),  # endpoints sharing a schedule share a round
             result.started_at,
             result.finished_at,
             diagnosis.evidence,

@@ -35,9 +35,9 @@ result for that probe, never a failed round.
 **Per round or per daemon.** A one-off round (``check``, ``probe``) opens its own aiohttp
 session and SYN engine and closes them at the end. The daemon passes ``shared``
 (``SharedProbes``), which keeps both for the process's lifetime: the SYN engine's sockets and
-scapy-built templates are made once and replaced only when a socket breaks or the key
-changes; the session's connector still opens a NEW connection for every http probe
-(``force_close``), so each probe exercises connection setup, as a per-round session did.
+filters are made once and replaced only when a socket breaks or the key changes; the
+session's connector still opens a NEW connection for every http probe (``force_close``), so
+each probe exercises connection setup, as a per-round session did.
 """
 
 from __future__ import annotations
@@ -51,16 +51,18 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import ClientConfig, PathConfig
 from agent.diagnose.correlate import correlate
 from agent.errors import PlprobeError, ProbeError
 from agent.probes import get_prober
 from agent.probes.base import ProbeContext, ProbeTarget
+from agent.probes.dns import MEMO_KEY as DNS_MEMO_KEY
 from agent.results import Observation, PathEvidence, PathRef, ProbeResult, path_id
+
+if TYPE_CHECKING:  # aiohttp is imported where a session is made: not every round needs it
+    import aiohttp
 
 __all__ = [
     "HttpObservationSource",
@@ -104,6 +106,8 @@ class RoundResult:
     insecure: bool = False
     raw_allowed: bool = False
     paths: list[PathRef] = field(default_factory=list)
+    #: path id -> the ``paths[]`` entry it came from (a round may cover several entries)
+    path_configs: dict[str, PathConfig] = field(default_factory=dict)
 
     @property
     def all_ok(self) -> bool:
@@ -191,6 +195,8 @@ class HttpObservationSource:
         return out
 
     async def fetch(self, since: float) -> list[Observation]:
+        import aiohttp
+
         own = self.session is None
         session = self.session or aiohttp.ClientSession(trust_env=False)
         self.failures = {}
@@ -400,23 +406,38 @@ async def run_probe(
 async def _dns_round(
     config: ClientConfig, ctx_for: Callable[[PathConfig], ProbeContext], sem: asyncio.Semaphore
 ) -> list[list[tuple[_DnsName, ProbeResult]]]:
+    """The DNS results of every ``paths[]`` entry, one probe per distinct target.
+
+    Entries that share names (one endpoint configured once per port, a round batching many
+    endpoints) share the probe: the same name, kind, AZ, expected addresses and timeout give
+    the same ``<agent>/dns/...`` result, so it is probed once and handed to each entry (the
+    planner copies results per path). Why: with 1,000 such entries, 2,000 probe tasks per
+    round cost more than the resolutions they repeated.
+    """
     dns = get_prober("dns")
     assert dns is not None
+    shared: dict[tuple[object, ...], asyncio.Future[ProbeResult]] = {}
 
-    async def one(p: PathConfig) -> list[tuple[_DnsName, ProbeResult]]:
+    async def run(t: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
+        async with sem:
+            return await _attempt(dns, "dns", t, ctx, ctx.timeout_s + _GRACE_S)
+
+    plans: list[list[tuple[_DnsName, asyncio.Future[ProbeResult]]]] = []
+    for p in config.paths:
         if "dns" not in p.probes and p.expected_ips:
-            return []
+            plans.append([])
+            continue
         ctx = ctx_for(p)
-        targets = build_dns_targets(config.agent_id, p)
-
-        async def run(t: ProbeTarget) -> ProbeResult:
-            async with sem:
-                return await _attempt(dns, "dns", t, ctx, ctx.timeout_s + _GRACE_S)
-
-        results = await asyncio.gather(*(run(t) for _, t in targets))
-        return [(n, r) for (n, _), r in zip(targets, results, strict=True)]
-
-    return list(await asyncio.gather(*(one(p) for p in config.paths)))
+        plan = []
+        for n, t in build_dns_targets(config.agent_id, p):
+            key = (n.kind, n.name, n.az, n.expected, ctx.timeout_s, ctx.retries)
+            if key not in shared:
+                shared[key] = asyncio.ensure_future(run(t, ctx))
+            plan.append((n, shared[key]))
+        plans.append(plan)
+    if shared:
+        await asyncio.gather(*shared.values())
+    return [[(n, fut.result()) for n, fut in plan] for plan in plans]
 
 
 def _read_token(config: ClientConfig) -> str | None:
@@ -440,7 +461,8 @@ async def run_round(
     """Run one round of probes for every configured path and correlate with the provider.
 
     ``semaphore`` bounds probes in flight across rounds that run at once (the daemon runs
-    one round per endpoint on its own schedule and shares one); default: ``concurrency``.
+    one round per schedule — the endpoints that share an interval — and shares one);
+    default: ``concurrency``.
     ``shared``: the daemon's long-lived session and SYN engine (module docstring); without
     it the round opens and closes its own.
     """
@@ -454,6 +476,7 @@ async def run_round(
         retries=config.retries,
         raw_allowed=raw,
     )
+    base.extras[DNS_MEMO_KEY] = {}  # one resolution per name per round (agent.probes.dns)
     contexts: dict[int, ProbeContext] = {}
 
     def ctx_for(p: PathConfig) -> ProbeContext:
@@ -515,7 +538,11 @@ async def run_round(
     results.sort(key=lambda r: (order.get(r.path, len(order)), _KIND_ORDER.get(r.probe, 9)))
 
     observations, provider_error, partial = await _fetch_observations(
-        config, provider, since=started - config.correlation_window
+        config,
+        provider,
+        since=started - config.correlation_window,
+        # 0: nothing was sent (no ENI address), so no evidence is expected and nothing waited
+        last_sent=max((r.started_at + r.duration_s for r in connect_results), default=0.0),
     )
     window = config.correlation_window
     evidence = correlate(results, observations, window_s=window, provider_error=provider_error)
@@ -534,6 +561,7 @@ async def run_round(
         insecure=config.insecure,
         raw_allowed=raw,
         paths=[path.ref for path in paths],
+        path_configs={path.ref.id: path.config for path in paths},
     )
 
 
@@ -632,10 +660,28 @@ class SharedProbes:
             await session.close()
 
 
+def _client_errors() -> tuple[type[Exception], ...]:
+    """aiohttp's client errors, once aiohttp is loaded (before that nothing can raise them)."""
+    import sys
+
+    aiohttp = sys.modules.get("aiohttp")
+    return (aiohttp.ClientError,) if aiohttp is not None else ()
+
+
 async def _fetch_observations(
-    config: ClientConfig, provider: ObservationSource | None, *, since: float
+    config: ClientConfig,
+    provider: ObservationSource | None,
+    *,
+    since: float,
+    last_sent: float | None = None,
 ) -> tuple[list[Observation] | None, str | None, str | None]:
-    """(observations or None, why there are none, why they may be incomplete)."""
+    """(observations or None, why there are none, why they may be incomplete).
+
+    ``provider_delay`` is the sniffer's lag after the round's last probe (``last_sent``: the
+    latest end of a connect probe, wall clock), not a fixed pause: what has already passed
+    since then is not waited again, and a round that sent no probe (``last_sent`` 0) does not
+    wait at all. None (callers outside a round): the whole delay.
+    """
     if provider is None:
         urls: list[str] = []
         for p in config.paths:
@@ -650,12 +696,21 @@ async def _fetch_observations(
             urls, timeout_s=max(config.timeout, 1.0), token=token, agent=config.agent_id
         )
     if config.provider_delay:
-        await asyncio.sleep(config.provider_delay)
+        if last_sent is None:
+            await asyncio.sleep(config.provider_delay)
+        elif (wait := config.provider_delay - (time.time() - last_sent)) > 0:
+            await asyncio.sleep(wait)
+    transport_errors: tuple[type[Exception], ...] = (
+        *_client_errors(),
+        OSError,
+        TimeoutError,
+        ValueError,
+    )
     try:
         observations = await provider.fetch(since)
     except PlprobeError as exc:
         return None, f"provider observations unavailable: {exc}", None
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+    except transport_errors as exc:
         return None, f"provider observations unavailable: {type(exc).__name__}: {exc}", None
     failures = getattr(provider, "failures", None)
     partial = None

@@ -11,6 +11,12 @@ which: ``nxdomain``, ``no_address``, ``temporary``, ``timeout``, ``mismatch``, `
 A resolver timeout is a DNS failure, not a network ``timeout``: diagnosis puts it in the dns
 stage. Limitation: getaddrinfo runs in the default thread pool and cannot be interrupted; a
 timeout abandons the thread (it finishes on its own, bounded by resolv.conf's timeouts).
+
+One resolution per name per round: a round puts a dict in ``ctx.extras[MEMO_KEY]`` (shared by
+all its contexts) and every probe of the same name (and timeout) in that round awaits the same
+lookup; each probe still compares the answer with its own ``expected_ips``. Why: a client
+whose endpoints share names (one per port, as in the footprint benchmark) paid a resolver
+thread hand-off per path, the largest per-round cost after the probes themselves.
 """
 
 from __future__ import annotations
@@ -38,12 +44,38 @@ def _sort_ips(ips: set[str]) -> list[str]:
     return sorted(ips, key=lambda ip: (ipaddress.ip_address(ip).version, ipaddress.ip_address(ip)))
 
 
+#: where a round keeps its lookups: ``ctx.extras[MEMO_KEY][(name, timeout_s)]`` -> a Task
+MEMO_KEY = "dns_memo"
+
+
 async def resolve(name: str, timeout_s: float) -> list[str]:
     """All addresses ``name`` resolves to (sorted, unique); raises gaierror / TimeoutError."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
         infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     return _sort_ips({str(info[4][0]).split("%", 1)[0] for info in infos})
+
+
+def _retrieve(task: asyncio.Future[list[str]]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def resolve_once(name: str, ctx: ProbeContext) -> list[str]:
+    """``resolve``, shared by every probe of ``name`` in the round that owns the memo.
+
+    The lookup runs in a task of its own (shielded: a probe cut off by its runner does not
+    cancel the lookup others wait for); without a memo in the context it simply resolves.
+    """
+    memo = ctx.extras.get(MEMO_KEY)
+    if not isinstance(memo, dict):
+        return await resolve(name, ctx.timeout_s)
+    key = (name, ctx.timeout_s)
+    task = memo.get(key)
+    if task is None:
+        task = memo[key] = asyncio.ensure_future(resolve(name, ctx.timeout_s))
+        task.add_done_callback(_retrieve)  # waiters may all be gone: no "never retrieved"
+    return list(await asyncio.shield(task))
 
 
 async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
@@ -59,7 +91,7 @@ async def probe(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
         detail={"name": name},
     )
     try:
-        addresses = await resolve(name, ctx.timeout_s)
+        addresses = await resolve_once(name, ctx)
     except TimeoutError:
         result.outcome = "dns_error"
         result.detail["reason"] = "timeout"

@@ -26,15 +26,13 @@ default ephemeral range (32768-60999), so the kernel's own connections do not us
 service that explicitly binds a port in that range could see a stray RST. Keep the range
 outside ``net.ipv4.ip_local_port_range`` when changing either.
 
-Scapy builds, a child process runs it. The two templates are built by scapy
-(``scapy.layers.inet.TCP``) in a short-lived child, ``python -m agent.probes.syn --templates``,
-which prints them as hex; the parent checks them and keeps them for its lifetime
-(``load_templates`` from the event loop, ``syn_templates`` from plain code). Why not import
-scapy here: it would stay resident in the daemon for nothing after two packets were built —
-measured with ``/proc/self/status`` VmRSS, ``scapy.layers.inet`` adds ~33 MiB and ``scapy.all``
-~61 MiB to a ~52 MiB client daemon whose goal is 60 MB; the child costs ~0.2 s of CPU once
-per process (not per engine or round). Only when no child can be started (no interpreter
-executable, e.g. a frozen build) are they built in-process, with a warning.
+Scapy defines the templates, nobody rebuilds them. The two headers are the bytes scapy
+(``scapy.layers.inet.TCP``) builds with ports, sequence number and checksum zero; they are
+constants here (``SYN_TEMPLATE``, ``RST_TEMPLATE``) and a test regenerates them with scapy
+(``python -m agent.probes.syn --templates`` prints them). Why constants: importing scapy costs
+~33 MiB of RSS in a daemon whose goal is 60 MB, and building them in a short-lived scapy child
+(the previous design) cost ~0.3 s of CPU and 0.3-1.3 s of wall time per process — the largest
+part of a one-off ``plprobe check``.
 
 A daemon keeps ONE engine for its lifetime (``agent.diagnose.rounds.SharedProbes``): sockets and
 templates are made once; ``healthy`` turns false when a socket breaks (closed under us, or an
@@ -54,16 +52,13 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import os
 import random
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.errors import PrivilegeError, ProbeError
 from agent.probes.base import ProbeContext, ProbeTarget
@@ -111,20 +106,24 @@ _CSUM = struct.Struct("!H")
 _REPLY = struct.Struct("!HHII")
 
 
-#: seconds the template child may take (it imports scapy.layers.inet: ~0.2 s when warm)
-TEMPLATE_TIMEOUT_S = 30.0
 #: errnos after which a socket is unusable (the socket's fault, not the destination's)
 _FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EFAULT})
 
 Templates = tuple[bytes, bytes]
-_templates_cache: Templates | None = None
+
+#: the SYN header scapy builds for ``TCP(flags="S", window=1024, options=[("MSS", 1460)])``
+#: with ports, sequence number and checksum zero (``_build_templates``; a test regenerates it)
+SYN_TEMPLATE = bytes.fromhex("0000000000000000000000006002040000000000020405b4")
+#: the RST header scapy builds for ``TCP(flags="R", window=0)``, ports/seq/checksum zero
+RST_TEMPLATE = bytes.fromhex("0000000000000000000000005004000000000000")
 
 
 def _build_templates() -> Templates:
     """The SYN and RST TCP headers, built with scapy (ports/seq/checksum zero).
 
-    Runs in the template child (``--templates``); imports ``scapy.layers.inet`` only, never
-    ``scapy.all``.
+    The source of ``SYN_TEMPLATE`` / ``RST_TEMPLATE``: ``python -m agent.probes.syn
+    --templates`` prints them, and a test holds the constants byte-equal to it. Imports
+    ``scapy.layers.inet`` only, never ``scapy.all``.
     """
     from scapy.layers.inet import TCP
 
@@ -139,102 +138,14 @@ def _zero_csum(hdr: bytes) -> bytes:
     return bytes(buf)
 
 
-def _template_argv() -> list[str]:
-    return [sys.executable, "-m", "agent.probes.syn", "--templates"]
-
-
-def _template_env() -> dict[str, str]:
-    """The parent's environment, with this copy of the package first on the child's path."""
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _check_header(hdr: bytes, flags: int, what: str) -> bytes:
-    if not 20 <= len(hdr) <= 60 or len(hdr) % 4 or (hdr[12] >> 4) * 4 != len(hdr):
-        raise ProbeError(f"syn templates: the {what} header is not a TCP header ({hdr.hex()})")
-    if hdr[13] != flags or hdr[:8] != bytes(8) or hdr[16:18] != b"\0\0":
-        raise ProbeError(f"syn templates: unexpected {what} header {hdr.hex()}")
-    return hdr
-
-
-def _parse_templates(text: str) -> Templates:
-    """The child's two hex lines -> (SYN, RST), checked; ``ProbeError`` if malformed."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) != 2:
-        raise ProbeError(f"syn templates: expected two lines of hex, got {text[-200:]!r}")
-    try:
-        syn, rst = (bytes.fromhex(ln) for ln in lines)
-    except ValueError as exc:
-        raise ProbeError(f"syn templates: not hex: {exc}") from exc
-    return _check_header(syn, _TCP_SYN, "SYN"), _check_header(rst, _TCP_RST, "RST")
-
-
-def _child_failed(returncode: int | None, stderr: bytes) -> ProbeError:
-    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-    return ProbeError(f"syn templates: the scapy child exited {returncode}: {tail[0]}")
-
-
-def _in_process(why: OSError) -> Templates:
-    log.warning("syn templates: cannot start a child (%s); building them in-process", why)
-    return _build_templates()
-
-
 def syn_templates() -> Templates:
-    """The scapy-built templates, made once per process (blocking: not on the event loop)."""
-    global _templates_cache
-    if _templates_cache is None:
-        try:
-            proc = subprocess.run(
-                _template_argv(),
-                env=_template_env(),
-                capture_output=True,
-                timeout=TEMPLATE_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ProbeError(f"syn templates: no answer within {TEMPLATE_TIMEOUT_S:g}s") from exc
-        except OSError as exc:
-            _templates_cache = _in_process(exc)
-            return _templates_cache
-        if proc.returncode != 0:
-            raise _child_failed(proc.returncode, proc.stderr)
-        _templates_cache = _parse_templates(proc.stdout.decode(errors="replace"))
-    return _templates_cache
+    """The (SYN, RST) templates: constants, so no process pays for scapy to rebuild them."""
+    return SYN_TEMPLATE, RST_TEMPLATE
 
 
 async def load_templates() -> Templates:
-    """``syn_templates`` for the event loop: the child runs without blocking it."""
-    global _templates_cache
-    if _templates_cache is not None:
-        return _templates_cache
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *_template_argv(),
-            env=_template_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except OSError as exc:
-        _templates_cache = _in_process(exc)
-        return _templates_cache
-    try:
-        async with asyncio.timeout(TEMPLATE_TIMEOUT_S):
-            out, err = await proc.communicate()
-    except BaseException as exc:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
-        if isinstance(exc, TimeoutError):
-            raise ProbeError(f"syn templates: no answer within {TEMPLATE_TIMEOUT_S:g}s") from exc
-        raise
-    if proc.returncode != 0:
-        raise _child_failed(proc.returncode, err)
-    _templates_cache = _parse_templates(out.decode(errors="replace"))
-    return _templates_cache
+    """``syn_templates`` for callers on the event loop (kept: it used to start a child)."""
+    return syn_templates()
 
 
 def _tcp_bpf(lo: int, hi: int) -> list[BpfInsn]:

@@ -322,8 +322,7 @@ def test_a_scrape_timeout_that_is_not_a_number_is_refused() -> None:
         probe_timeout("soon", ProbeModule("tcp", "tcp"), 0.5)
 
 
-@pytest.mark.parametrize("fast_probe", [True, False], ids=["fast-path", "aiohttp"])
-async def test_a_scraper_that_gives_up_cancels_its_probe(fast_probe: bool) -> None:
+async def test_a_scraper_that_gives_up_cancels_its_probe() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def probe(target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
@@ -336,9 +335,7 @@ async def test_a_scraper_that_gives_up_cancels_its_probe(fast_probe: bool) -> No
         raise AssertionError("not reached")
 
     deps = make_deps(probe_fn=probe)
-    async with ApiServer(
-        build_app(deps), host="127.0.0.1", port=0, fast_probe=fast_probe
-    ) as server:
+    async with ApiServer(build_app(deps), host="127.0.0.1", port=0) as server:
         host, port = server.addresses[0]
         async with aiohttp.ClientSession() as session:
             request = asyncio.create_task(
@@ -457,7 +454,7 @@ def test_promtool_accepts_the_probe_answer() -> None:
     assert proc.stdout.decode().strip() == "", proc.stdout.decode()
 
 
-# -- /probe fast path (ApiServer) ------------------------------------------------------------
+# -- /probe over the wire (ApiServer): a request corpus, malformed requests included --------
 
 BLOCKED = ProbeReport(
     tcp_result("timeout"),
@@ -492,25 +489,16 @@ def get(target: str, *headers: str, version: str = "HTTP/1.1", close: bool = Tru
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def comparable(response: tuple[str, dict[str, str], bytes]) -> tuple[str, str, str, str]:
-    status, headers, body = response
-    text = re.sub(r"probe_duration_seconds \S+", "probe_duration_seconds D", body.decode())
-    return status, headers["content-type"], headers.get("connection", ""), text
-
-
 @pytest.fixture
-async def servers() -> AsyncIterator[Callable[[ApiDeps], asyncio.Future[tuple[int, int]]]]:
-    """(fast-path port, aiohttp-only port), both serving the same deps."""
+async def server_port() -> AsyncIterator[Callable[[ApiDeps], asyncio.Future[int]]]:
+    """Start an ApiServer for the given deps on a free loopback port; stopped at the end."""
     started: list[ApiServer] = []
 
-    async def start(deps: ApiDeps) -> tuple[int, int]:
-        ports = []
-        for fast in (True, False):
-            server = ApiServer(build_app(deps), host="127.0.0.1", port=0, fast_probe=fast)
-            await server.start()
-            started.append(server)
-            ports.append(server.addresses[0][1])
-        return ports[0], ports[1]
+    async def start(deps: ApiDeps) -> int:
+        server = ApiServer(build_app(deps), host="127.0.0.1", port=0)
+        await server.start()
+        started.append(server)
+        return server.addresses[0][1]
 
     try:
         yield start  # type: ignore[misc]
@@ -519,18 +507,56 @@ async def servers() -> AsyncIterator[Callable[[ApiDeps], asyncio.Future[tuple[in
             await server.stop()
 
 
+TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
+
+
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "status", "content_type", "body_start"),
     [
-        get("/probe?target=10.2.0.20:80&module=tcp"),
-        get("/probe?target=10.2.0.20%3A80"),
-        get("/probe?target=10.2.0.20:80", f"Accept: {OPENMETRICS_ACCEPT}"),
-        get("/probe?target=10.2.0.20:80", "X-Prometheus-Scrape-Timeout-Seconds: 10"),
-        get("/probe?target=10.2.0.20:80", "X-Prometheus-Scrape-Timeout-Seconds: soon"),
-        get("/probe?module=tcp"),
-        get("/probe?target=10.2.0.20:80&module=icmp_echo"),
-        get("/probe?target=10.2.0.20:80", version="HTTP/1.0"),
-        get("/probe?target=10.2.0.20:80", version="HTTP/1.0", close=False),
+        (get("/probe?target=10.2.0.20:80&module=tcp"), "HTTP/1.1 200 OK", TEXT_0_0_4, "# HELP"),
+        (get("/probe?target=10.2.0.20%3A80"), "HTTP/1.1 200 OK", TEXT_0_0_4, "# HELP"),
+        (
+            get("/probe?target=10.2.0.20:80", f"Accept: {OPENMETRICS_ACCEPT}"),
+            "HTTP/1.1 200 OK",
+            "application/openmetrics-text",
+            "# HELP",
+        ),
+        (
+            get("/probe?target=10.2.0.20:80", "X-Prometheus-Scrape-Timeout-Seconds: 10"),
+            "HTTP/1.1 200 OK",
+            TEXT_0_0_4,
+            "# HELP",
+        ),
+        (
+            get("/probe?target=10.2.0.20:80", "X-Prometheus-Scrape-Timeout-Seconds: soon"),
+            "HTTP/1.1 400 Bad Request",
+            "text/plain; charset=utf-8",
+            "X-Prometheus-Scrape-Timeout-Seconds is not a number",
+        ),
+        (
+            get("/probe?module=tcp"),
+            "HTTP/1.1 400 Bad Request",
+            "text/plain; charset=utf-8",
+            "target parameter is missing",
+        ),
+        (
+            get("/probe?target=10.2.0.20:80&module=icmp_echo"),
+            "HTTP/1.1 400 Bad Request",
+            "text/plain; charset=utf-8",
+            "unknown module 'icmp_echo'",
+        ),
+        (
+            get("/probe?target=10.2.0.20:80", version="HTTP/1.0"),
+            "HTTP/1.0 200 OK",
+            TEXT_0_0_4,
+            "# HELP",
+        ),
+        (
+            get("/probe?target=10.2.0.20:80", version="HTTP/1.0", close=False),
+            "HTTP/1.0 200 OK",
+            TEXT_0_0_4,
+            "# HELP",
+        ),
     ],
     ids=[
         "ok",
@@ -544,28 +570,30 @@ async def servers() -> AsyncIterator[Callable[[ApiDeps], asyncio.Future[tuple[in
         "http-1.0-default",
     ],
 )
-async def test_the_fast_path_answers_like_the_aiohttp_route(servers, request_bytes: bytes) -> None:
-    fast, plain = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
-    (want,) = await exchange(plain, request_bytes)
-    (got,) = await exchange(fast, request_bytes)
-    assert comparable(got) == comparable(want)
-
-
-async def test_the_fast_path_names_the_blocking_control_like_the_aiohttp_route(servers) -> None:
-    fast, plain = await servers(make_deps(probe_fn=fixed_probe(BLOCKED)))
-    request = get("/probe?target=10.2.0.20:80")
-    (want,) = await exchange(plain, request)
-    (got,) = await exchange(fast, request)
-    assert comparable(got) == comparable(want)
-    assert 'plprobe_probe_blocked{control="target-sg-ingress"} 1.0' in got[2].decode()
-
-
-async def test_a_kept_alive_connection_serves_probes_then_hands_other_requests_to_aiohttp(
-    servers,
+async def test_probe_requests_get_blackbox_exporters_answers(
+    server_port, request_bytes: bytes, status: str, content_type: str, body_start: str
 ) -> None:
-    fast, _ = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+    port = await server_port(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+    ((got_status, headers, body),) = await exchange(port, request_bytes)
+    assert got_status == status
+    assert headers["content-type"].startswith(content_type)
+    assert body.decode().startswith(body_start)
+    if status.endswith("200 OK"):
+        assert "probe_success 1" in body.decode()
+
+
+async def test_a_probe_answer_names_the_blocking_control(server_port) -> None:
+    port = await server_port(make_deps(probe_fn=fixed_probe(BLOCKED)))
+    ((status, _, body),) = await exchange(port, get("/probe?target=10.2.0.20:80"))
+    assert status == "HTTP/1.1 200 OK"
+    assert 'plprobe_probe_blocked{control="target-sg-ingress"} 1.0' in body.decode()
+    assert "probe_success 0.0" in body.decode()
+
+
+async def test_a_kept_alive_connection_serves_probes_and_other_requests(server_port) -> None:
+    port = await server_port(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
     responses = await exchange(
-        fast,
+        port,
         get("/probe?target=10.2.0.20:80", close=False),
         get("/probe?target=10.2.0.20:81", close=False),
         get("/healthz"),
@@ -576,24 +604,68 @@ async def test_a_kept_alive_connection_serves_probes_then_hands_other_requests_t
     assert "connection" not in responses[0][1]  # HTTP/1.1 keep-alive is the default
 
 
-async def test_requests_the_fast_path_does_not_take_are_answered_by_aiohttp(servers) -> None:
-    fast, plain = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
-    requests = [
-        b"POST /probe?target=a:1 HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-        b"GET /probe/x?target=a:1 HTTP/1.1\r\nConnection: close\r\n\r\n",
-        b"GET /probe?target=a:1 HTTP/1.1\r\nX-Odd\xff: 1\r\nConnection: close\r\n\r\n",
-    ]
-    for request in requests:
-        (want,) = await exchange(plain, request)
-        (got,) = await exchange(fast, request)
-        assert got[0] == want[0], request
-        assert got[0] != "HTTP/1.1 200 OK"
+#: malformed or unusual requests: each gets a 4xx from aiohttp's parser or router, never a
+#: probe, never a 5xx, and the server keeps serving
+MALFORMED = {
+    "post-with-body": b"POST /probe?target=a:1 HTTP/1.1\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\nhi",
+    "sub-path": b"GET /probe/x?target=a:1 HTTP/1.1\r\nConnection: close\r\n\r\n",
+    "non-ascii-header": b"GET /probe?target=a:1 HTTP/1.1\r\nX-Odd\xff: 1\r\n"
+    b"Connection: close\r\n\r\n",
+    "bad-version": b"GET /probe?target=a:1 HTTP/9.9\r\nHost: p\r\n\r\n",
+    "space-in-target": b"GET /probe?target=a b:1 HTTP/1.1\r\nHost: p\r\n\r\n",
+    "control-char-in-target": b"GET /probe?target=a\x01:1 HTTP/1.1\r\nHost: p\r\n\r\n",
+    "header-without-colon": b"GET /probe?target=a:1 HTTP/1.1\r\nHost p\r\n\r\n",
+    "bad-content-length": b"GET /probe?target=a:1 HTTP/1.1\r\nHost: p\r\n"
+    b"Content-Length: -1\r\n\r\n",
+    "two-content-lengths": b"GET /probe?target=a:1 HTTP/1.1\r\nHost: p\r\n"
+    b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "chunked-garbage": b"POST /probe?target=a:1 HTTP/1.1\r\nHost: p\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "huge-header": b"GET /probe?target=a:1 HTTP/1.1\r\nHost: p\r\nX-Big: "
+    + b"a" * 20000
+    + b"\r\n\r\n",
+    "huge-target": b"GET /probe?target=" + b"a" * 20000 + b" HTTP/1.1\r\nHost: p\r\n\r\n",
+    "not-http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+}
 
 
-async def test_a_request_that_arrives_in_pieces_is_answered(servers) -> None:
-    fast, _ = await servers(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
+async def read_status(port: int, request: bytes) -> str:
+    """The status line the server answers ``request`` with ("" if it closed without one)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+            return line.decode("latin-1").strip()
+        return ""
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("request_bytes", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_a_malformed_request_is_a_client_error_and_never_a_probe(
+    server_port, request_bytes: bytes
+) -> None:
+    probes: list[str] = []
+
+    async def probe(target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
+        probes.append(target)
+        return ProbeReport(tcp_result())
+
+    port = await server_port(make_deps(probe_fn=probe))
+    status = await read_status(port, request_bytes)
+    assert re.match(r"HTTP/1\.[01] 4\d\d ", status), status
+    assert probes == []
+    ((after, _, _),) = await exchange(port, get("/healthz"))
+    assert after == "HTTP/1.1 200 OK"
+
+
+async def test_a_request_that_arrives_in_pieces_is_answered(server_port) -> None:
+    port = await server_port(make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result()))))
     request = get("/probe?target=10.2.0.20:80")
-    reader, writer = await asyncio.open_connection("127.0.0.1", fast)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for i in range(0, len(request), 7):
             writer.write(request[i : i + 7])
@@ -606,7 +678,20 @@ async def test_a_request_that_arrives_in_pieces_is_answered(servers) -> None:
     assert b"probe_success 1.0" in body
 
 
-async def test_stopping_the_server_closes_its_idle_fast_path_connections() -> None:
+async def test_a_probe_function_that_fails_unexpectedly_is_a_failed_probe_not_a_dropped_connection(
+    server_port,
+) -> None:
+    async def broken(target: str, module: ProbeModule, timeout_s: float) -> ProbeReport:
+        raise RuntimeError("a bug")
+
+    port = await server_port(make_deps(probe_fn=broken))
+    ((status, _, body),) = await exchange(port, get("/probe?target=10.2.0.20:80"))
+    assert status == "HTTP/1.1 200 OK"
+    assert "probe_success 0" in body.decode()
+    assert 'plprobe_probe_result{result="error"} 1.0' in body.decode()
+
+
+async def test_stopping_the_server_closes_its_idle_keep_alive_connections() -> None:
     deps = make_deps(probe_fn=fixed_probe(ProbeReport(tcp_result())))
     server = ApiServer(build_app(deps), host="127.0.0.1", port=0)
     await server.start()

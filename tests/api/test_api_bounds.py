@@ -2,8 +2,7 @@
 requests are cut quickly and quietly, and a flood of connections cannot lock out a scraper.
 
 Real ``ApiServer`` on 127.0.0.1 port 0, spoken to over raw sockets (the abuse is in the bytes).
-Both connection paths are checked: aiohttp from the first byte (``fast_probe=False``) and the
-``/probe`` fast path in front of it.
+Every connection is aiohttp's from the first byte (there is no hand-written fast path).
 """
 
 from __future__ import annotations
@@ -30,12 +29,10 @@ Start = Callable[..., Awaitable[ApiServer]]
 async def start() -> AsyncIterator[Start]:
     servers: list[ApiServer] = []
 
-    async def make(limits: HttpLimits = FAST, fast_probe: bool = False) -> ApiServer:
+    async def make(limits: HttpLimits = FAST) -> ApiServer:
         reg = CollectorRegistry()
         deps = ApiDeps(registry=reg, metrics=make_metrics(reg), config_loaded=True)
-        server = ApiServer(
-            build_app(deps), host="127.0.0.1", port=0, limits=limits, fast_probe=fast_probe
-        )
+        server = ApiServer(build_app(deps), host="127.0.0.1", port=0, limits=limits)
         await server.start()
         servers.append(server)
         return server
@@ -69,11 +66,10 @@ async def get(server: ApiServer, path: str = "/healthz") -> bytes:
         writer.close()
 
 
-@pytest.mark.parametrize("fast_probe", [False, True])
-async def test_a_slowloris_request_head_is_cut_within_the_head_timeout(
-    start: Start, fast_probe: bool
-) -> None:
-    server = await start(HEAD_ONLY, fast_probe=fast_probe)
+async def test_a_slowloris_request_head_is_cut_within_the_head_timeout(start: Start) -> None:
+    server = await start(
+        HEAD_ONLY,
+    )
     reader, writer = await connect(server)
     began = time.monotonic()
     writer.write(b"GET /metrics HTTP/1.1\r\n")
@@ -94,11 +90,12 @@ async def test_a_slowloris_request_head_is_cut_within_the_head_timeout(
     assert server.table.counters.head_timeouts == 1
 
 
-@pytest.mark.parametrize("fast_probe", [False, True])
 async def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(
-    start: Start, fast_probe: bool
+    start: Start,
 ) -> None:
-    server = await start(HEAD_ONLY, fast_probe=fast_probe)
+    server = await start(
+        HEAD_ONLY,
+    )
     reader, writer = await connect(server)
     began = time.monotonic()
     await closed_within(reader, 3)
@@ -163,11 +160,8 @@ async def test_an_8_mib_garbage_request_is_not_echoed_back_or_logged_whole(
     assert all(len(r.getMessage()) < 300 and r.exc_info is None for r in caplog.records)
 
 
-@pytest.mark.parametrize("fast_probe", [False, True])
-async def test_a_flood_of_idle_connections_cannot_lock_out_a_scraper(
-    start: Start, fast_probe: bool
-) -> None:
-    server = await start(fast_probe=fast_probe)
+async def test_a_flood_of_idle_connections_cannot_lock_out_a_scraper(start: Start) -> None:
+    server = await start()
     flood = [await connect(server) for _ in range(200)]  # 10x the cap of 20
     try:
         for _ in range(5):
@@ -201,10 +195,8 @@ def test_the_api_connection_cap_leaves_room_for_probes_and_the_responder() -> No
     assert api_connection_cap(100) == 32  # never so low that /metrics is unreachable
 
 
-async def test_the_fast_path_sends_an_http_1_1_request_without_host_to_aiohttp_for_a_400(
-    start: Start,
-) -> None:
-    server = await start(fast_probe=True)
+async def test_an_http_1_1_request_without_host_gets_a_400(start: Start) -> None:
+    server = await start()
     reader, writer = await connect(server)
     writer.write(b"GET /probe?target=x&module=tcp HTTP/1.1\r\nConnection: close\r\n\r\n")
     answer = await closed_within(reader, 3)
@@ -213,7 +205,7 @@ async def test_the_fast_path_sends_an_http_1_1_request_without_host_to_aiohttp_f
 
 
 async def test_a_request_without_a_version_is_never_answered_as_http_0_9(start: Start) -> None:
-    server = await start(fast_probe=True)
+    server = await start()
     reader, writer = await connect(server)
     writer.write(b"GET /probe?target=x\r\n\r\n")
     answer = await closed_within(reader, 3)

@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 
 from agent.config import ClientConfig, ProviderConfig, load_config
-from agent.daemon.server import Daemon, schedule_period
+from agent.daemon.server import Daemon, schedule_groups, schedule_period
 from agent.errors import ConfigError
 from agent.lab.snapshot import write_snapshot
 from agent.logs import VERDICT_LOGGER, JsonFormatter, VerdictLog
@@ -147,6 +147,49 @@ def test_schedule_jitter_only_ever_shortens_the_period() -> None:
     periods = [schedule_period(10.0, 0.1) for _ in range(2000)]
     assert max(periods) <= 10.0 and min(periods) >= 9.0
     assert max(periods) - min(periods) > 0.5  # it still spreads endpoints apart
+
+
+def test_endpoints_that_share_an_interval_share_a_schedule(tmp_path: Path) -> None:
+    doc = client_doc(8001, 8002, 8003)
+    doc["paths"][2]["interval"] = 30
+    config = load_config(write(tmp_path / "client.yaml", doc))
+    assert isinstance(config, ClientConfig)
+    groups = schedule_groups(config)
+    assert {i: [pc.name for pc in pcs] for i, pcs in groups.items()} == {
+        INTERVAL: ["svc8001", "svc8002"],
+        30: ["svc8003"],
+    }
+
+
+async def test_endpoints_that_share_an_interval_are_probed_in_one_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.daemon.server as daemon_module
+
+    rounds: list[list[str]] = []
+    real = daemon_module.run_round
+
+    async def recording(config: ClientConfig, **kw: Any) -> Any:
+        rounds.append([p.name for p in config.paths])
+        return await real(config, **kw)
+
+    monkeypatch.setattr(daemon_module, "run_round", recording)
+    responders = [await start_responder() for _ in range(2)]
+    ports = [r.bound_port for r in responders]
+    config = load_config(write(tmp_path / "client.yaml", client_doc(*ports)))
+    daemon = Daemon(config, b"", handle_signals=False, first_jitter_s=0.0)
+    task = asyncio.create_task(daemon.serve())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 5)
+        await eventually(lambda: len(rounds) >= 2)
+        up = [daemon.registry.get_sample_value("plprobe_path_up", {"path": pid(p)}) for p in ports]
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 3)
+        for r in responders:
+            await r.stop(0.1)
+    assert all(names == [f"svc{p}" for p in ports] for names in rounds)
+    assert up == [1.0, 1.0]
 
 
 async def test_stopping_the_daemon_closes_its_shared_probe_session(running: Running) -> None:
@@ -731,3 +774,15 @@ def test_sighup_with_a_good_config_adds_a_path(daemon_proc: Proc) -> None:
     daemon_proc.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: f'plprobe_path_up{{path="{pid(added)}"}}' in daemon_proc.metrics())
     assert "plprobe_config_last_reload_successful 1.0" in daemon_proc.metrics()
+
+
+def test_the_daemon_command_runs_on_uvloop() -> None:
+    import uvloop
+
+    from agent.cli.run import event_loop_factory
+
+    loop = event_loop_factory()()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

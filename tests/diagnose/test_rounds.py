@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -467,3 +468,95 @@ async def test_the_shared_http_session_opens_a_new_connection_for_every_probe(tm
         await site_runner.cleanup()
     assert session.closed
     assert len(peers) == 2 and peers[0] != peers[1]  # two connections, two source ports
+
+
+class ClockedProvider(FakeProvider):
+    """Records when it was asked (wall clock): the provider delay is the time before that."""
+
+    asked_at: float | None = None
+
+    async def fetch(self, since: float) -> list[Observation]:
+        self.asked_at = time.time()
+        return await super().fetch(since)
+
+
+async def test_the_provider_is_asked_a_provider_delay_after_the_last_probe(tmp_path) -> None:
+    fake = ClockedProvider([])
+    config = client_config(tmp_path, provider_delay=0.3, path={"ports": [closed_port()]})
+    result = await runner.run_round(config, key=KEY, provider=fake, check_raw=no_raw)
+    last = max(r.started_at + r.duration_s for r in result.results)
+    assert fake.asked_at is not None and fake.asked_at - last >= 0.29
+
+
+async def test_time_already_spent_after_the_last_probe_is_not_waited_again(tmp_path) -> None:
+    fake = ClockedProvider([])
+    config = client_config(tmp_path, provider_delay=0.5)
+    t0 = time.monotonic()
+    await runner._fetch_observations(config, fake, since=0.0, last_sent=time.time() - 0.4)
+    assert 0.05 <= time.monotonic() - t0 < 0.3
+
+
+async def test_a_round_that_sent_no_probe_does_not_wait_for_the_provider(tmp_path) -> None:
+    fake = ClockedProvider([])
+    config = client_config(
+        tmp_path,
+        provider_delay=5,
+        path={"expected_ips": {}, "regional": "no-such-name.invalid", "probes": ["dns", "tcp"]},
+    )
+    t0 = time.monotonic()
+    result = await runner.run_round(config, key=KEY, provider=fake, check_raw=no_raw)
+    assert [r.outcome for r in result.results] == ["dns_error"]
+    assert fake.asked_at is not None and time.monotonic() - t0 < 2.5
+
+
+async def test_a_round_resolves_a_name_shared_by_several_endpoints_once(
+    tmp_path, monkeypatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+
+    async def fake(host, *args, **kwargs):
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", fake)
+    port = closed_port()
+    entry = {"regional": "svc.example", "probes": ["dns", "tcp"]}
+    config = client_config(
+        tmp_path,
+        paths=[
+            {"name": f"ep-{i}", "expected_ips": {"az1": "127.0.0.1"}, "ports": [port + i], **entry}
+            for i in range(3)
+        ],
+    )
+    result = await runner.run_round(config, key=KEY, check_raw=no_raw)
+    assert asked == ["svc.example"]
+    assert [r.outcome for r in result.results if r.probe == "dns"] == ["ok"] * 3
+
+
+async def test_endpoints_that_share_names_share_one_dns_probe_per_name(
+    tmp_path, monkeypatch
+) -> None:
+    calls: list[str] = []
+
+    async def fake_dns(target: ProbeTarget, ctx: ProbeContext) -> ProbeResult:
+        calls.append(target.path.name)
+        return ProbeResult(path=target.path.id, probe="dns", outcome="ok", addresses=["127.0.0.1"])
+
+    real = runner.get_prober
+    monkeypatch.setattr(runner, "get_prober", lambda k: fake_dns if k == "dns" else real(k))
+    port = closed_port()
+    names = {"regional": "svc.example", "zonal": {"az1": "az1.svc.example"}}
+    config = client_config(
+        tmp_path,
+        paths=[
+            {"name": f"ep-{i}", "expected_ips": {"az1": "127.0.0.1"}, "ports": [port + i],
+             "probes": ["dns", "tcp"], **names}
+            for i in range(4)
+        ],
+    )  # fmt: skip
+    result = await runner.run_round(config, key=KEY, check_raw=no_raw)
+    assert sorted(calls) == ["az1.svc.example", "svc.example"]
+    dns = [r for r in result.results if r.probe == "dns"]
+    assert len(dns) == 8  # still two DNS results on each of the four paths
+    assert len({r.path for r in dns}) == 4

@@ -96,3 +96,50 @@ async def test_a_dual_stack_answer_matches_an_ipv4_only_expectation(ctx, monkeyp
     result = await dns.probe(target("endpoint.example", ("10.2.0.20",)), ctx)
     assert result.outcome == "ok", result.error
     assert result.extra == []
+
+
+def counting_resolver(monkeypatch, answer: str = "10.2.0.20") -> list[str]:
+    """A fake getaddrinfo on the running loop that records every name it is asked for."""
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+
+    async def fake(host, *args, **kwargs):
+        asked.append(host)
+        await asyncio.sleep(0.01)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, 0))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", fake)
+    return asked
+
+
+async def test_probes_sharing_a_round_memo_resolve_each_name_once(ctx, monkeypatch) -> None:
+    asked = counting_resolver(monkeypatch)
+    ctx.extras[dns.MEMO_KEY] = {}
+    results = await asyncio.gather(
+        dns.probe(target("a.example", ("10.2.0.20",)), ctx),
+        dns.probe(target("a.example", ("10.9.9.9",)), ctx),
+        dns.probe(target("b.example"), ctx),
+    )
+    assert sorted(asked) == ["a.example", "b.example"]
+    # one lookup, but each probe judges the answer against its own expectation
+    assert [r.outcome for r in results] == ["ok", "dns_error", "ok"]
+
+
+async def test_without_a_memo_every_probe_resolves(ctx, monkeypatch) -> None:
+    asked = counting_resolver(monkeypatch)
+    await dns.probe(target("a.example"), ctx)
+    await dns.probe(target("a.example"), ctx)
+    assert asked == ["a.example", "a.example"]
+
+
+async def test_a_probe_cut_off_mid_lookup_leaves_the_shared_lookup_to_the_others(
+    ctx, monkeypatch
+) -> None:
+    counting_resolver(monkeypatch)
+    ctx.extras[dns.MEMO_KEY] = {}
+    first = asyncio.ensure_future(dns.probe(target("a.example"), ctx))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(dns.probe(target("a.example"), ctx))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert (await second).outcome == "ok"
