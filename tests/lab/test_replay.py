@@ -21,7 +21,7 @@ from agent.lab import faults
 from agent.lab.plan import render
 from agent.lab.replay import Replay, ReplayNote, export_text, replay_snapshot, to_document
 from agent.lab.snapshot import write_snapshot
-from agent.model import Rule, Topology, to_plain
+from agent.model import PrefixList, Rule, Topology, to_plain
 from agent.sources.topology import TOPOLOGIES, load_topology
 
 SHIPPED = ["reference", "multi-az", "proxy-v2"]
@@ -190,7 +190,9 @@ def test_an_unread_prefix_list_is_kept_but_said_to_match_nothing() -> None:
 
 def test_a_read_prefix_list_becomes_its_ipv4_entries() -> None:
     t = load_topology()
-    t.prefix_lists["pl-0123"] = ["10.9.0.0/16", "2001:db8::/32"]
+    t.prefix_lists["pl-0123"] = PrefixList(
+        "pl-0123", "partners", "consumer", cidrs=["10.9.0.0/16", "2001:db8::/32"]
+    )
     sg = t.sg_by_name("client-1")
     assert sg is not None
     sg.rules.append(Rule("pl", "egress", "tcp", 80, 80, prefix_list="pl-0123"))
