@@ -346,6 +346,11 @@ class LabSettings:
     health_check_interval_s: float = 1.0
     #: consecutive results to flip a target's health in the lab
     health_check_threshold: int = 2
+    #: does the NLB subnet's NACL apply to PrivateLink traffic (inbound from the client's IP on
+    #: the listener port, replies to its ephemeral ports)? AWS documents the NACLs of the
+    #: client, endpoint and target subnets for PrivateLink, not this one; the NLB guide asks
+    #: for client rules in the NLB subnets' NACLs in general, hence the default
+    nlb_subnet_nacl_on_privatelink: bool = True
 
 
 @dataclass

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 
+from agent import pathhops
 from agent.analyze.fixes import nacl_fix, nacl_label, ports_text, sg_label, sgs_label
 from agent.analyze.flows import Flow
 from agent.analyze.nacl import NaclDecision, entry_text, evaluate_nacl, evaluate_nacl_range
 from agent.analyze.sg import SgDecision
-from agent.model import EndpointService, Nlb, Subnet, Topology
+from agent.model import (
+    LINUX_EPHEMERAL,
+    NLB_EPHEMERAL,
+    EndpointService,
+    Instance,
+    Nlb,
+    NlbNode,
+    Subnet,
+    Topology,
+)
 from agent.results import HopFinding
 
 PROTO = "tcp"
@@ -201,6 +211,92 @@ class HopWalk:
                 "there fail, the others pass"
             )
         return finding
+
+    # -- declared hops (agent.pathhops) ------------------------------------------------------
+    def nacl_leg(
+        self,
+        leg: pathhops.Leg,
+        direction: pathhops.Direction,
+        *,
+        node: NlbNode | None = None,
+        inst: Instance | None = None,
+        port: int | None = None,
+        suffix: str = "",
+    ) -> list[HopFinding]:
+        """The declared NACL hops of one leg and direction, evaluated (not yet added).
+
+        Within one subnet no boundary is crossed, so a leg whose two ends share a subnet has
+        no NACL hop (the lab exempts intra-subnet traffic the same way).
+        """
+        ends = {
+            "client-eni": (self.client_subnet(), self.eni_subnet()),
+            "nlb-target": (self.node_subnet(node), self.subnet_of_target(inst)),
+        }.get(leg)
+        if ends is not None:
+            a, b = ends
+            if a is not None and b is not None and a.id == b.id:
+                return []
+        out: list[HopFinding] = []
+        for hop in pathhops.hops(leg=leg, kind="nacl", direction=direction, settings=self.t.lab):
+            peer_ip, peer_name = self.peer_of(hop.sees, node=node, inst=inst)
+            finding = self.nacl_finding(
+                hop.id + suffix,
+                hop.control,
+                self.subnet_at(hop.at, node=node, inst=inst),
+                egress=hop.way == "out",
+                peer_ip=peer_ip,
+                peer_name=peer_name,
+                ports=self.ports_of(hop.ports, port),
+                why=hop.why,
+            )
+            finding.direction = "health" if suffix == ":health" else direction
+            if finding.status == "denied" and hop.ra_code:
+                finding.ra_code = hop.ra_code
+            out.append(finding)
+        return out
+
+    def node_subnet(self, node: NlbNode | None) -> Subnet | None:
+        return self.t.subnets.get(node.subnet_id) if node is not None else None
+
+    def subnet_of_target(self, inst: Instance | None) -> Subnet | None:
+        return self.t.subnets.get(inst.subnet_id) if inst is not None else None
+
+    def subnet_at(
+        self, role: pathhops.Role, *, node: NlbNode | None, inst: Instance | None
+    ) -> Subnet | None:
+        """The subnet whose NACL a hop at ``role`` evaluates."""
+        if role == "client":
+            return self.client_subnet()
+        if role == "endpoint":
+            return self.eni_subnet()
+        if role == "nlb":
+            return self.node_subnet(node)
+        return self.subnet_of_target(inst)
+
+    def peer_of(
+        self, peer: pathhops.Peer, *, node: NlbNode | None, inst: Instance | None
+    ) -> tuple[str, str]:
+        """The address a hop sees (docs/AWS-BEHAVIOUR.md "Addresses at each hop") and its name."""
+        f = self.f
+        if peer == "client":
+            return f.client_ip, f.client_name
+        if peer == "eni":
+            ip = f.eni_ip or ""
+            return ip, f"endpoint ENI {ip}"
+        if peer == "nlb":
+            assert node is not None
+            name = self.nlb.name if self.nlb is not None else "NLB"
+            return node.ip, f"{name} node"
+        assert inst is not None
+        return inst.ip, inst.name
+
+    def ports_of(self, ports: pathhops.Ports, port: int | None) -> tuple[int, int]:
+        if ports == "service":
+            return (self.f.port, self.f.port)
+        if ports == "target":
+            assert port is not None
+            return (port, port)
+        return LINUX_EPHEMERAL if ports == "linux-ephemeral" else NLB_EPHEMERAL
 
     def nacl_hop(self, hop: str, control: str, subnet: Subnet | None, **kw: object) -> None:
         direction = str(kw.pop("direction", "forward"))

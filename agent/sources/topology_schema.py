@@ -265,6 +265,7 @@ class LabSpec(_Strict):
     nlb_preserves_isn: bool = True
     health_check_interval_s: float = Field(default=1.0, gt=0, le=60)
     health_check_threshold: int = Field(default=2, ge=1, le=10)
+    nlb_subnet_nacl_on_privatelink: bool = True
 
 
 class TopologySpec(_Strict):
