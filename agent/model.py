@@ -209,6 +209,48 @@ class Peering:
 
 
 @dataclass
+class Route:
+    """One route of a route table, shaped like ``aws_route``.
+
+    ``target`` is ``local`` (the VPC's own CIDR, always present), a peering id (``pcx-…``) or
+    another gateway's id, which a PrivateLink path never needs and the analysis does not follow.
+    """
+
+    destination: str  # CIDR
+    target: str
+    #: "active" or "blackhole": AWS keeps a route whose target is gone (a deleted peering) in
+    #: the ``blackhole`` state, and drops what matches it
+    state: str = "active"
+
+
+@dataclass
+class RouteTable:
+    """A VPC route table; subnets without an explicit association use the VPC's main table."""
+
+    id: str
+    name: str
+    account: str
+    vpc_id: str
+    routes: list[Route] = field(default_factory=list)
+    subnet_ids: list[str] = field(default_factory=list)
+    main: bool = False
+
+    def lookup(self, ip: str) -> Route | None:
+        """The longest-prefix route for ``ip`` (AWS's route selection), or None."""
+        addr = ipaddress.ip_address(ip)
+        best: Route | None = None
+        best_len = -1
+        for route in self.routes:
+            try:
+                net = ipaddress.ip_network(route.destination, strict=False)
+            except ValueError:
+                continue  # a prefix-list destination: not followed
+            if addr.version == net.version and addr in net and net.prefixlen > best_len:
+                best, best_len = route, net.prefixlen
+        return best
+
+
+@dataclass
 class EndpointService:
     id: str  # vpce-svc-…
     name: str
@@ -370,6 +412,9 @@ class Topology:
     nlbs: dict[str, Nlb] = field(default_factory=dict)
     listeners: dict[str, Listener] = field(default_factory=dict)
     target_groups: dict[str, TargetGroup] = field(default_factory=dict)
+    #: route tables by id; a VPC without any (a snapshot taken without describe-route-tables)
+    #: has its routing "not read": the analysis then walks no route hop for it
+    route_tables: dict[str, RouteTable] = field(default_factory=dict)
     lab: LabSettings = field(default_factory=LabSettings)
     #: managed prefix list id -> its CIDRs, when read (a rule naming a list absent here cannot
     #: be evaluated: the analysis says "not visible" instead of guessing)
@@ -400,6 +445,27 @@ class Topology:
 
     def nacl_of_subnet(self, subnet_id: str) -> Nacl | None:
         return next((n for n in self.nacls.values() if subnet_id in n.subnet_ids), None)
+
+    def route_table_of_subnet(self, subnet_id: str) -> RouteTable | None:
+        """The subnet's explicitly associated route table, else its VPC's main table."""
+        explicit = next((r for r in self.route_tables.values() if subnet_id in r.subnet_ids), None)
+        if explicit is not None:
+            return explicit
+        subnet = self.subnets.get(subnet_id)
+        if subnet is None:
+            return None
+        return next(
+            (r for r in self.route_tables.values() if r.vpc_id == subnet.vpc_id and r.main), None
+        )
+
+    def route_state(self, route: Route) -> str:
+        """``active`` or ``blackhole``: a route to a peering that is not active is a blackhole."""
+        if route.state.lower() == "blackhole":
+            return "blackhole"
+        pcx = self.peerings.get(route.target)
+        if route.target.startswith("pcx-") and pcx is not None and pcx.status != "active":
+            return "blackhole"
+        return "active"
 
     def clients(self) -> list[Instance]:
         """Instances in consumer accounts, in name order."""

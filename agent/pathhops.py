@@ -77,6 +77,8 @@ HOPS: tuple[Hop, ...] = (
         "eni", "service"),
     Hop("client-nacl-out", "client-nacl", "nacl", "forward", "client-eni", "client", "out", "eni",
         "service"),
+    Hop("route:client", "route", "route", "forward", "client-eni", "client", "out", "eni",
+        "service"),
     Hop("endpoint-nacl-in", "client-nacl", "nacl", "forward", "client-eni", "endpoint", "in",
         "client", "service"),
     Hop("endpoint-sg-ingress", "endpoint-sg-ingress", "sg", "forward", "client-eni", "endpoint",
@@ -104,6 +106,8 @@ HOPS: tuple[Hop, ...] = (
         "out", "client", "linux-ephemeral", setting="nlb_subnet_nacl_on_privatelink", why=_LINUX),
     Hop("return:endpoint-nacl-out", "client-nacl", "nacl", "return", "client-eni", "endpoint",
         "out", "client", "linux-ephemeral", why=_LINUX),
+    Hop("return:route:endpoint", "route", "route", "return", "client-eni", "endpoint", "out",
+        "client", "linux-ephemeral"),
     Hop("return:client-nacl-in", "client-nacl", "nacl", "return", "client-eni", "client", "in",
         "eni", "linux-ephemeral", why=_LINUX),
 )  # fmt: skip

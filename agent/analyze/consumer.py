@@ -56,7 +56,7 @@ class ConsumerHops(HopWalk):
             )
         # client subnet NACL out, endpoint subnet NACL in (same subnet: no boundary crossed)
         if eni_ip is not None:
-            for finding in self.nacl_leg("client-eni", "forward"):
+            for finding in self.leg_hops("client-eni", "forward"):
                 self.add(finding)
         else:
             self.hidden("client-nacl-out", "client-nacl", "no endpoint ENI to evaluate")
@@ -268,5 +268,5 @@ class ConsumerHops(HopWalk):
         """The replies' NACLs between the endpoint ENI and the client (declared hops)."""
         if self.f.eni is None:
             return
-        for finding in self.nacl_leg("client-eni", "return"):
+        for finding in self.leg_hops("client-eni", "return"):
             self.add(finding)

@@ -29,6 +29,14 @@ from agent.results import HopFinding
 
 PROTO = "tcp"
 
+#: the role whose subnet holds the address a hop sees
+_ROLE_OF_PEER: dict[str, pathhops.Role] = {
+    "client": "client",
+    "eni": "endpoint",
+    "nlb": "nlb",
+    "target": "target",
+}
+
 
 def host_cidr(ip: str) -> str:
     """The single-address CIDR of an IP: /32 for IPv4, /128 for IPv6 (never a wider block)."""
@@ -213,7 +221,7 @@ class HopWalk:
         return finding
 
     # -- declared hops (agent.pathhops) ------------------------------------------------------
-    def nacl_leg(
+    def leg_hops(
         self,
         leg: pathhops.Leg,
         direction: pathhops.Direction,
@@ -223,21 +231,30 @@ class HopWalk:
         port: int | None = None,
         suffix: str = "",
     ) -> list[HopFinding]:
-        """The declared NACL hops of one leg and direction, evaluated (not yet added).
+        """The declared NACL and route hops of one leg and direction, evaluated (not added).
 
         Within one subnet no boundary is crossed, so a leg whose two ends share a subnet has
-        no NACL hop (the lab exempts intra-subnet traffic the same way).
+        no NACL hop (the lab exempts intra-subnet traffic the same way); within one VPC the
+        local route carries the packet, so only a leg between VPCs has a route hop.
         """
         ends = {
             "client-eni": (self.client_subnet(), self.eni_subnet()),
             "nlb-target": (self.node_subnet(node), self.subnet_of_target(inst)),
         }.get(leg)
+        same_subnet = False
         if ends is not None:
             a, b = ends
-            if a is not None and b is not None and a.id == b.id:
-                return []
+            same_subnet = a is not None and b is not None and a.id == b.id
         out: list[HopFinding] = []
-        for hop in pathhops.hops(leg=leg, kind="nacl", direction=direction, settings=self.t.lab):
+        for hop in pathhops.hops(leg=leg, direction=direction, settings=self.t.lab):
+            if hop.kind == "route":
+                route = self.route_finding(hop, node=node, inst=inst)
+                if route is not None:
+                    route.direction = direction
+                    out.append(route)
+                continue
+            if hop.kind != "nacl" or same_subnet:
+                continue
             peer_ip, peer_name = self.peer_of(hop.sees, node=node, inst=inst)
             finding = self.nacl_finding(
                 hop.id + suffix,
@@ -254,6 +271,105 @@ class HopWalk:
                 finding.ra_code = hop.ra_code
             out.append(finding)
         return out
+
+    def route_finding(
+        self, hop: pathhops.Hop, *, node: NlbNode | None, inst: Instance | None
+    ) -> HopFinding | None:
+        """The route a declared route hop takes, or None when no route table is consulted.
+
+        Within one VPC the local route applies (it cannot be removed); a VPC whose route
+        tables were not read (a snapshot without describe-route-tables) is not walked.
+        """
+        src = self.subnet_at(hop.at, node=node, inst=inst)
+        dst = self.subnet_at(_ROLE_OF_PEER[hop.sees], node=node, inst=inst)
+        if src is None or dst is None or src.vpc_id == dst.vpc_id:
+            return None
+        t = self.t
+        if not any(rt.vpc_id == src.vpc_id for rt in t.route_tables.values()):
+            return None
+        if not self.visible(src.account):
+            return HopFinding(
+                hop.id, hop.control, "not_visible", detail="the subnet is not visible"
+            )
+        peer_ip, peer_name = self.peer_of(hop.sees, node=node, inst=inst)
+        table = t.route_table_of_subnet(src.id)
+        if table is None:
+            return HopFinding(
+                hop.id,
+                hop.control,
+                "not_visible",
+                resource=src.id,
+                detail=f"the route table of {src.name} is not visible",
+            )
+        label = f"{table.id} ({table.name}), subnet {src.name}"
+        checked = [f"{r.destination} -> {r.target}" for r in table.routes]
+        dst_vpc = t.vpcs.get(dst.vpc_id)
+        want = dst_vpc.cidr if dst_vpc else host_cidr(peer_ip)
+        pcx = next(
+            (
+                p
+                for p in sorted(t.peerings.values(), key=lambda p: p.name)
+                if p.status == "active"
+                and {p.requester_vpc_id, p.accepter_vpc_id} == {src.vpc_id, dst.vpc_id}
+            ),
+            None,
+        )
+        via = f"{pcx.id} ({pcx.name})" if pcx else "a peering connection between the two VPCs"
+        route = table.lookup(peer_ip)
+        why = f"to {peer_ip} ({peer_name})"
+        if route is None or route.target == "local":
+            return HopFinding(
+                hop.id,
+                hop.control,
+                "denied",
+                resource=label,
+                checked=checked,
+                detail=f"no route {why} in {table.name}",
+                ra_code="NO_ROUTE_TO_DESTINATION",
+                fix=f"add a route to {want} via {via} to route table {table.id} ({table.name})",
+            )
+        rule = f"{route.destination} -> {route.target}"
+        if t.route_state(route) == "blackhole":
+            return HopFinding(
+                hop.id,
+                hop.control,
+                "denied",
+                resource=label,
+                rule=rule,
+                checked=checked,
+                detail=f"the route {why} is a blackhole: its target {route.target} is gone",
+                ra_code="BAD_STATE_ROUTE",
+                fix=f"replace the route to {route.destination} in route table {table.id} "
+                f"({table.name}): point it at {via}",
+            )
+        target = t.peerings.get(route.target)
+        if target is not None and {target.requester_vpc_id, target.accepter_vpc_id} == {
+            src.vpc_id,
+            dst.vpc_id,
+        }:
+            return HopFinding(hop.id, hop.control, "allowed", resource=label, rule=rule)
+        if target is None and not route.target.startswith("pcx-"):
+            return HopFinding(
+                hop.id,
+                hop.control,
+                "not_visible",
+                resource=label,
+                rule=rule,
+                detail=f"the route {why} goes to {route.target}, which plprobe does not follow",
+            )
+        return HopFinding(
+            hop.id,
+            hop.control,
+            "denied",
+            resource=label,
+            rule=rule,
+            checked=checked,
+            detail=f"the route {why} goes to {route.target}, which does not lead to "
+            f"{dst_vpc.name if dst_vpc else 'its VPC'}",
+            ra_code="CANNOT_ROUTE",
+            fix=f"point the route to {route.destination} in route table {table.id} "
+            f"({table.name}) at {via}",
+        )
 
     def node_subnet(self, node: NlbNode | None) -> Subnet | None:
         return self.t.subnets.get(node.subnet_id) if node is not None else None

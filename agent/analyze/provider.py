@@ -53,7 +53,7 @@ class ProviderHops(HopWalk):
         # the NLB subnet's NACL on PrivateLink traffic (declared hop; a lab setting)
         node = self.node_for_path(nlb)
         if node is not None and f.endpoint is not None:
-            for finding in self.nacl_leg("privatelink", "forward", node=node):
+            for finding in self.leg_hops("privatelink", "forward", node=node):
                 self.add(finding)
         # ④ NLB SG ingress: the source is the client's private IP
         if nlb.sg_ids is None:
@@ -421,7 +421,7 @@ class ProviderHops(HopWalk):
                 )
             )
         # provider NACLs: NLB subnet out, target subnet in (declared hops)
-        hops += self.nacl_leg(
+        hops += self.leg_hops(
             "nlb-target", "forward", node=node, inst=inst, port=port, suffix=suffix
         )
         # ⑤ target SG ingress from the NLB's private IP
@@ -488,7 +488,7 @@ class ProviderHops(HopWalk):
 
     def target_return(self, node: NlbNode, inst: Instance) -> list[HopFinding]:
         """Replies from the target to the NLB node on its remapped 1024-65535 ports."""
-        hops = self.nacl_leg("nlb-target", "return", node=node, inst=inst)
+        hops = self.leg_hops("nlb-target", "return", node=node, inst=inst)
         for h in hops:
             h.target = inst.name
             self.add(h)
@@ -502,5 +502,5 @@ class ProviderHops(HopWalk):
         node = self.node_for_path(nlb)
         if node is None:
             return
-        for finding in self.nacl_leg("privatelink", "return", node=node):
+        for finding in self.leg_hops("privatelink", "return", node=node):
             self.add(finding)

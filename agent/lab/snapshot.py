@@ -93,6 +93,7 @@ class _Renderer:
             ("ec2-describe-vpc-peering-connections", self.peerings),
             ("ec2-describe-security-groups", self.security_groups),
             ("ec2-describe-network-acls", self.nacls),
+            ("ec2-describe-route-tables", self.route_tables),
             ("ec2-describe-instances", self.instances),
             ("ec2-describe-network-interfaces", self.interfaces),
             ("ec2-describe-vpc-endpoints", self.endpoints),
@@ -285,6 +286,54 @@ class _Renderer:
     def nacls(self) -> None:
         out = [self.nacl(n) for n in self.t.nacls.values() if self.mine(n.account)]
         self.put("ec2-describe-network-acls", {"NetworkAcls": out})
+
+    def route_tables(self) -> None:
+        """As DescribeRouteTables prints them: the local route first, a route to a peering
+        that is not active in the ``blackhole`` state, the main table's association."""
+        out = []
+        for rt in self.t.route_tables.values():
+            if not self.mine(rt.account):
+                continue
+            routes = []
+            for r in rt.routes:
+                route: dict[str, Any] = {"DestinationCidrBlock": r.destination}
+                key = "VpcPeeringConnectionId" if r.target.startswith("pcx-") else "GatewayId"
+                route[key] = r.target
+                route["Origin"] = "CreateRouteTable" if r.target == "local" else "CreateRoute"
+                route["State"] = self.t.route_state(r)
+                routes.append(route)
+            assocs: list[dict[str, Any]] = [
+                {
+                    "Main": False,
+                    "RouteTableAssociationId": stable_id("rtbassoc", rt.id, s),
+                    "RouteTableId": rt.id,
+                    "SubnetId": s,
+                    "AssociationState": {"State": "associated"},
+                }
+                for s in rt.subnet_ids
+            ]
+            if rt.main:
+                assocs.insert(
+                    0,
+                    {
+                        "Main": True,
+                        "RouteTableAssociationId": stable_id("rtbassoc", rt.id, "main"),
+                        "RouteTableId": rt.id,
+                        "AssociationState": {"State": "associated"},
+                    },
+                )
+            out.append(
+                {
+                    "Associations": assocs,
+                    "PropagatingVgws": [],
+                    "RouteTableId": rt.id,
+                    "Routes": routes,
+                    "Tags": _tags(rt.name),
+                    "VpcId": rt.vpc_id,
+                    "OwnerId": self.a.id,
+                }
+            )
+        self.put("ec2-describe-route-tables", {"RouteTables": out})
 
     def instance(self, i: Instance) -> dict[str, Any]:
         groups = [self.sg_ref(g) for g in i.sg_ids]

@@ -117,6 +117,7 @@ CALLS: tuple[ApiCall, ...] = (
     ApiCall("ec2", "DescribeVpcPeeringConnections", BOTH),
     ApiCall("ec2", "DescribeSecurityGroups", BOTH),
     ApiCall("ec2", "DescribeNetworkAcls", BOTH),
+    ApiCall("ec2", "DescribeRouteTables", BOTH),
     ApiCall("ec2", "DescribeInstances", BOTH),
     ApiCall("ec2", "DescribeNetworkInterfaces", BOTH),
     ApiCall("ec2", "DescribeVpcEndpoints", CONSUMER),

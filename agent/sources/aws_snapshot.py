@@ -51,6 +51,8 @@ from agent.model import (
     Nlb,
     NlbNode,
     Peering,
+    Route,
+    RouteTable,
     Rule,
     SecurityGroup,
     Subnet,
@@ -306,6 +308,23 @@ def _is_timestamp(value: Any) -> bool:
 # --- parsing ---------------------------------------------------------------------------------
 
 
+#: the members of a DescribeRouteTables route that name its target, the ones a PrivateLink
+#: path can take first
+_ROUTE_TARGETS = (
+    "VpcPeeringConnectionId",
+    "GatewayId",
+    "TransitGatewayId",
+    "NatGatewayId",
+    "NetworkInterfaceId",
+    "InstanceId",
+    "VpcEndpointId",
+    "LocalGatewayId",
+    "CarrierGatewayId",
+    "EgressOnlyInternetGatewayId",
+    "CoreNetworkArn",
+)
+
+
 def _name(item: Node, default: str) -> str:
     for tag in item.items("Tags"):
         if tag.text("Key") == "Name" and tag.text("Value", ""):
@@ -397,6 +416,7 @@ class _Parser:
             ("ec2-describe-vpc-peering-connections", self.peerings),
             ("ec2-describe-security-groups", self.security_groups),
             ("ec2-describe-network-acls", self.nacls),
+            ("ec2-describe-route-tables", self.route_tables),
             ("ec2-describe-instances", self.instances),
             ("ec2-describe-vpc-endpoints", self.endpoints),
             ("ec2-describe-vpc-endpoint-service-configurations", self.services),
@@ -607,6 +627,41 @@ class _Parser:
                 n.id("VpcId", "vpc-"),
                 [a.id("SubnetId", "subnet-") for a in n.items("Associations")],
                 entries,
+            )
+
+    def route_tables(self, d: AccountDump, body: Node) -> None:
+        """Routes to a CIDR and the target plprobe follows (``local``, a peering) or names
+        (any other gateway); prefix-list destinations are skipped with a note."""
+        for rt in body.items("RouteTables", required=True):
+            rid = rt.id("RouteTableId", "rtb-")
+            routes = []
+            for r in rt.items("Routes"):
+                if r.has("DestinationCidrBlock"):
+                    dest = r.cidr("DestinationCidrBlock")
+                elif r.has("DestinationIpv6CidrBlock"):
+                    dest = r.cidr("DestinationIpv6CidrBlock")
+                else:
+                    self.note(
+                        f"{d.origin}: route table {rid}: a route to a prefix list is not followed"
+                    )
+                    continue
+                target = next(
+                    (r.text(k) for k in _ROUTE_TARGETS if r.has(k)),
+                    "unknown",
+                )
+                routes.append(Route(dest, target, r.text("State", "active")))
+            subnets: list[str] = []
+            main = False
+            for a in rt.items("Associations"):
+                state = a.opt("AssociationState")
+                if state is not None and state.text("State", "associated") != "associated":
+                    continue
+                if a.flag("Main", False):
+                    main = True
+                elif a.has("SubnetId"):
+                    subnets.append(a.id("SubnetId", "subnet-"))
+            self.t.route_tables[rid] = RouteTable(
+                rid, _name(rt, rid), d.name, rt.id("VpcId", "vpc-"), routes, subnets, main
             )
 
     def instances(self, d: AccountDump, body: Node) -> None:

@@ -28,12 +28,17 @@ __all__ = [
     "LabSpec",
     "LbSpec",
     "ListenerSpec",
+    "MainRouteTableAssociationSpec",
     "NaclEntrySpec",
     "NaclSpec",
     "PeeringSpec",
     "Resources",
+    "RouteSpec",
+    "RouteTableAssociationSpec",
+    "RouteTableSpec",
     "SgRuleSpec",
     "SgSpec",
+    "StandaloneRouteSpec",
     "SubnetConfigSpec",
     "SubnetMappingSpec",
     "SubnetSpec",
@@ -87,6 +92,39 @@ class PeeringSpec(_Res):
     peer_owner_id: str | None = None
     auto_accept: bool = True
     status: Literal["active", "pending-acceptance", "rejected", "deleted"] = "active"
+
+
+class RouteSpec(_Strict):
+    """An inline ``route`` block of ``aws_route_table`` (the targets plprobe follows)."""
+
+    cidr_block: str
+    vpc_peering_connection_id: str | None = None
+    #: ``local`` is implicit; any other gateway (igw, nat, tgw) is kept but not followed
+    gateway_id: str | None = None
+
+
+class RouteTableSpec(_Res):
+    vpc_id: str
+    route: list[RouteSpec] = Field(default_factory=list)
+
+
+class StandaloneRouteSpec(_Res):
+    """``aws_route``: one route added to a table declared elsewhere."""
+
+    route_table_id: str
+    destination_cidr_block: str
+    vpc_peering_connection_id: str | None = None
+    gateway_id: str | None = None
+
+
+class RouteTableAssociationSpec(_Res):
+    subnet_id: str
+    route_table_id: str
+
+
+class MainRouteTableAssociationSpec(_Res):
+    vpc_id: str
+    route_table_id: str
 
 
 class SgSpec(_Res):
@@ -248,6 +286,12 @@ class Resources(_Strict):
     aws_security_group: dict[str, SgSpec] = Field(default_factory=dict)
     aws_security_group_rule: dict[str, SgRuleSpec] = Field(default_factory=dict)
     aws_network_acl: dict[str, NaclSpec] = Field(default_factory=dict)
+    aws_route_table: dict[str, RouteTableSpec] = Field(default_factory=dict)
+    aws_route: dict[str, StandaloneRouteSpec] = Field(default_factory=dict)
+    aws_route_table_association: dict[str, RouteTableAssociationSpec] = Field(default_factory=dict)
+    aws_main_route_table_association: dict[str, MainRouteTableAssociationSpec] = Field(
+        default_factory=dict
+    )
     aws_instance: dict[str, InstanceSpec] = Field(default_factory=dict)
     aws_vpc_endpoint_service: dict[str, EndpointServiceSpec] = Field(default_factory=dict)
     aws_vpc_endpoint: dict[str, EndpointSpec] = Field(default_factory=dict)

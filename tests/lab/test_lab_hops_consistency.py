@@ -5,7 +5,8 @@ No root needed: the lab side is read from the rendered nftables rulesets. A smal
 follows each packet of a flow (client -> endpoint ENI -> NLB node -> target, and the replies)
 through the ``forward`` chain of every router it crosses and records the SG and NACL chains
 that apply to it — a chain whose leading ``iifname``/``oifname ... return`` exempts the
-packet (same subnet, or traffic the chain does not see) does not count. The analysis side is
+packet (same subnet, or traffic the chain does not see) does not count — and, where the
+packet leaves its VPC, the route table the router's policy rules pick for it. The analysis side is
 the walk's findings, mapped through the declaration. The two sets must be equal.
 """
 
@@ -20,7 +21,7 @@ import pytest
 
 from agent import pathhops
 from agent.analyze.path import analyze_flow
-from agent.lab.plan import LabPlan, Node, render
+from agent.lab.plan import ROUTE_TABLE_PRIORITY, LabPlan, Node, render
 from agent.model import Topology
 from agent.sources.topology import load_topology
 
@@ -102,6 +103,8 @@ class Leg:
     dst: str
     leg: str
     target: str = ""
+    #: the packet leaves its VPC here: the router consults the source subnet's route table
+    leaves_vpc: bool = False
 
 
 def _link(plan: LabPlan, ns_a: str, ns_b: str, prefix: str) -> tuple[str, str]:
@@ -127,9 +130,19 @@ def _between(plan: LabPlan, a: Node, b: Node, ra: str, rb: str, leg: str, target
     prefix = "pl:" if leg == "privatelink" else "peer:"
     out_if, in_if = _link(plan, ra, rb, prefix)
     return [
-        Leg(ra, a.veth, out_if, src, dst, leg, target),
+        Leg(ra, a.veth, out_if, src, dst, leg, target, leaves_vpc=leg != "privatelink"),
         Leg(rb, in_if, b.veth, src, dst, leg, target),
     ]
+
+
+def _route_table_rule(plan: LabPlan, leg: Leg) -> bool:
+    """Does the router pick a VPC route table for packets arriving on ``leg.iif``?"""
+    return any(
+        c[:4] == ["rule", "add", "iif", leg.iif]
+        and c[-2:] == ["priority", ROUTE_TABLE_PRIORITY]
+        and "lookup" in c
+        for c in plan.ip[leg.router]
+    )
 
 
 def lab_points(plan: LabPlan, client: Node, eni: Node, nlb: Node, targets: list[Node]):
@@ -145,6 +158,8 @@ def lab_points(plan: LabPlan, client: Node, eni: Node, nlb: Node, targets: list[
     points: set[Point] = set()
     for direction, legs in (("forward", forward), ("return", back)):
         for leg in legs:
+            if leg.leaves_vpc and _route_table_rule(plan, leg):
+                points.add(("route", leg.src, "out", direction, leg.leg, leg.target))
             ruleset = plan.nft[leg.router]
             for chain in trace(ruleset, leg.iif, leg.oif, established=direction == "return"):
                 kind = "nacl" if chain.startswith("nacl_") else "sg"
@@ -241,6 +256,18 @@ def test_the_nlb_subnet_nacl_on_privatelink_is_a_hop_of_both_or_of_neither() -> 
         client, eni, nlb, targets = next(flows(topology, plan))
         assert (hop in lab_points(plan, client, eni, nlb, targets)) is present
         assert (hop in analysis_points(topology, client.name, eni.ip)) is present
+
+
+def test_a_peered_client_is_routed_both_ways_by_route_tables_in_the_lab_and_the_walk() -> None:
+    topology = _reference()
+    plan = render(copy.deepcopy(topology), "hops")
+    client, eni, nlb, targets = next(f for f in flows(topology, plan) if f[0].name == "client-1")
+    routes = {p for p in lab_points(plan, client, eni, nlb, targets) if p[0] == "route"}
+    assert routes == {
+        ("route", "client", "out", "forward", "client-eni", ""),
+        ("route", "endpoint", "out", "return", "client-eni", ""),
+    }
+    assert routes <= analysis_points(topology, client.name, eni.ip)
 
 
 def test_every_sg_and_nacl_hop_the_analysis_emits_is_declared() -> None:

@@ -224,3 +224,31 @@ def test_a_rule_without_ports_for_a_portless_protocol_loads(tmp_path: Path):
     loaded = load_snapshot([consumer])
     sg = loaded.security_groups[body["SecurityGroups"][0]["GroupId"]]
     assert any(r.protocol == "50" and r.cidrs == ("10.9.0.0/16",) for r in sg.rules)
+
+
+def test_round_trip_keeps_a_blackhole_route_to_a_deleted_peering(tmp_path: Path):
+    """AWS keeps the route and prints it ``blackhole``; the reader takes the state as given."""
+    t = reference()
+    pcx = next(iter(t.peerings.values()))
+    pcx.status = "deleted"
+    loaded = load_snapshot(write_snapshot(t, tmp_path))
+    states = {
+        (rt.name, r.destination): r.state
+        for rt in loaded.route_tables.values()
+        for r in rt.routes
+        if r.target == pcx.id
+    }
+    assert states and set(states.values()) == {"blackhole"}
+
+
+def test_a_snapshot_without_route_tables_walks_no_route_hop(tmp_path: Path):
+    """Snapshots taken before describe-route-tables was read: routing is "not read", not
+    "denied" (no verdict may blame a route nobody looked at)."""
+    dirs = {d.name: d for d in write_snapshot(reference(), tmp_path)}
+    for d in dirs.values():
+        (d / "ec2-describe-route-tables.json").unlink()
+    loaded = load_snapshot(list(dirs.values()))
+    from agent.analyze.path import analyze_flow
+
+    assert not loaded.route_tables
+    assert not [f for f in analyze_flow(loaded, "client-1", None, 80) if f.control == "route"]
