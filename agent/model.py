@@ -120,6 +120,10 @@ class Rule:
     sg_ref: str | None = None
     prefix_list: str | None = None
     description: str = ""
+    #: a *stale* reference: the group this rule referenced is in a VPC whose peering is gone
+    #: (describe-stale-security-groups). AWS keeps the rule; it matches nothing, so it carries
+    #: no ``sg_ref`` and no evaluator or lab ruleset can match it by mistake
+    stale_ref: str | None = None
 
     def covers_port(self, port: int) -> bool:
         if self.protocol == "-1":
@@ -445,6 +449,28 @@ class Topology:
 
     def nacl_of_subnet(self, subnet_id: str) -> Nacl | None:
         return next((n for n in self.nacls.values() if subnet_id in n.subnet_ids), None)
+
+    def mark_stale_references(self) -> list[Rule]:
+        """Make every reference to a group across a peering that is not active stale (what
+        AWS does when the peering is deleted); returns the rules that became stale."""
+        out: list[Rule] = []
+        for group in self.security_groups.values():
+            for rule in group.rules:
+                ref = self.security_groups.get(rule.sg_ref or "")
+                if ref is None or self.routed(group.vpc_id, ref.vpc_id):
+                    continue
+                rule.stale_ref, rule.sg_ref = rule.sg_ref, None
+                out.append(rule)
+        return out
+
+    def peering_between(self, vpc_a: str, vpc_b: str) -> Peering | None:
+        """A peering between the two VPCs, active ones first (None: never peered)."""
+        found = [
+            p
+            for p in self.peerings.values()
+            if {p.requester_vpc_id, p.accepter_vpc_id} == {vpc_a, vpc_b}
+        ]
+        return min(found, key=lambda p: (p.status != "active", p.name), default=None)
 
     def route_table_of_subnet(self, subnet_id: str) -> RouteTable | None:
         """The subnet's explicitly associated route table, else its VPC's main table."""

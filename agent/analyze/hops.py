@@ -22,6 +22,7 @@ from agent.model import (
     Instance,
     Nlb,
     NlbNode,
+    Rule,
     Subnet,
     Topology,
 )
@@ -143,7 +144,7 @@ class HopWalk:
             return HopFinding(
                 hop, control, "not_visible", resource=resource, checked=checked, detail=d.reason
             )
-        return HopFinding(
+        finding = HopFinding(
             hop,
             control,
             "denied",
@@ -153,6 +154,37 @@ class HopWalk:
             ra_code="ENI_SG_RULES_MISMATCH" if d.checked else "SG_HAS_NO_RULES",
             fix=fix,
         )
+        stale = [r for r in d.checked if r.stale_ref]
+        if stale:
+            why = self.stale_why(sg_ids, stale[0])
+            names = ", ".join(r.id for r in stale)
+            finding.detail += f"; stale rule {names}: {why}, so it matches nothing"
+            finding.fix = (
+                f"rule {stale[0].id} is stale ({why}): re-create the peering (and its routes), "
+                f"or {fix}"
+            )
+        return finding
+
+    def stale_why(self, sg_ids: list[str], rule: Rule) -> str:
+        """Why a stale rule matches nothing: whose group it names, and the peering's state."""
+        t = self.t
+        owner = next(
+            (
+                t.security_groups[g]
+                for g in sg_ids
+                if g in t.security_groups and rule in t.security_groups[g].rules
+            ),
+            None,
+        )
+        ref = t.security_groups.get(rule.stale_ref or "")
+        label = sg_label(t, rule.stale_ref or "")
+        if ref is None or owner is None:
+            return f"it references {label}, a group across a peering that is gone"
+        vpc = t.vpcs.get(ref.vpc_id)
+        pcx = t.peering_between(owner.vpc_id, ref.vpc_id)
+        where = f"in {vpc.name if vpc else ref.vpc_id}"
+        state = f"peering {pcx.id} ({pcx.name}) is {pcx.status}" if pcx else "no peering"
+        return f"it references {label} {where}, and {state}"
 
     def nacl_finding(
         self,
@@ -432,4 +464,6 @@ def _peer(topology: Topology, rule: object) -> str:
         return f"{prep} {sg_label(topology, rule.sg_ref)}"
     if rule.prefix_list:
         return f"{prep} {rule.prefix_list}"
+    if rule.stale_ref:
+        return f"{prep} {sg_label(topology, rule.stale_ref)} (stale)"
     return ""

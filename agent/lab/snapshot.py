@@ -200,25 +200,18 @@ class _Renderer:
                     perm["IpRanges"].append({"CidrIp": cidr, **desc})
             if r.prefix_list:
                 perm["PrefixListIds"].append({"PrefixListId": r.prefix_list, **desc})
-            if r.sg_ref:
-                ref = self.t.security_groups.get(r.sg_ref)
-                pair: dict[str, Any] = {"GroupId": r.sg_ref, **desc}
+            ref_id = r.sg_ref or r.stale_ref
+            if ref_id:
+                ref = self.t.security_groups.get(ref_id)
+                pair: dict[str, Any] = {"GroupId": ref_id, **desc}
                 if ref is not None:
                     pair["UserId"] = self.owner_id(ref.account)
                     if ref.vpc_id != sg.vpc_id:
                         pair["VpcId"] = ref.vpc_id
-                        peering = next(
-                            (
-                                p.id
-                                for p in self.t.peerings.values()
-                                if {p.requester_vpc_id, p.accepter_vpc_id}
-                                == {ref.vpc_id, sg.vpc_id}
-                            ),
-                            None,
-                        )
+                        peering = self.t.peering_between(ref.vpc_id, sg.vpc_id)
                         if peering:
-                            pair["VpcPeeringConnectionId"] = peering
-                            pair["PeeringStatus"] = "active"
+                            pair["VpcPeeringConnectionId"] = peering.id
+                            pair["PeeringStatus"] = peering.status
                 perm["UserIdGroupPairs"].append(pair)
         return list(groups.values())
 
@@ -241,6 +234,49 @@ class _Renderer:
             if self.mine(g.account)
         ]
         self.put("ec2-describe-security-groups", {"SecurityGroups": out})
+        self.stale_groups()
+
+    def stale_groups(self) -> None:
+        """describe-stale-security-groups, one file per VPC: the rules whose referenced group
+        sits across a peering that is no longer active."""
+        for vpc in self.t.vpcs.values():
+            if not self.mine(vpc.account):
+                continue
+            out = []
+            for g in self.t.security_groups.values():
+                if g.vpc_id != vpc.id:
+                    continue
+                perms: dict[str, list[dict[str, Any]]] = {"ingress": [], "egress": []}
+                for r in g.rules:
+                    ref = self.t.security_groups.get(r.stale_ref or "")
+                    if ref is None:
+                        continue
+                    pair: dict[str, Any] = {
+                        "GroupId": ref.id,
+                        "UserId": self.owner_id(ref.account),
+                        "VpcId": ref.vpc_id,
+                    }
+                    peering = self.t.peering_between(ref.vpc_id, g.vpc_id)
+                    if peering is not None:
+                        pair["VpcPeeringConnectionId"] = peering.id
+                        pair["PeeringStatus"] = peering.status
+                    perm: dict[str, Any] = {"IpProtocol": r.protocol}
+                    if r.protocol != "-1":
+                        perm.update({"FromPort": r.from_port, "ToPort": r.to_port})
+                    perm.update({"IpRanges": [], "PrefixListIds": [], "UserIdGroupPairs": [pair]})
+                    perms[r.direction].append(perm)
+                if perms["ingress"] or perms["egress"]:
+                    out.append(
+                        {
+                            "Description": g.description,
+                            "GroupId": g.id,
+                            "GroupName": g.name,
+                            "StaleIpPermissions": perms["ingress"],
+                            "StaleIpPermissionsEgress": perms["egress"],
+                            "VpcId": vpc.id,
+                        }
+                    )
+            self.put("ec2-describe-stale-security-groups", {"StaleSecurityGroupSet": out}, vpc.id)
 
     def nacl(self, n: Nacl) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []

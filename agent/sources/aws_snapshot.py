@@ -308,6 +308,12 @@ def _is_timestamp(value: Any) -> bool:
 # --- parsing ---------------------------------------------------------------------------------
 
 
+#: where DescribeStaleSecurityGroups lists the stale rules of each direction
+_STALE_PERMISSIONS: tuple[tuple[Direction, str], ...] = (
+    ("ingress", "StaleIpPermissions"),
+    ("egress", "StaleIpPermissionsEgress"),
+)
+
 #: the members of a DescribeRouteTables route that name its target, the ones a PrivateLink
 #: path can take first
 _ROUTE_TARGETS = (
@@ -415,6 +421,7 @@ class _Parser:
             ("ec2-describe-subnets", self.subnets),
             ("ec2-describe-vpc-peering-connections", self.peerings),
             ("ec2-describe-security-groups", self.security_groups),
+            ("ec2-describe-vpcs", self.stale_groups),
             ("ec2-describe-network-acls", self.nacls),
             ("ec2-describe-route-tables", self.route_tables),
             ("ec2-describe-instances", self.instances),
@@ -598,6 +605,46 @@ class _Parser:
                 rules,
                 g.text("Description", ""),
             )
+
+    def stale_groups(self, d: AccountDump, vpcs: Node) -> None:
+        """describe-stale-security-groups (one file per VPC): each stale reference it lists
+        matches nothing. The rule is found among the group's rules (AWS still lists it in
+        describe-security-groups) or, when absent there, added as a stale rule."""
+        call = BY_STEM["ec2-describe-stale-security-groups"]
+        for vpc in vpcs.items("Vpcs"):
+            rel = call.resource_file(vpc.text("VpcId", ""))
+            if rel not in d.files:
+                continue
+            with self.reading(d, rel) as body:
+                for g in body.items("StaleSecurityGroupSet", required=True):
+                    gid = g.id("GroupId", "sg-")
+                    group = self.t.security_groups.get(gid)
+                    if group is None:
+                        continue
+                    for direction, key in _STALE_PERMISSIONS:
+                        for stale in self.rules(gid, direction, g.items(key)):
+                            self.mark_stale(d, group, stale)
+
+    def mark_stale(self, d: AccountDump, group: SecurityGroup, stale: Rule) -> None:
+        ref = stale.sg_ref
+        if ref is None:
+            return
+        same = [
+            r
+            for r in group.rules
+            if r.sg_ref == ref
+            and (r.direction, r.protocol, r.from_port, r.to_port)
+            == (stale.direction, stale.protocol, stale.from_port, stale.to_port)
+        ]
+        if not same:
+            group.rules.append(stale)
+            same = [stale]
+        for r in same:
+            r.stale_ref, r.sg_ref = ref, None
+        self.note(
+            f"{d.origin}: {group.id} ({group.name}): {len(same)} stale rule(s) referencing "
+            f"{ref} match nothing (describe-stale-security-groups)"
+        )
 
     def nacls(self, d: AccountDump, body: Node) -> None:
         for n in body.items("NetworkAcls", required=True):

@@ -216,6 +216,7 @@ class _Builder:
         self.security_groups()
         self.instances()
         self.sg_rules()
+        t.mark_stale_references()
         self.nacls()
         self.route_tables()
         self.nlbs()
@@ -331,7 +332,11 @@ class _Builder:
                     "SG",
                 )
                 other = self.t.security_groups[ref]
-                if not self.t.routed(sg.vpc_id, other.vpc_id):
+                # a reference across a peering that is no longer active is *stale* (AWS keeps
+                # it, it matches nothing); one across no peering at all is refused by AWS
+                if self.t.peering_between(sg.vpc_id, other.vpc_id) is None and not (
+                    self.t.routed(sg.vpc_id, other.vpc_id)
+                ):
                     raise self.fail(
                         (*loc, "source_security_group_id"),
                         f"SG {other.name} is in a VPC that is neither this one nor peered with "
