@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from agent.model import Topology
 from agent.sources.topology import load_topology
 
 MULTI_AZ = Path(__file__).resolve().parents[2] / "configs" / "lab" / "multi-az.yaml"
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import diagnosis_accuracy as matrix  # noqa: E402
 
 #: (kind, at, way, direction, leg, target) — one enforcement point of one flow
 Point = tuple[str, str, str, str, str, str]
@@ -172,9 +176,13 @@ def lab_points(plan: LabPlan, client: Node, eni: Node, nlb: Node, targets: list[
 # --- the analysis side ----------------------------------------------------------------------
 
 
-def analysis_points(topology: Topology, client: str, eni_ip: str) -> set[Point]:
+def _walk(topology: Topology, client: str, eni: Node) -> list:
+    return analyze_flow(topology, client, eni.owner, 80, eni_ip=eni.ip)
+
+
+def analysis_points(topology: Topology, client: str, eni: Node) -> set[Point]:
     points: set[Point] = set()
-    for f in analyze_flow(topology, client, None, 80, eni_ip=eni_ip):
+    for f in _walk(topology, client, eni):
         if f.direction == "health" or not pathhops.declared(f.hop):
             continue
         if f.status == "allowed" and f.rule in NOT_APPLIED:
@@ -197,7 +205,7 @@ def flows(topology: Topology, plan: LabPlan):
                 continue
             walked = {
                 f.target
-                for f in analyze_flow(topology, client.name, None, 80, eni_ip=eni.ip)
+                for f in _walk(topology, client.name, eni)
                 if f.target and pathhops.declared(f.hop)
             }
             targets = [nodes[n] for n in sorted(walked)]
@@ -235,12 +243,34 @@ TOPOLOGIES = {
 
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
 def test_the_lab_enforces_exactly_the_hops_the_analysis_walks(name: str) -> None:
-    topology = TOPOLOGIES[name]()
+    assert_same_points(TOPOLOGIES[name]())
+
+
+#: matrix faults after which the lab has no path left to trace (nothing to compare)
+NO_PATH = {
+    7: "the endpoint was never created: no ENI",
+    26: "the peering is gone: no link between the consumer VPCs",
+}
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [s for s in matrix.SCENARIOS if s.edit is not None and s.number not in NO_PATH],
+    ids=lambda s: f"{s.number:02d}",
+)
+def test_every_fault_of_the_matrix_breaks_a_hop_both_sides_know(scenario) -> None:
+    """The same equality on each broken topology of the fault matrix."""
+    topology = matrix.lab_topology(scenario.lab)
+    scenario.edit(topology)
+    assert_same_points(topology)
+
+
+def assert_same_points(topology: Topology) -> None:
     plan = render(copy.deepcopy(topology), "hops")
     checked = 0
     for client, eni, nlb, targets in flows(topology, plan):
         lab = lab_points(plan, client, eni, nlb, targets)
-        walked = analysis_points(topology, client.name, eni.ip)
+        walked = analysis_points(topology, client.name, eni)
         assert lab - walked == set(), f"{client.name} via {eni.name}: enforced, never walked"
         assert walked - lab == set(), f"{client.name} via {eni.name}: walked, never enforced"
         checked += 1
@@ -255,7 +285,7 @@ def test_the_nlb_subnet_nacl_on_privatelink_is_a_hop_of_both_or_of_neither() -> 
         plan = render(copy.deepcopy(topology), "hops")
         client, eni, nlb, targets = next(flows(topology, plan))
         assert (hop in lab_points(plan, client, eni, nlb, targets)) is present
-        assert (hop in analysis_points(topology, client.name, eni.ip)) is present
+        assert (hop in analysis_points(topology, client.name, eni)) is present
 
 
 def test_a_peered_client_is_routed_both_ways_by_route_tables_in_the_lab_and_the_walk() -> None:
@@ -267,7 +297,7 @@ def test_a_peered_client_is_routed_both_ways_by_route_tables_in_the_lab_and_the_
         ("route", "client", "out", "forward", "client-eni", ""),
         ("route", "endpoint", "out", "return", "client-eni", ""),
     }
-    assert routes <= analysis_points(topology, client.name, eni.ip)
+    assert routes <= analysis_points(topology, client.name, eni)
 
 
 def test_every_sg_and_nacl_hop_the_analysis_emits_is_declared() -> None:
