@@ -320,6 +320,10 @@ class Nlb:
     sg_ids: list[str] | None = None
     enforce_sg_inbound_on_privatelink: bool = True
     cross_zone: bool = False
+    #: were the node addresses chosen at creation (``subnet_mapping`` with a private IP)? An
+    #: NLB created with plain ``subnets`` gets addresses AWS picks, and describe-load-balancers
+    #: lists none of them (``LoadBalancerAddresses: []``): only its ENIs tell
+    fixed_ips: bool = True
 
 
 @dataclass

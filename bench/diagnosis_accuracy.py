@@ -1,4 +1,4 @@
-"""The fault matrix (issue 4, scenarios 1-22; issue 14, 23-35) and diagnosis accuracy per
+"""The fault matrix (issue 4, scenarios 1-22; issue 14, 23-37) and diagnosis accuracy per
 evidence level.
 
 Each scenario is a topology edit on a running lab (``agent.lab.faults`` where the mistake is
@@ -358,6 +358,19 @@ def _blackhole_both_sides_recreated_routes_fixed_one_side(t: Topology) -> None:
             r.target = new.id
 
 
+def _nlb_without_fixed_ips(t: Topology) -> None:
+    """#36: the NLB was created on plain subnets (Terraform's default): describe-load-balancers
+    lists no node address, only its ENIs in describe-network-interfaces carry them."""
+    for nlb in t.nlbs.values():
+        nlb.fixed_ips = False
+
+
+def _nlb_without_fixed_ips_sg_broken(t: Topology) -> None:
+    """#37: #36's NLB with #8's mistake: the NLB SG must still be named, not target health."""
+    _nlb_without_fixed_ips(t)
+    _fault("nlb-sg-ingress")(t)
+
+
 # --- the matrix -------------------------------------------------------------------------------
 
 ALL_UNHEALTHY = {"*": "unhealthy"}
@@ -588,6 +601,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         "(route, return)",
         _blackhole_both_sides_recreated_routes_fixed_one_side,
         {C1: fail("route", "return"), C2: PASS},
+    ),
+    Scenario(
+        36,
+        "NLB created without fixed private IPs (LoadBalancerAddresses: []): healthy, pass",
+        _nlb_without_fixed_ips,
+        {C1: PASS, C2: PASS},
+    ),
+    Scenario(
+        37,
+        "NLB without fixed private IPs and its SG allows the endpoint subnet (④ ingress)",
+        _nlb_without_fixed_ips_sg_broken,
+        {C1: fail("nlb-sg-ingress"), C2: fail("nlb-sg-ingress")},
     ),
 )
 

@@ -635,7 +635,9 @@ class _Renderer:
                 {
                     "ZoneName": self.az(n.subnet_id),
                     "SubnetId": n.subnet_id,
-                    "LoadBalancerAddresses": [{"PrivateIPv4Address": n.ip}],
+                    "LoadBalancerAddresses": (
+                        [{"PrivateIPv4Address": n.ip}] if nlb.fixed_ips else []
+                    ),
                 }
                 for n in nlb.nodes
             ],

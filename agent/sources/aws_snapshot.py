@@ -843,6 +843,7 @@ class _Parser:
             arn = lb.arn("LoadBalancerArn")
             name = lb.text("LoadBalancerName")
             nodes = []
+            fixed = True
             for az in lb.items("AvailabilityZones"):
                 subnet = az.id("SubnetId", "subnet-")
                 ips = [
@@ -853,6 +854,7 @@ class _Parser:
                 if ips:
                     nodes += [NlbNode(subnet, ip, self.nlb_eni(arn, ip)) for ip in ips]
                 else:  # created without fixed private IPs: AWS lists none; the ENIs know
+                    fixed = False
                     nodes += self.nlb_nodes_from_enis(d, arn, name, subnet)
             attrs = self.attributes(d, "elbv2-describe-load-balancer-attributes", arn)
             sgs = lb.opt("SecurityGroups")
@@ -866,6 +868,7 @@ class _Parser:
                 [g.id("GroupId", "sg-") for g in _strings(sgs)] if sgs is not None else None,
                 enforce.lower() != "off",
                 attrs.get("load_balancing.cross_zone.enabled", "false").lower() == "true",
+                fixed,
             )
             rel = BY_STEM["elbv2-describe-listeners"].resource_file(arn)
             if rel in d.files:

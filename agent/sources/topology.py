@@ -577,24 +577,26 @@ class _Builder:
             nodes = []
             vpc_ids = set()
             azs = set()
-            for k, m in enumerate(lb.subnet_mapping):
-                mloc = (*loc, "subnet_mapping", k)
-                sid = self.ref("aws_subnet", m.subnet_id, (*mloc, "subnet_id"), "subnet")
+            if bool(lb.subnet_mapping) == bool(lb.subnets):
+                raise self.fail(loc, "an NLB needs exactly one of subnet_mapping, subnets")
+            mappings = [
+                (m.subnet_id, m.private_ipv4_address, (*loc, "subnet_mapping", k))
+                for k, m in enumerate(lb.subnet_mapping)
+            ] + [(s, None, (*loc, "subnets", k)) for k, s in enumerate(lb.subnets)]
+            for subnet_name, fixed_ip, mloc in mappings:
+                key = mloc if fixed_ip is None else (*mloc, "subnet_id")
+                sid = self.ref("aws_subnet", subnet_name, key, "subnet")
                 subnet = self.t.subnets[sid]
                 if subnet.az in azs:
-                    raise self.fail(
-                        (*mloc, "subnet_id"), f"the NLB already has a subnet in {subnet.az}"
-                    )
+                    raise self.fail(key, f"the NLB already has a subnet in {subnet.az}")
                 azs.add(subnet.az)
                 self.same_account("aws_lb", name, acc, subnet.account, "a subnet")
-                self.in_subnet(m.private_ipv4_address, subnet, (*mloc, "private_ipv4_address"))
-                self.claim_ip(
-                    m.private_ipv4_address, (*mloc, "private_ipv4_address"), subnet.vpc_id
-                )
+                ip_loc = mloc if fixed_ip is None else (*mloc, "private_ipv4_address")
+                ip = fixed_ip if fixed_ip is not None else self.free_ip(subnet, ip_loc)
+                self.in_subnet(ip, subnet, ip_loc)
+                self.claim_ip(ip, ip_loc, subnet.vpc_id)
                 vpc_ids.add(subnet.vpc_id)
-                nodes.append(
-                    NlbNode(sid, m.private_ipv4_address, stable_id("eni", "nlb", name, sid))
-                )
+                nodes.append(NlbNode(sid, ip, stable_id("eni", "nlb", name, sid)))
             if len(vpc_ids) != 1:
                 raise self.fail((*loc, "subnet_mapping"), "an NLB needs subnets of one VPC")
             sgs = None
@@ -618,6 +620,7 @@ class _Builder:
                 sgs,
                 lb.enforce_security_group_inbound_rules_on_private_link_traffic,
                 lb.enable_cross_zone_load_balancing,
+                fixed_ips=not lb.subnets,
             )
 
     def target_groups(self) -> None:

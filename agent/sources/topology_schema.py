@@ -225,13 +225,16 @@ class AccepterSpec(_Res):
 
 class SubnetMappingSpec(_Strict):
     subnet_id: str
-    private_ipv4_address: str
+    #: without it AWS picks the node's address (the lab picks the subnet's highest free one)
+    private_ipv4_address: str | None = None
 
 
 class LbSpec(_Res):
     load_balancer_type: Literal["network"] = "network"
     internal: bool = True
-    subnet_mapping: list[SubnetMappingSpec]
+    subnet_mapping: list[SubnetMappingSpec] = Field(default_factory=list)
+    #: Terraform's plain ``subnets``: node addresses AWS picks (not fixed)
+    subnets: list[str] = Field(default_factory=list)
     security_groups: list[str] | None = None
     enforce_security_group_inbound_rules_on_private_link_traffic: bool = True
     enable_cross_zone_load_balancing: bool = False

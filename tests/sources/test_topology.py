@@ -301,3 +301,21 @@ def test_a_reference_across_a_deleted_peering_is_accepted_as_stale_and_matches_n
     assert (stale.sg_ref, stale.stale_ref) == (None, client_1.id)
     same_vpc = next(r for r in group.rules if r.id == "endpoint-from-client-2")
     assert same_vpc.sg_ref is not None and same_vpc.stale_ref is None
+
+
+def test_an_nlb_on_plain_subnets_gets_an_address_it_did_not_fix() -> None:
+    t = _load_edited(
+        "subnet_mapping: [{subnet_id: vpc-3-nlb, private_ipv4_address: 10.3.0.100}]",
+        "subnets: [vpc-3-nlb]",
+    )
+    nlb = next(iter(t.nlbs.values()))
+    assert not nlb.fixed_ips
+    assert [n.ip for n in nlb.nodes] == ["10.3.0.5"]
+
+
+def test_an_nlb_needs_subnet_mapping_or_subnets_not_both() -> None:
+    with pytest.raises(TopologyError, match="exactly one of subnet_mapping, subnets"):
+        _load_edited(
+            "subnet_mapping: [{subnet_id: vpc-3-nlb, private_ipv4_address: 10.3.0.100}]",
+            "subnet_mapping: [{subnet_id: vpc-3-nlb}]\n      subnets: [vpc-3-nlb]",
+        )
