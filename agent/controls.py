@@ -99,7 +99,7 @@ CATALOGUE: tuple[Control, ...] = (
         "client's security group or private IP",
         ("ENI_SG_RULES_MISMATCH", "SG_HAS_NO_RULES"),
         stage="forward",
-        path_position=3,
+        path_position=4,
         lab_fault=LabFault(
             "the endpoint's security group lost the rule for the client's security group",
             per_client=True,
@@ -117,7 +117,7 @@ CATALOGUE: tuple[Control, ...] = (
         "endpoint service's allowed principals, then create the endpoint",
         ("BAD_STATE",),
         stage="endpoint",
-        path_position=5,
+        path_position=6,
         reset_rank=3,
         lab_fault=LabFault(
             "the consumer is not an allowed principal of the endpoint service, so its "
@@ -137,7 +137,7 @@ CATALOGUE: tuple[Control, ...] = (
         "(aws ec2 accept-vpc-endpoint-connections)",
         ("BAD_STATE",),
         stage="endpoint",
-        path_position=4,
+        path_position=5,
         reset_rank=2,
         lab_fault=LabFault(
             "the endpoint connection waits in pendingAcceptance",
@@ -156,7 +156,7 @@ CATALOGUE: tuple[Control, ...] = (
         "reference the consumer's security group across accounts)",
         ("ENI_SG_RULES_MISMATCH", "SG_REFERENCES_NOT_PRESERVED"),
         stage="forward",
-        path_position=6,
+        path_position=7,
         lab_fault=LabFault(
             "the NLB security group allows the endpoint subnet CIDR instead of the client IPs",
             per_client=True,
@@ -173,7 +173,7 @@ CATALOGUE: tuple[Control, ...] = (
         "the target port and the health-check port",
         ("ENI_SG_RULES_MISMATCH", "TARGET_PORT_RESTRICTION"),
         stage="forward",
-        path_position=8,
+        path_position=9,
         lab_fault=LabFault(
             "the NLB security group's egress lost the target port (traffic and health checks)",
             per_client=False,
@@ -190,7 +190,7 @@ CATALOGUE: tuple[Control, ...] = (
         "health-check port from the NLB's security group (traffic arrives from the NLB's IPs)",
         ("ENI_SG_RULES_MISMATCH", "SG_HAS_NO_RULES"),
         stage="forward",
-        path_position=10,
+        path_position=11,
         lab_fault=LabFault(
             "the target security group allows the client CIDRs instead of the NLB's security group",
             per_client=False,
@@ -225,12 +225,30 @@ CATALOGUE: tuple[Control, ...] = (
         "the NLB's ephemeral ports 1024-65535 (NACLs are stateless)",
         ("SUBNET_ACL_RESTRICTION", "REMAP_EPHEMERAL_PORT"),
         stage="forward",
-        path_position=9,
+        path_position=10,
         return_path=True,
         lab_fault=LabFault(
             "the target subnet's NACL has no outbound 1024-65535 (the return path to the "
             "NLB is dropped; the target sees the SYN)",
             per_client=False,
+            symptom="timeout",
+        ),
+    ),
+    Control(
+        "route",
+        "subnet route table",
+        "",
+        "consumer",
+        True,
+        "add a route to the other VPC's CIDR via the active peering connection to the route "
+        "table of the subnet (in both VPCs: the replies need the way back)",
+        ("NO_ROUTE_TO_DESTINATION", "BAD_STATE_ROUTE", "CANNOT_ROUTE"),
+        stage="forward",
+        path_position=3,
+        return_path=True,
+        lab_fault=LabFault(
+            "the client subnet's route table lost its route over the peering to the endpoint's VPC",
+            per_client=True,
             symptom="timeout",
         ),
     ),
@@ -260,7 +278,7 @@ CATALOGUE: tuple[Control, ...] = (
         "add an NLB listener for the port, forwarding to the service's target group",
         ("ELBV2_LISTENERS_MISMATCH",),
         stage="forward",
-        path_position=7,
+        path_position=8,
         reset_rank=1,
         lab_fault=LabFault(
             "the NLB listener for the service port was removed",
@@ -278,7 +296,7 @@ CATALOGUE: tuple[Control, ...] = (
         "balancing; check the health-check port in the NLB and target security groups",
         ("ELBV2_NO_TARGETS_IN_AZ", "ELB_NOT_CROSSZONE", "VPCE_SERVICE_NOT_INSTALLED_IN_AZ"),
         stage="forward",
-        path_position=12,
+        path_position=13,
         reset_rank=4,
         lab_fault=LabFault(
             "every target was deregistered: the target group is empty",
@@ -296,7 +314,7 @@ CATALOGUE: tuple[Control, ...] = (
         "open, nothing is listening)",
         (),
         stage="service",
-        path_position=11,
+        path_position=12,
         lab_fault=LabFault(
             "the service on the targets was stopped (the kernel answers with a reset)",
             per_client=False,

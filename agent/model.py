@@ -154,6 +154,10 @@ class Rule:
     sg_ref: str | None = None
     prefix_list: str | None = None
     description: str = ""
+    #: a *stale* reference: the group this rule referenced is in a VPC whose peering is gone
+    #: (describe-stale-security-groups). AWS keeps the rule; it matches nothing, so it carries
+    #: no ``sg_ref`` and no evaluator or lab ruleset can match it by mistake
+    stale_ref: str | None = None
 
     def covers_port(self, port: int) -> bool:
         if self.protocol == "-1":
@@ -256,6 +260,48 @@ class Peering:
 
 
 @dataclass
+class Route:
+    """One route of a route table, shaped like ``aws_route``.
+
+    ``target`` is ``local`` (the VPC's own CIDR, always present), a peering id (``pcx-…``) or
+    another gateway's id, which a PrivateLink path never needs and the analysis does not follow.
+    """
+
+    destination: str  # CIDR
+    target: str
+    #: "active" or "blackhole": AWS keeps a route whose target is gone (a deleted peering) in
+    #: the ``blackhole`` state, and drops what matches it
+    state: str = "active"
+
+
+@dataclass
+class RouteTable:
+    """A VPC route table; subnets without an explicit association use the VPC's main table."""
+
+    id: str
+    name: str
+    account: str
+    vpc_id: str
+    routes: list[Route] = field(default_factory=list)
+    subnet_ids: list[str] = field(default_factory=list)
+    main: bool = False
+
+    def lookup(self, ip: str) -> Route | None:
+        """The longest-prefix route for ``ip`` (AWS's route selection), or None."""
+        addr = ipaddress.ip_address(ip)
+        best: Route | None = None
+        best_len = -1
+        for route in self.routes:
+            try:
+                net = ipaddress.ip_network(route.destination, strict=False)
+            except ValueError:
+                continue  # a prefix-list destination: not followed
+            if addr.version == net.version and addr in net and net.prefixlen > best_len:
+                best, best_len = route, net.prefixlen
+        return best
+
+
+@dataclass
 class EndpointService:
     id: str  # vpce-svc-…
     name: str
@@ -324,6 +370,10 @@ class Nlb:
     sg_ids: list[str] | None = None
     enforce_sg_inbound_on_privatelink: bool = True
     cross_zone: bool = False
+    #: were the node addresses chosen at creation (``subnet_mapping`` with a private IP)? An
+    #: NLB created with plain ``subnets`` gets addresses AWS picks, and describe-load-balancers
+    #: lists none of them (``LoadBalancerAddresses: []``): only its ENIs tell
+    fixed_ips: bool = True
 
 
 @dataclass
@@ -396,6 +446,11 @@ class LabSettings:
     health_check_interval_s: float = 1.0
     #: consecutive results to flip a target's health in the lab
     health_check_threshold: int = 2
+    #: does the NLB subnet's NACL apply to PrivateLink traffic (inbound from the client's IP on
+    #: the listener port, replies to its ephemeral ports)? AWS documents the NACLs of the
+    #: client, endpoint and target subnets for PrivateLink, not this one; the NLB guide asks
+    #: for client rules in the NLB subnets' NACLs in general, hence the default
+    nlb_subnet_nacl_on_privatelink: bool = True
 
 
 @dataclass
@@ -415,6 +470,9 @@ class Topology:
     nlbs: dict[str, Nlb] = field(default_factory=dict)
     listeners: dict[str, Listener] = field(default_factory=dict)
     target_groups: dict[str, TargetGroup] = field(default_factory=dict)
+    #: route tables by id; a VPC without any (a snapshot taken without describe-route-tables)
+    #: has its routing "not read": the analysis then walks no route hop for it
+    route_tables: dict[str, RouteTable] = field(default_factory=dict)
     lab: LabSettings = field(default_factory=LabSettings)
     #: managed prefix lists by id, with their CIDRs, when read (a rule naming a list absent
     #: here cannot be evaluated: the analysis says "not visible" instead of guessing)
@@ -445,6 +503,49 @@ class Topology:
 
     def nacl_of_subnet(self, subnet_id: str) -> Nacl | None:
         return next((n for n in self.nacls.values() if subnet_id in n.subnet_ids), None)
+
+    def mark_stale_references(self) -> list[Rule]:
+        """Make every reference to a group across a peering that is not active stale (what
+        AWS does when the peering is deleted); returns the rules that became stale."""
+        out: list[Rule] = []
+        for group in self.security_groups.values():
+            for rule in group.rules:
+                ref = self.security_groups.get(rule.sg_ref or "")
+                if ref is None or self.routed(group.vpc_id, ref.vpc_id):
+                    continue
+                rule.stale_ref, rule.sg_ref = rule.sg_ref, None
+                out.append(rule)
+        return out
+
+    def peering_between(self, vpc_a: str, vpc_b: str) -> Peering | None:
+        """A peering between the two VPCs, active ones first (None: never peered)."""
+        found = [
+            p
+            for p in self.peerings.values()
+            if {p.requester_vpc_id, p.accepter_vpc_id} == {vpc_a, vpc_b}
+        ]
+        return min(found, key=lambda p: (p.status != "active", p.name), default=None)
+
+    def route_table_of_subnet(self, subnet_id: str) -> RouteTable | None:
+        """The subnet's explicitly associated route table, else its VPC's main table."""
+        explicit = next((r for r in self.route_tables.values() if subnet_id in r.subnet_ids), None)
+        if explicit is not None:
+            return explicit
+        subnet = self.subnets.get(subnet_id)
+        if subnet is None:
+            return None
+        return next(
+            (r for r in self.route_tables.values() if r.vpc_id == subnet.vpc_id and r.main), None
+        )
+
+    def route_state(self, route: Route) -> str:
+        """``active`` or ``blackhole``: a route to a peering that is not active is a blackhole."""
+        if route.state.lower() == "blackhole":
+            return "blackhole"
+        pcx = self.peerings.get(route.target)
+        if route.target.startswith("pcx-") and pcx is not None and pcx.status != "active":
+            return "blackhole"
+        return "active"
 
     def clients(self) -> list[Instance]:
         """Instances in consumer accounts, in name order."""

@@ -1,4 +1,5 @@
-"""The fault matrix (issue 4, scenarios 1-22) and diagnosis accuracy per evidence level.
+"""The fault matrix (issue 4, scenarios 1-22; issue 14, 23-37) and diagnosis accuracy per
+evidence level.
 
 Each scenario is a topology edit on a running lab (``agent.lab.faults`` where the mistake is
 there, else built here), the agents run one round per client inside the client nodes, and
@@ -40,7 +41,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agent.lab import agents, faults
 from agent.lab.agents import LEVELS
 from agent.lab.lab import Lab
-from agent.model import NaclEntry, Rule, SecurityGroup, Topology, stable_id
+from agent.model import (
+    NaclEntry,
+    Peering,
+    RouteTable,
+    Rule,
+    SecurityGroup,
+    Topology,
+    stable_id,
+)
 from agent.sources.topology import load_topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,6 +226,151 @@ def _target_nacl_no_ephemeral_out(t: Topology) -> None:
         )
 
 
+def _table(t: Topology, name: str) -> RouteTable:
+    return next(r for r in t.route_tables.values() if r.name == name)
+
+
+def _no_way_back(t: Topology) -> None:
+    """#24: the endpoint's VPC lost its route back to client-1's VPC (the replies die)."""
+    table = _table(t, "vpc-2-private")
+    table.routes = [r for r in table.routes if r.target == "local"]
+
+
+def _peering_recreated(t: Topology) -> None:
+    """#25: the peering was deleted and created again; the routes still name the deleted one,
+    which AWS shows as blackhole routes."""
+    old = next(iter(t.peerings.values()))
+    old.status = "deleted"
+    new = Peering(
+        stable_id("pcx", old.name, "again"),
+        f"{old.name}-again",
+        old.requester_vpc_id,
+        old.accepter_vpc_id,
+    )
+    t.peerings[new.id] = new
+
+
+def _peering_deleted(t: Topology) -> None:
+    """#26: the peering was deleted: its routes are blackholes and the SG rules that
+    reference the other VPC's groups are stale (they match nothing)."""
+    next(iter(t.peerings.values())).status = "deleted"
+    t.mark_stale_references()
+
+
+def _nlb_subnet(t: Topology) -> str:
+    nlb = next(iter(t.nlbs.values()))
+    return nlb.nodes[0].subnet_id
+
+
+def _nlb_nacl(t: Topology, entries: list[NaclEntry]) -> None:
+    nacl = faults._own_nacl(t, _nlb_subnet(t), "restricted")
+    nacl.entries = entries
+
+
+def _nlb_nacl_denies_clients(t: Topology) -> None:
+    """#27: the NLB subnet's NACL lets in only its own VPC: PrivateLink traffic carries the
+    clients' addresses (lab setting nlb_subnet_nacl_on_privatelink)."""
+    vpc = t.vpcs[t.subnets[_nlb_subnet(t)].vpc_id].cidr
+    _nlb_nacl(
+        t,
+        [
+            NaclEntry(100, False, "-1", "allow", vpc),
+            NaclEntry(100, True, "-1", "allow", "0.0.0.0/0"),
+        ],
+    )
+
+
+def _nlb_nacl_no_replies(t: Topology) -> None:
+    """#28: the NLB subnet's NACL lets out only its own VPC: the replies to the clients'
+    ephemeral ports die there (return stage)."""
+    vpc = t.vpcs[t.subnets[_nlb_subnet(t)].vpc_id].cidr
+    _nlb_nacl(
+        t,
+        [
+            NaclEntry(100, False, "-1", "allow", "0.0.0.0/0"),
+            NaclEntry(100, True, "-1", "allow", vpc),
+        ],
+    )
+
+
+def _endpoint_nacl_denies_vpc_1(t: Topology) -> None:
+    """#29: the endpoint subnet's NACL denies the peered VPC on the service port."""
+    ep = next(iter(t.endpoints.values()))
+    nacl = faults._own_nacl(t, ep.enis[0].subnet_id, "restricted")
+    nacl.entries.append(NaclEntry(90, False, "tcp", "deny", "10.1.0.0/16", 80, 80))
+
+
+def _target_nacl_denies_nlb(t: Topology) -> None:
+    """#30: the target subnet's NACL lets in only 443: traffic and health checks from the NLB
+    die (targets unhealthy, the NLB fails open, the path still fails)."""
+    for name in ("server-1", "server-2"):
+        _own_nacl(
+            t,
+            name,
+            [
+                NaclEntry(100, False, "tcp", "allow", "0.0.0.0/0", 443, 443),
+                NaclEntry(100, True, "-1", "allow", "0.0.0.0/0"),
+            ],
+        )
+
+
+def _endpoint_subnet_on_main_table(t: Topology) -> None:
+    """#31: the endpoint subnet's association was removed: it falls back to the VPC's main
+    table, which has the local route only (no way back to the peered VPC)."""
+    ep = next(iter(t.endpoints.values()))
+    subnet = ep.enis[0].subnet_id
+    for table in t.route_tables.values():
+        table.subnet_ids = [s for s in table.subnet_ids if s != subnet]
+
+
+def _route_to_wrong_cidr(t: Topology) -> None:
+    """#32: the peering route covers client-2's subnet only, not the endpoint's."""
+    for r in _table(t, "vpc-1-private").routes:
+        if r.target.startswith("pcx-"):
+            r.destination = "10.2.1.0/24"
+
+
+def _routes_missing_both_sides(t: Topology) -> None:
+    """#33: neither consumer VPC routes to the other (the first missing route is named)."""
+    _fault("route")(t)
+    _no_way_back(t)
+
+
+def _route_via_wrong_peering(t: Topology) -> None:
+    """#34: vpc-1 is also peered with the provider's VPC and its route to vpc-2 takes that
+    peering: the packets go to the wrong VPC (CANNOT_ROUTE)."""
+    vpc_1 = next(v for v in t.vpcs.values() if v.name == "vpc-1")
+    vpc_3 = next(v for v in t.vpcs.values() if v.name == "vpc-3")
+    other = Peering(stable_id("pcx", "vpc-1-to-vpc-3"), "vpc-1-to-vpc-3", vpc_1.id, vpc_3.id)
+    t.peerings[other.id] = other
+    for r in _table(t, "vpc-1-private").routes:
+        if r.target.startswith("pcx-"):
+            r.target = other.id
+
+
+def _blackhole_both_sides_recreated_routes_fixed_one_side(t: Topology) -> None:
+    """#35: the peering was recreated and only vpc-1's route was re-pointed: the way back
+    (vpc-2's route) is still a blackhole."""
+    _peering_recreated(t)
+    new = next(p for p in t.peerings.values() if p.status == "active")
+    for r in _table(t, "vpc-1-private").routes:
+        if r.target.startswith("pcx-"):
+            r.target = new.id
+
+
+def _nlb_without_fixed_ips(t: Topology) -> None:
+    """#36: the NLB was created on plain subnets (Terraform's default): describe-load-balancers
+    lists no node address, only its ENIs in describe-network-interfaces carry them."""
+    for nlb in t.nlbs.values():
+        nlb.fixed_ips = False
+
+
+def _nlb_without_fixed_ips_sg_broken(t: Topology) -> None:
+    """#37: #36's NLB with #8's mistake: the NLB SG must still be named, not target health."""
+    _nlb_without_fixed_ips(t)
+    _fault("nlb-sg-ingress")(t)
+
+
 # --- the matrix -------------------------------------------------------------------------------
 
 ALL_UNHEALTHY = {"*": "unhealthy"}
@@ -366,6 +520,99 @@ SCENARIOS: tuple[Scenario, ...] = (
         _fault("nlb-sg-ingress"),
         {C1: fail("nlb-sg-ingress"), C2: fail("nlb-sg-ingress")},
         agents_down=True,
+    ),
+    Scenario(
+        23,
+        "client-1's subnet lost its peering route to the endpoint's VPC (route)",
+        _fault("route", "client-1"),
+        {C1: fail("route"), C2: PASS},
+    ),
+    Scenario(
+        24,
+        "the endpoint's VPC lost its route back to client-1's VPC (route, return)",
+        _no_way_back,
+        {C1: fail("route", "return"), C2: PASS},
+    ),
+    Scenario(
+        25,
+        "peering recreated, routes still name the deleted one: blackhole routes (route)",
+        _peering_recreated,
+        {C1: fail("route"), C2: PASS},
+    ),
+    Scenario(
+        26,
+        "peering deleted: SG references across it are stale (client-sg-egress names it)",
+        _peering_deleted,
+        {C1: fail("client-sg-egress"), C2: PASS},
+    ),
+    Scenario(
+        27,
+        "NLB subnet NACL lets in only its own VPC: PrivateLink carries client IPs (provider-nacl)",
+        _nlb_nacl_denies_clients,
+        {C1: fail("provider-nacl"), C2: fail("provider-nacl")},
+    ),
+    Scenario(
+        28,
+        "NLB subnet NACL lets out only its own VPC: replies to the clients die "
+        "(provider-nacl, return)",
+        _nlb_nacl_no_replies,
+        {C1: fail("provider-nacl", "return"), C2: fail("provider-nacl", "return")},
+    ),
+    Scenario(
+        29,
+        "endpoint subnet NACL denies the peered VPC on the service port (client-nacl)",
+        _endpoint_nacl_denies_vpc_1,
+        {C1: fail("client-nacl"), C2: PASS},
+    ),
+    Scenario(
+        30,
+        "target subnet NACL lets in only 443: traffic and health checks die (provider-nacl)",
+        _target_nacl_denies_nlb,
+        {C1: fail("provider-nacl"), C2: fail("provider-nacl")},
+        health=ALL_UNHEALTHY,
+    ),
+    Scenario(
+        31,
+        "endpoint subnet lost its route table association: main table, no way back (route)",
+        _endpoint_subnet_on_main_table,
+        {C1: fail("route", "return"), C2: PASS},
+    ),
+    Scenario(
+        32,
+        "the peering route covers client-2's subnet, not the endpoint's (route)",
+        _route_to_wrong_cidr,
+        {C1: fail("route"), C2: PASS},
+    ),
+    Scenario(
+        33,
+        "both consumer VPCs lost their peering routes (route, each side)",
+        _routes_missing_both_sides,
+        {C1: fail("route"), C2: PASS},
+    ),
+    Scenario(
+        34,
+        "the route to vpc-2 takes a peering to another VPC (route, CANNOT_ROUTE)",
+        _route_via_wrong_peering,
+        {C1: fail("route"), C2: PASS},
+    ),
+    Scenario(
+        35,
+        "peering recreated, only vpc-1's route re-pointed: the way back is a blackhole "
+        "(route, return)",
+        _blackhole_both_sides_recreated_routes_fixed_one_side,
+        {C1: fail("route", "return"), C2: PASS},
+    ),
+    Scenario(
+        36,
+        "NLB created without fixed private IPs (LoadBalancerAddresses: []): healthy, pass",
+        _nlb_without_fixed_ips,
+        {C1: PASS, C2: PASS},
+    ),
+    Scenario(
+        37,
+        "NLB without fixed private IPs and its SG allows the endpoint subnet (④ ingress)",
+        _nlb_without_fixed_ips_sg_broken,
+        {C1: fail("nlb-sg-ingress"), C2: fail("nlb-sg-ingress")},
     ),
 )
 

@@ -16,7 +16,8 @@ from functools import cache
 from pathlib import Path
 
 from agent.analyze.path import analyze_flow
-from agent.model import Nacl, NaclEntry, Rule, SecurityGroup, Topology
+from agent.lab import faults
+from agent.model import Nacl, NaclEntry, Peering, Rule, SecurityGroup, Topology
 from agent.results import HopFinding
 from agent.sources.topology import load_topology
 
@@ -207,6 +208,27 @@ def s19(t: Topology) -> None:
         inst.services = []
 
 
+def s23(t: Topology) -> None:
+    """client-1's subnet lost its route over the peering to the endpoint's VPC."""
+    faults.get("route").edit(t, faults.affected_clients(t, "route", "client-1"))
+
+
+def s24(t: Topology) -> None:
+    """The endpoint's VPC lost its route back to client-1's VPC: the replies die."""
+    table = next(r for r in t.route_tables.values() if r.name == "vpc-2-private")
+    table.routes = [r for r in table.routes if r.target == "local"]
+
+
+def s25(t: Topology) -> None:
+    """The peering was deleted and recreated; the routes still name the deleted one."""
+    old = next(iter(t.peerings.values()))
+    old.status = "deleted"
+    new = Peering(
+        "pcx-0recreated", "vpc-1-to-vpc-2-again", old.requester_vpc_id, old.accepter_vpc_id
+    )
+    t.peerings[new.id] = new
+
+
 def noop(t: Topology) -> None:
     return None
 
@@ -267,6 +289,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(19, s19, "client-2", "target-service", "fail", "service", ("refused", "yes"),
              "provider", None, ("server-1",)),
     Scenario(21, noop, "client-2", None, "pass", "pass", ("ok", "yes")),
+    Scenario(23, s23, "client-1", "route", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-2", ("no route to 10.2.0.20", "10.2.0.0/16", "vpc-1-private")),
+    Scenario(24, s24, "client-1", "route", "fail", "return", ("timeout", "yes"),
+             "consumer", "client-2", ("10.1.0.0/16", "vpc-2-private")),
+    Scenario(25, s25, "client-1", "route", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-2", ("blackhole", "pcx-0recreated")),
 )  # fmt: skip
 
 BY_N = {s.n: s for s in SCENARIOS}
@@ -283,7 +311,7 @@ def consumer_only(t: Topology) -> Topology:
     t = copy.deepcopy(t)
     provider = {a.name for a in t.accounts.values() if a.role == "provider"}
     t.visible_accounts = set(t.accounts) - provider
-    for table in (t.vpcs, t.subnets, t.security_groups, t.nacls, t.instances):
+    for table in (t.vpcs, t.subnets, t.security_groups, t.nacls, t.instances, t.route_tables):
         for key in [k for k, v in table.items() if v.account in provider]:
             del table[key]
     t.endpoint_services.clear()

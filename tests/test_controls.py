@@ -18,6 +18,7 @@ DESIGN_IDS = {
     "target-sg-ingress",
     "client-nacl",
     "provider-nacl",
+    "route",
     "dns",
     "nlb-listener",
     "target-health",
@@ -62,6 +63,7 @@ def test_forward_candidates_are_the_endpoint_and_forward_controls_in_path_order(
     assert controls.FORWARD_PATH == (
         "client-sg-egress",
         "client-nacl",
+        "route",
         "endpoint-sg-ingress",
         "endpoint-acceptance",
         "service-principal",
@@ -83,8 +85,14 @@ def test_the_service_stage_is_only_the_service_on_the_target() -> None:
     assert not controls.get("target-service").access
 
 
-def test_only_the_stateless_nacls_are_return_path_candidates() -> None:
-    assert controls.RETURN_PATH == ("client-nacl", "provider-nacl")
+def test_only_the_stateless_nacls_and_the_routes_are_return_path_candidates() -> None:
+    assert controls.RETURN_PATH == ("client-nacl", "route", "provider-nacl")
+
+
+def test_a_route_is_diagnosed_with_reachability_analyzer_route_codes() -> None:
+    route = controls.get("route")
+    assert route.stage == "forward" and route.return_path and not route.resets
+    assert {"NO_ROUTE_TO_DESTINATION", "BAD_STATE_ROUTE"} <= set(route.ra_codes)
 
 
 def test_resets_come_from_listener_endpoint_and_target_health_most_common_first() -> None:

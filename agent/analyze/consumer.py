@@ -11,7 +11,7 @@ from __future__ import annotations
 from agent.analyze.fixes import sg_fix, sg_label
 from agent.analyze.hops import PROTO, HopWalk, host_cidr
 from agent.analyze.sg import evaluate_sg
-from agent.model import LINUX_EPHEMERAL, EndpointService, arn_account, partition_of
+from agent.model import EndpointService, arn_account, partition_of
 from agent.results import HopFinding
 
 #: endpoint states (DescribeVpcEndpoints State, lower-cased) and the fix for each
@@ -55,28 +55,9 @@ class ConsumerHops(HopWalk):
                 )
             )
         # client subnet NACL out, endpoint subnet NACL in (same subnet: no boundary crossed)
-        cs, es = self.client_subnet(), self.eni_subnet()
-        if cs is not None and es is not None and cs.id == es.id:
-            return
         if eni_ip is not None:
-            self.nacl_hop(
-                "client-nacl-out",
-                "client-nacl",
-                cs,
-                egress=True,
-                peer_ip=eni_ip,
-                peer_name=f"endpoint ENI {eni_ip}",
-                ports=(f.port, f.port),
-            )
-            self.nacl_hop(
-                "endpoint-nacl-in",
-                "client-nacl",
-                es,
-                egress=False,
-                peer_ip=f.client_ip,
-                peer_name=f.client_name,
-                ports=(f.port, f.port),
-            )
+            for finding in self.leg_hops("client-eni", "forward"):
+                self.add(finding)
         else:
             self.hidden("client-nacl-out", "client-nacl", "no endpoint ENI to evaluate")
 
@@ -348,32 +329,8 @@ class ConsumerHops(HopWalk):
 
     # -- consumer return -------------------------------------------------------------------
     def consumer_return_hops(self) -> None:
-        f = self.f
-        if f.eni is None:
+        """The replies' NACLs between the endpoint ENI and the client (declared hops)."""
+        if self.f.eni is None:
             return
-        cs, es = self.client_subnet(), self.eni_subnet()
-        if cs is not None and es is not None and cs.id == es.id:
-            return
-        why = "replies go to the client's ephemeral ports 32768-60999; NACLs are stateless"
-        self.nacl_hop(
-            "return:endpoint-nacl-out",
-            "client-nacl",
-            es,
-            egress=True,
-            peer_ip=f.client_ip,
-            peer_name=f.client_name,
-            ports=LINUX_EPHEMERAL,
-            direction="return",
-            why=why,
-        )
-        self.nacl_hop(
-            "return:client-nacl-in",
-            "client-nacl",
-            cs,
-            egress=False,
-            peer_ip=f.eni.ip,
-            peer_name=f"endpoint ENI {f.eni.ip}",
-            ports=LINUX_EPHEMERAL,
-            direction="return",
-            why=why,
-        )
+        for finding in self.leg_hops("client-eni", "return"):
+            self.add(finding)

@@ -6,21 +6,25 @@ Every hop of the PrivateLink path becomes a ``HopFinding``: *allowed* (by which 
 view). Findings come in path order:
 
     forward  client SG egress, client subnet NACL out, endpoint subnet NACL in, endpoint SG
-             ingress, endpoint state, allowed principals, NLB SG ingress (client IP; only when
+             ingress, endpoint state, allowed principals, NLB subnet NACL in (client IP; lab
+             setting ``nlb_subnet_nacl_on_privatelink``), NLB SG ingress (client IP; only when
              enforced), listener, then per target: NLB SG egress, provider NACLs (NLB subnet
              out, target subnet in), target SG ingress from the NLB's IP, the service listening
     health   per target, when the health-check port differs from the traffic port: the same
              hops for the health-check port (health checks obey NLB SG *egress*)
     return   per target: target subnet NACL out / NLB subnet NACL in on the NLB's 1024-65535;
-             then endpoint subnet NACL out / client subnet NACL in on Linux's 32768-60999
+             the NLB subnet NACL out to the client (same setting), then endpoint subnet NACL
+             out / client subnet NACL in on Linux's 32768-60999
     target-health per target (observed ``Target.health`` or predicted from the health hops),
              then the AZ's verdict: no target in the AZ (cross-zone off), or fail-open when no
              target is healthy (traffic still goes to all of them: ``degraded`` is set)
 
 Per-target hops carry ``target`` so diagnosis can tell "one of two targets" (degraded) from
 "every target" (fail). SGs are evaluated only in the opening direction (stateful); NACLs in
-both (stateless). The NLB subnet's NACL towards the *client* side is not evaluated: AWS does
-not document whether PrivateLink traffic crosses it.
+both (stateless). The SG and NACL hops, their direction and the address each one sees are
+declared once in ``agent.pathhops``; the lab enforces the same declaration. Whether the NLB
+subnet's NACL sees PrivateLink traffic is not documented by AWS: a lab setting decides, and
+the walk follows it.
 
 The walk is split by side: ``agent.analyze.consumer`` (client, endpoint), ``agent.analyze.provider``
 (NLB, targets), over ``agent.analyze.hops`` (visibility and the SG/NACL finding builders); the
@@ -85,5 +89,6 @@ class _Walker(ConsumerHops, ProviderHops):
         self.consumer_hops()
         self.endpoint_hops()
         self.provider_hops()
+        self.privatelink_return_hops()
         self.consumer_return_hops()
         return self.out

@@ -17,7 +17,7 @@ from agent.analyze.fixes import sg_fix, sg_label, sgs_label
 from agent.analyze.flows import az_of_subnet
 from agent.analyze.hops import PROTO, HopWalk, host_cidr
 from agent.analyze.sg import SgDecision, evaluate_sg
-from agent.model import NLB_EPHEMERAL, Instance, Nlb, NlbNode, Target, TargetGroup
+from agent.model import Instance, Nlb, NlbNode, Target, TargetGroup
 from agent.results import HopFinding
 
 #: a finding of the target-health hop, whose control has the same id (the walk adds nine)
@@ -80,6 +80,11 @@ class ProviderHops(HopWalk):
             self.provider_hidden("the provider's load balancer and targets are not visible")
             return
         nlb_label = f"{nlb.name}"
+        # the NLB subnet's NACL on PrivateLink traffic (declared hop; a lab setting)
+        node = self.node_for_path(nlb)
+        if node is not None and f.endpoint is not None:
+            for finding in self.leg_hops("privatelink", "forward", node=node):
+                self.add(finding)
         # ④ NLB SG ingress: the source is the client's private IP
         if nlb.sg_ids is None:
             self.add(
@@ -451,32 +456,10 @@ class ProviderHops(HopWalk):
                     ),
                 )
             )
-        # provider NACLs: NLB subnet out, target subnet in
-        ns = self.t.subnets.get(node.subnet_id)
-        ts = self.t.subnets.get(inst.subnet_id)
-        if not (ns and ts and ns.id == ts.id):
-            hops.append(
-                self.nacl_finding(
-                    f"nlb-nacl-out{suffix}",
-                    "provider-nacl",
-                    ns,
-                    egress=True,
-                    peer_ip=inst.ip,
-                    peer_name=inst.name,
-                    ports=(port, port),
-                )
-            )
-            hops.append(
-                self.nacl_finding(
-                    f"target-nacl-in{suffix}",
-                    "provider-nacl",
-                    ts,
-                    egress=False,
-                    peer_ip=node.ip,
-                    peer_name=f"{nlb.name} node",
-                    ports=(port, port),
-                )
-            )
+        # provider NACLs: NLB subnet out, target subnet in (declared hops)
+        hops += self.leg_hops(
+            "nlb-target", "forward", node=node, inst=inst, port=port, suffix=suffix
+        )
         # ⑤ target SG ingress from the NLB's private IP
         if not inst.sg_ids:
             hops.append(
@@ -570,37 +553,19 @@ class ProviderHops(HopWalk):
 
     def target_return(self, node: NlbNode, inst: Instance) -> list[HopFinding]:
         """Replies from the target to the NLB node on its remapped 1024-65535 ports."""
-        ns = self.t.subnets.get(node.subnet_id)
-        ts = self.t.subnets.get(inst.subnet_id)
-        if ns and ts and ns.id == ts.id:
-            return []
-        why = "the NLB remaps source ports to 1024-65535; NACLs are stateless"
-        hops = [
-            self.nacl_finding(
-                "return:target-nacl-out",
-                "provider-nacl",
-                ts,
-                egress=True,
-                peer_ip=node.ip,
-                peer_name="the NLB node",
-                ports=NLB_EPHEMERAL,
-                why=why,
-            ),
-            self.nacl_finding(
-                "return:nlb-nacl-in",
-                "provider-nacl",
-                ns,
-                egress=False,
-                peer_ip=inst.ip,
-                peer_name=inst.name,
-                ports=NLB_EPHEMERAL,
-                why=why,
-            ),
-        ]
+        hops = self.leg_hops("nlb-target", "return", node=node, inst=inst)
         for h in hops:
             h.target = inst.name
-            h.direction = "return"
-            if h.status == "denied":
-                h.ra_code = "REMAP_EPHEMERAL_PORT"
             self.add(h)
         return hops
+
+    def privatelink_return_hops(self) -> None:
+        """Replies leaving the NLB node towards the client over PrivateLink (declared hops)."""
+        nlb = self.nlb
+        if self.f.endpoint is None or nlb is None or not self.visible(nlb.account):
+            return
+        node = self.node_for_path(nlb)
+        if node is None:
+            return
+        for finding in self.leg_hops("privatelink", "return", node=node):
+            self.add(finding)

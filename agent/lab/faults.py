@@ -244,6 +244,21 @@ def _provider_nacl(t: Topology, clients: list[Instance]) -> None:
         ]
 
 
+def _route(t: Topology, clients: list[Instance]) -> None:
+    """The client subnet's route table loses its route to the endpoint's VPC (a client in
+    the endpoint's own VPC is routed by the local route, which cannot be removed)."""
+    ep_ips = _endpoint_ips(t)
+    for c in clients:
+        table = t.route_table_of_subnet(c.subnet_id)
+        if table is None:
+            continue
+        table.routes = [
+            r
+            for r in table.routes
+            if r.target == "local" or not any(_in(ip, r.destination) for ip in ep_ips)
+        ]
+
+
 def _dns(t: Topology, clients: list[Instance]) -> None:
     for c in clients:
         t.vpcs[t.subnets[c.subnet_id].vpc_id].enable_dns_support = False
@@ -277,6 +292,7 @@ EDITS: dict[str, Callable[[Topology, list[Instance]], None]] = {
     "target-sg-ingress": _target_sg_ingress,
     "client-nacl": _client_nacl,
     "provider-nacl": _provider_nacl,
+    "route": _route,
     "dns": _dns,
     "nlb-listener": _nlb_listener,
     "target-health": _target_health,

@@ -19,7 +19,9 @@ that replaces the previous one atomically (``nft -f``), so a re-render swaps it 
 
 NACLs apply to traffic crossing the subnet boundary: ``nacl_<subnet>_in`` on the way into one
 of the subnet's veths from anywhere outside the subnet (including a PrivateLink link on the
-provider side), ``nacl_<subnet>_out`` on the way out of them; intra-subnet traffic is exempt.
+provider side, unless ``LabSettings.nlb_subnet_nacl_on_privatelink`` is off),
+``nacl_<subnet>_out`` on the way out of them; intra-subnet traffic is exempt. Which PrivateLink
+legs are checked comes from ``agent.pathhops``, the declaration the analysis walks too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from agent import pathhops
 from agent.lab import nlbnat
 from agent.model import Nacl, Rule, Topology
 
@@ -151,10 +154,18 @@ def _sg_rule(sets: _Sets, sg_name: str, rule: Rule, field_: str, warnings: list[
     return [" ".join(x for x in (m, pp, "return", com) if x) for m in matches]
 
 
-def _nacl_chain(nacl: Nacl, chain: str, subnet_ifs: list[str], egress: bool) -> list[str]:
+def _nacl_chain(
+    nacl: Nacl, chain: str, subnet_ifs: list[str], egress: bool, exempt_ifs: list[str]
+) -> list[str]:
+    """``exempt_ifs``: links whose traffic the NACL does not see (``agent.pathhops``)."""
     field_ = "daddr" if egress else "saddr"
     other = "oifname" if egress else "iifname"
     lines = [f"  chain {chain} {{", f"    {other} {_q(subnet_ifs)} return"]
+    if exempt_ifs:
+        lines.append(
+            f"    {other} {_q(exempt_ifs)} return "
+            + _comment("PrivateLink traffic: not this subnet's NACL (lab setting)")
+        )
     for e in nacl.ordered(egress):
         match = "" if e.cidr in ("0.0.0.0/0",) else f"ip {field_} {e.cidr}"
         pp = _proto_ports(e.protocol, e.from_port, e.to_port)
@@ -163,6 +174,14 @@ def _nacl_chain(nacl: Nacl, chain: str, subnet_ifs: list[str], egress: bool) -> 
         lines.append("    " + " ".join(x for x in (match, pp, verdict, com) if x))
     lines += ['    drop comment "NACL final deny"', "  }"]
     return lines
+
+
+def _pl_nlb(topo: Topology, pl: PlLink) -> str | None:
+    """The NLB id behind a PrivateLink link."""
+    ep = topo.endpoints.get(pl.endpoint_id)
+    svc = topo.endpoint_services.get(ep.service_id) if ep else None
+    nlb = topo.nlb_of_service(svc) if svc else None
+    return nlb.id if nlb else None
 
 
 def router_ruleset(
@@ -178,11 +197,13 @@ def router_ruleset(
     local = [n for n in enis if n.vpc_id == vpc_id]
     chains: list[str] = []
     fwd: list[str] = []
-    # PrivateLink legs
+    # PrivateLink legs: the endpoint ENI <-> link legs are AWS's backbone unless a hop at the
+    # endpoint is declared on the privatelink leg (agent.pathhops)
+    backbone = not pathhops.hops(leg="privatelink", at="endpoint", settings=topo.lab)
     for pl in pls:
         if pl.consumer_router == router.ns:
             ep_ifs = [n.veth for n in local if n.owner == pl.endpoint_id]
-            if ep_ifs:
+            if ep_ifs and backbone:
                 fwd.append(
                     f"iifname {_q(ep_ifs)} oifname {_q([pl.consumer_if])} accept "
                     + _comment("PrivateLink: endpoint ENI to provider")
@@ -201,16 +222,27 @@ def router_ruleset(
     by_subnet: dict[str, list[Node]] = {}
     for n in local:
         by_subnet.setdefault(n.subnet_id, []).append(n)
+    nlb_nacl = pathhops.enforced("privatelink", "nlb", "nacl", topo.lab)
     for subnet_id, members in sorted(by_subnet.items(), key=lambda kv: topo.subnets[kv[0]].name):
         nacl = topo.nacl_of_subnet(subnet_id)
         if nacl is None:
             continue
         ifs = sorted(n.veth for n in members)
+        owners = {n.owner for n in members if n.kind == "nlb-node"}
+        exempt = (
+            []
+            if nlb_nacl
+            else sorted(
+                pl.provider_if
+                for pl in pls
+                if pl.provider_router == router.ns and _pl_nlb(topo, pl) in owners
+            )
+        )
         base = _ident(f"nacl_{topo.subnets[subnet_id].name}")
         fwd.append(f"iifname {_q(ifs)} jump {base}_out")
         fwd.append(f"oifname {_q(ifs)} jump {base}_in")
-        chains += _nacl_chain(nacl, f"{base}_out", ifs, egress=True)
-        chains += _nacl_chain(nacl, f"{base}_in", ifs, egress=False)
+        chains += _nacl_chain(nacl, f"{base}_out", ifs, True, exempt)
+        chains += _nacl_chain(nacl, f"{base}_in", ifs, False, exempt)
     fwd.append("ct state established,related accept")
     # SGs (stateful): egress of the source ENI, then ingress of the destination ENI
     for n in local:

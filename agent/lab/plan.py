@@ -14,8 +14,11 @@ Layout (docs/ARCHITECTURE.md "The lab and AWS"):
   the subnet's ``.1`` as gateway; the router has a /32 route per ENI. There is no shared
   bridge, so even same-subnet traffic crosses the router, where the controls are (the
   router's ``forward`` hook, see ``agent.lab.nft``);
-* peered VPCs (active peering only) get a router-to-router veth with routes for each other's
-  CIDR; every router has ``blackhole default``, so unrouted traffic disappears silently;
+* peered VPCs (active peering only) get a router-to-router veth; which traffic takes it is the
+  route tables' decision: each VPC route table is a Linux routing table that the router
+  consults for packets leaving an ENI of a subnet associated with it (a route to an inactive
+  peering is a blackhole, as on AWS); every router has ``blackhole default``, so unrouted
+  traffic disappears silently;
 * the endpoint ENI namespace DNATs ``eni_ip:*`` (TCP) to the NLB node in the same AZ id,
   keeping the client source, and sends it back to its router, which policy-routes packets
   arriving from an ENI veth over the endpoint's "PrivateLink link" to the provider router.
@@ -273,6 +276,8 @@ class _Ctx:
     routers: dict[str, Node] = field(default_factory=dict)
     #: router ns -> ip commands
     router_ip: dict[str, list[list[str]]] = field(default_factory=dict)
+    #: (router ns, peering id) -> (the router's interface on the peering, the peer's address)
+    peer_links: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     link_net: int = 0
 
     def next_link_net(self) -> tuple[str, str]:
@@ -309,6 +314,7 @@ def render(
     _routers(ctx)
     eni_nodes = _enis(ctx)
     _peerings(ctx)
+    _route_tables(ctx, eni_nodes)
     pl_links = _privatelink(ctx)
     plan = LabPlan(name=lab, warnings=ctx.warnings, endpoints=sorted(ctx.endpoints))
     plan.nodes = ctx.nodes
@@ -524,11 +530,70 @@ def _peerings(ctx: _Ctx) -> None:
             (ra, ia, a_ip, b_ip, rb),
             (rb, ib, b_ip, a_ip, ra),
         ):
+            ctx.peer_links[(router.ns, pcx.id)] = (ifn, peer)
             ctx.router_ip[router.ns] += [
                 ["link", "set", ifn, "up"],
                 ["addr", "add", f"{mine}/30", "dev", ifn],
-                ["route", "add", topo.vpcs[other.vpc_id].cidr, "via", peer, "dev", ifn],
             ]
+            if not any(rt.vpc_id == router.vpc_id for rt in topo.route_tables.values()):
+                # a topology without route tables: the peering routes itself (older callers)
+                ctx.router_ip[router.ns].append(
+                    ["route", "add", topo.vpcs[other.vpc_id].cidr, "via", peer, "dev", ifn]
+                )
+
+
+#: Linux routing-table numbers of the VPC route tables (PrivateLink tables use 101-199)
+ROUTE_TABLE_BASE = 200
+#: rule priorities: PrivateLink legs (1000/1001), then the VPC's local route, then the subnet's
+#: route table
+LOCAL_PRIORITY, ROUTE_TABLE_PRIORITY = "1500", "2000"
+
+
+def _route_tables(ctx: _Ctx, enis: list[Node]) -> None:
+    """Each VPC route table as a Linux routing table, chosen by the ENI's subnet.
+
+    AWS routes a packet by the route table of the subnet it leaves: the router looks the
+    destination up in the main table (its ENIs' /32s) when it is in the VPC (the local route),
+    else in the subnet's table. A route to a peering that is not active, or to a gateway the
+    lab does not emulate, is a blackhole; so is everything no route covers.
+    """
+    topo = ctx.topo
+    number = ROUTE_TABLE_BASE
+    for rt in sorted(topo.route_tables.values(), key=lambda r: r.name):
+        router = ctx.routers.get(rt.vpc_id)
+        if router is None:
+            continue
+        number += 1
+        table = str(number)
+        cmds = ctx.router_ip[router.ns]
+        has_default = False
+        for route in rt.routes:
+            if route.target == "local":
+                continue
+            has_default |= route.destination in ("0.0.0.0/0", "::/0")
+            link = ctx.peer_links.get((router.ns, route.target))
+            if topo.route_state(route) == "active" and link is not None:
+                ifn, peer = link
+                cmds.append(["route", "add", route.destination, "via", peer, "dev", ifn])
+                cmds[-1] += ["onlink", "table", table]
+                continue
+            if link is None and not route.target.startswith("pcx-"):
+                ctx.warnings.append(
+                    f"route table {rt.name}: the route to {route.destination} via "
+                    f"{route.target} is not emulated (a blackhole in the lab)"
+                )
+            cmds.append(["route", "add", "blackhole", route.destination, "table", table])
+        if not has_default:
+            cmds.append(["route", "add", "blackhole", "default", "table", table])
+        cidr = topo.vpcs[rt.vpc_id].cidr
+        for node in enis:
+            chosen = topo.route_table_of_subnet(node.subnet_id)
+            if node.vpc_id != rt.vpc_id or chosen is None or chosen.id != rt.id:
+                continue
+            cmds.append(["rule", "add", "iif", node.veth, "to", cidr, "lookup", "main"])
+            cmds[-1] += ["priority", LOCAL_PRIORITY]
+            cmds.append(["rule", "add", "iif", node.veth, "lookup", table])
+            cmds[-1] += ["priority", ROUTE_TABLE_PRIORITY]
 
 
 @dataclass(frozen=True)

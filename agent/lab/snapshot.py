@@ -94,6 +94,7 @@ class _Renderer:
             ("ec2-describe-security-groups", self.security_groups),
             ("ec2-describe-managed-prefix-lists", self.prefix_lists),
             ("ec2-describe-network-acls", self.nacls),
+            ("ec2-describe-route-tables", self.route_tables),
             ("ec2-describe-instances", self.instances),
             ("ec2-describe-network-interfaces", self.interfaces),
             ("ec2-describe-vpc-endpoints", self.endpoints),
@@ -200,25 +201,18 @@ class _Renderer:
                     perm["IpRanges"].append({"CidrIp": cidr, **desc})
             if r.prefix_list:
                 perm["PrefixListIds"].append({"PrefixListId": r.prefix_list, **desc})
-            if r.sg_ref:
-                ref = self.t.security_groups.get(r.sg_ref)
-                pair: dict[str, Any] = {"GroupId": r.sg_ref, **desc}
+            ref_id = r.sg_ref or r.stale_ref
+            if ref_id:
+                ref = self.t.security_groups.get(ref_id)
+                pair: dict[str, Any] = {"GroupId": ref_id, **desc}
                 if ref is not None:
                     pair["UserId"] = self.owner_id(ref.account)
                     if ref.vpc_id != sg.vpc_id:
                         pair["VpcId"] = ref.vpc_id
-                        peering = next(
-                            (
-                                p.id
-                                for p in self.t.peerings.values()
-                                if {p.requester_vpc_id, p.accepter_vpc_id}
-                                == {ref.vpc_id, sg.vpc_id}
-                            ),
-                            None,
-                        )
+                        peering = self.t.peering_between(ref.vpc_id, sg.vpc_id)
                         if peering:
-                            pair["VpcPeeringConnectionId"] = peering
-                            pair["PeeringStatus"] = "active"
+                            pair["VpcPeeringConnectionId"] = peering.id
+                            pair["PeeringStatus"] = peering.status
                 perm["UserIdGroupPairs"].append(pair)
         return list(groups.values())
 
@@ -269,6 +263,49 @@ class _Renderer:
             if self.mine(g.account)
         ]
         self.put("ec2-describe-security-groups", {"SecurityGroups": out})
+        self.stale_groups()
+
+    def stale_groups(self) -> None:
+        """describe-stale-security-groups, one file per VPC: the rules whose referenced group
+        sits across a peering that is no longer active."""
+        for vpc in self.t.vpcs.values():
+            if not self.mine(vpc.account):
+                continue
+            out = []
+            for g in self.t.security_groups.values():
+                if g.vpc_id != vpc.id:
+                    continue
+                perms: dict[str, list[dict[str, Any]]] = {"ingress": [], "egress": []}
+                for r in g.rules:
+                    ref = self.t.security_groups.get(r.stale_ref or "")
+                    if ref is None:
+                        continue
+                    pair: dict[str, Any] = {
+                        "GroupId": ref.id,
+                        "UserId": self.owner_id(ref.account),
+                        "VpcId": ref.vpc_id,
+                    }
+                    peering = self.t.peering_between(ref.vpc_id, g.vpc_id)
+                    if peering is not None:
+                        pair["VpcPeeringConnectionId"] = peering.id
+                        pair["PeeringStatus"] = peering.status
+                    perm: dict[str, Any] = {"IpProtocol": r.protocol}
+                    if r.protocol != "-1":
+                        perm.update({"FromPort": r.from_port, "ToPort": r.to_port})
+                    perm.update({"IpRanges": [], "PrefixListIds": [], "UserIdGroupPairs": [pair]})
+                    perms[r.direction].append(perm)
+                if perms["ingress"] or perms["egress"]:
+                    out.append(
+                        {
+                            "Description": g.description,
+                            "GroupId": g.id,
+                            "GroupName": g.name,
+                            "StaleIpPermissions": perms["ingress"],
+                            "StaleIpPermissionsEgress": perms["egress"],
+                            "VpcId": vpc.id,
+                        }
+                    )
+            self.put("ec2-describe-stale-security-groups", {"StaleSecurityGroupSet": out}, vpc.id)
 
     def nacl(self, n: Nacl) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []
@@ -314,6 +351,54 @@ class _Renderer:
     def nacls(self) -> None:
         out = [self.nacl(n) for n in self.t.nacls.values() if self.mine(n.account)]
         self.put("ec2-describe-network-acls", {"NetworkAcls": out})
+
+    def route_tables(self) -> None:
+        """As DescribeRouteTables prints them: the local route first, a route to a peering
+        that is not active in the ``blackhole`` state, the main table's association."""
+        out = []
+        for rt in self.t.route_tables.values():
+            if not self.mine(rt.account):
+                continue
+            routes = []
+            for r in rt.routes:
+                route: dict[str, Any] = {"DestinationCidrBlock": r.destination}
+                key = "VpcPeeringConnectionId" if r.target.startswith("pcx-") else "GatewayId"
+                route[key] = r.target
+                route["Origin"] = "CreateRouteTable" if r.target == "local" else "CreateRoute"
+                route["State"] = self.t.route_state(r)
+                routes.append(route)
+            assocs: list[dict[str, Any]] = [
+                {
+                    "Main": False,
+                    "RouteTableAssociationId": stable_id("rtbassoc", rt.id, s),
+                    "RouteTableId": rt.id,
+                    "SubnetId": s,
+                    "AssociationState": {"State": "associated"},
+                }
+                for s in rt.subnet_ids
+            ]
+            if rt.main:
+                assocs.insert(
+                    0,
+                    {
+                        "Main": True,
+                        "RouteTableAssociationId": stable_id("rtbassoc", rt.id, "main"),
+                        "RouteTableId": rt.id,
+                        "AssociationState": {"State": "associated"},
+                    },
+                )
+            out.append(
+                {
+                    "Associations": assocs,
+                    "PropagatingVgws": [],
+                    "RouteTableId": rt.id,
+                    "Routes": routes,
+                    "Tags": _tags(rt.name),
+                    "VpcId": rt.vpc_id,
+                    "OwnerId": self.a.id,
+                }
+            )
+        self.put("ec2-describe-route-tables", {"RouteTables": out})
 
     def instance(self, i: Instance) -> dict[str, Any]:
         groups = [self.sg_ref(g) for g in i.sg_ids]
@@ -579,7 +664,9 @@ class _Renderer:
                 {
                     "ZoneName": self.az(n.subnet_id),
                     "SubnetId": n.subnet_id,
-                    "LoadBalancerAddresses": [{"PrivateIPv4Address": n.ip}],
+                    "LoadBalancerAddresses": (
+                        [{"PrivateIPv4Address": n.ip}] if nlb.fixed_ips else []
+                    ),
                 }
                 for n in nlb.nodes
             ],

@@ -97,6 +97,7 @@ BOTH: tuple[Side, ...] = ("consumer", "provider")
 CONSUMER: tuple[Side, ...] = ("consumer",)
 PROVIDER: tuple[Side, ...] = ("provider",)
 
+_VPCS = PerResource("ec2-describe-vpcs", "Vpcs", "VpcId", "VpcId")
 _SERVICES = PerResource(
     "ec2-describe-vpc-endpoint-service-configurations",
     "ServiceConfigurations",
@@ -119,7 +120,9 @@ CALLS: tuple[ApiCall, ...] = (
     ApiCall("ec2", "DescribeSubnets", BOTH),
     ApiCall("ec2", "DescribeVpcPeeringConnections", BOTH),
     ApiCall("ec2", "DescribeSecurityGroups", BOTH),
+    ApiCall("ec2", "DescribeStaleSecurityGroups", BOTH, _VPCS),
     ApiCall("ec2", "DescribeNetworkAcls", BOTH),
+    ApiCall("ec2", "DescribeRouteTables", BOTH),
     ApiCall("ec2", "DescribeInstances", BOTH),
     ApiCall("ec2", "DescribeNetworkInterfaces", BOTH),
     # SG rules of either account may name a customer-managed prefix list: its CIDRs

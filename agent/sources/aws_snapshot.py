@@ -52,6 +52,8 @@ from agent.model import (
     NlbNode,
     Peering,
     PrefixList,
+    Route,
+    RouteTable,
     Rule,
     SecurityGroup,
     Subnet,
@@ -307,6 +309,29 @@ def _is_timestamp(value: Any) -> bool:
 # --- parsing ---------------------------------------------------------------------------------
 
 
+#: where DescribeStaleSecurityGroups lists the stale rules of each direction
+_STALE_PERMISSIONS: tuple[tuple[Direction, str], ...] = (
+    ("ingress", "StaleIpPermissions"),
+    ("egress", "StaleIpPermissionsEgress"),
+)
+
+#: the members of a DescribeRouteTables route that name its target, the ones a PrivateLink
+#: path can take first
+_ROUTE_TARGETS = (
+    "VpcPeeringConnectionId",
+    "GatewayId",
+    "TransitGatewayId",
+    "NatGatewayId",
+    "NetworkInterfaceId",
+    "InstanceId",
+    "VpcEndpointId",
+    "LocalGatewayId",
+    "CarrierGatewayId",
+    "EgressOnlyInternetGatewayId",
+    "CoreNetworkArn",
+)
+
+
 def _name(item: Node, default: str) -> str:
     for tag in item.items("Tags"):
         if tag.text("Key") == "Name" and tag.text("Value", ""):
@@ -398,7 +423,9 @@ class _Parser:
             ("ec2-describe-vpc-peering-connections", self.peerings),
             ("ec2-describe-security-groups", self.security_groups),
             ("ec2-describe-managed-prefix-lists", self.prefix_lists),
+            ("ec2-describe-vpcs", self.stale_groups),
             ("ec2-describe-network-acls", self.nacls),
+            ("ec2-describe-route-tables", self.route_tables),
             ("ec2-describe-instances", self.instances),
             ("ec2-describe-vpc-endpoints", self.endpoints),
             ("ec2-describe-vpc-endpoint-service-configurations", self.services),
@@ -617,6 +644,46 @@ class _Parser:
                 pl.integer("MaxEntries", 10, lo=1),
             )
 
+    def stale_groups(self, d: AccountDump, vpcs: Node) -> None:
+        """describe-stale-security-groups (one file per VPC): each stale reference it lists
+        matches nothing. The rule is found among the group's rules (AWS still lists it in
+        describe-security-groups) or, when absent there, added as a stale rule."""
+        call = BY_STEM["ec2-describe-stale-security-groups"]
+        for vpc in vpcs.items("Vpcs"):
+            rel = call.resource_file(vpc.text("VpcId", ""))
+            if rel not in d.files:
+                continue
+            with self.reading(d, rel) as body:
+                for g in body.items("StaleSecurityGroupSet", required=True):
+                    gid = g.id("GroupId", "sg-")
+                    group = self.t.security_groups.get(gid)
+                    if group is None:
+                        continue
+                    for direction, key in _STALE_PERMISSIONS:
+                        for stale in self.rules(gid, direction, g.items(key)):
+                            self.mark_stale(d, group, stale)
+
+    def mark_stale(self, d: AccountDump, group: SecurityGroup, stale: Rule) -> None:
+        ref = stale.sg_ref
+        if ref is None:
+            return
+        same = [
+            r
+            for r in group.rules
+            if r.sg_ref == ref
+            and (r.direction, r.protocol, r.from_port, r.to_port)
+            == (stale.direction, stale.protocol, stale.from_port, stale.to_port)
+        ]
+        if not same:
+            group.rules.append(stale)
+            same = [stale]
+        for r in same:
+            r.stale_ref, r.sg_ref = ref, None
+        self.note(
+            f"{d.origin}: {group.id} ({group.name}): {len(same)} stale rule(s) referencing "
+            f"{ref} match nothing (describe-stale-security-groups)"
+        )
+
     def nacls(self, d: AccountDump, body: Node) -> None:
         for n in body.items("NetworkAcls", required=True):
             entries = []
@@ -645,6 +712,41 @@ class _Parser:
                 n.id("VpcId", "vpc-"),
                 [a.id("SubnetId", "subnet-") for a in n.items("Associations")],
                 entries,
+            )
+
+    def route_tables(self, d: AccountDump, body: Node) -> None:
+        """Routes to a CIDR and the target plprobe follows (``local``, a peering) or names
+        (any other gateway); prefix-list destinations are skipped with a note."""
+        for rt in body.items("RouteTables", required=True):
+            rid = rt.id("RouteTableId", "rtb-")
+            routes = []
+            for r in rt.items("Routes"):
+                if r.has("DestinationCidrBlock"):
+                    dest = r.cidr("DestinationCidrBlock")
+                elif r.has("DestinationIpv6CidrBlock"):
+                    dest = r.cidr("DestinationIpv6CidrBlock")
+                else:
+                    self.note(
+                        f"{d.origin}: route table {rid}: a route to a prefix list is not followed"
+                    )
+                    continue
+                target = next(
+                    (r.text(k) for k in _ROUTE_TARGETS if r.has(k)),
+                    "unknown",
+                )
+                routes.append(Route(dest, target, r.text("State", "active")))
+            subnets: list[str] = []
+            main = False
+            for a in rt.items("Associations"):
+                state = a.opt("AssociationState")
+                if state is not None and state.text("State", "associated") != "associated":
+                    continue
+                if a.flag("Main", False):
+                    main = True
+                elif a.has("SubnetId"):
+                    subnets.append(a.id("SubnetId", "subnet-"))
+            self.t.route_tables[rid] = RouteTable(
+                rid, _name(rt, rid), d.name, rt.id("VpcId", "vpc-"), routes, subnets, main
             )
 
     def instances(self, d: AccountDump, body: Node) -> None:
@@ -785,6 +887,7 @@ class _Parser:
             arn = lb.arn("LoadBalancerArn")
             name = lb.text("LoadBalancerName")
             nodes = []
+            fixed = True
             for az in lb.items("AvailabilityZones"):
                 subnet = az.id("SubnetId", "subnet-")
                 ips = [
@@ -795,6 +898,7 @@ class _Parser:
                 if ips:
                     nodes += [NlbNode(subnet, ip, self.nlb_eni(arn, ip)) for ip in ips]
                 else:  # created without fixed private IPs: AWS lists none; the ENIs know
+                    fixed = False
                     nodes += self.nlb_nodes_from_enis(d, arn, name, subnet)
             attrs = self.attributes(d, "elbv2-describe-load-balancer-attributes", arn)
             sgs = lb.opt("SecurityGroups")
@@ -808,6 +912,7 @@ class _Parser:
                 [g.id("GroupId", "sg-") for g in _strings(sgs)] if sgs is not None else None,
                 enforce.lower() != "off",
                 attrs.get("load_balancing.cross_zone.enabled", "false").lower() == "true",
+                fixed,
             )
             rel = BY_STEM["elbv2-describe-listeners"].resource_file(arn)
             if rel in d.files:

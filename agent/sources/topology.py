@@ -38,6 +38,8 @@ from agent.model import (
     NlbNode,
     Peering,
     PrefixList,
+    Route,
+    RouteTable,
     Rule,
     SecurityGroup,
     Subnet,
@@ -160,7 +162,9 @@ class _Builder:
         self.instances()
         self.prefix_lists()
         self.sg_rules()
+        t.mark_stale_references()
         self.nacls()
+        self.route_tables()
         self.nlbs()
         self.target_groups()
         self.listeners()
@@ -332,7 +336,11 @@ class _Builder:
                     "SG",
                 )
                 other = self.t.security_groups[ref]
-                if not self.t.routed(sg.vpc_id, other.vpc_id):
+                # a reference across a peering that is no longer active is *stale* (AWS keeps
+                # it, it matches nothing); one across no peering at all is refused by AWS
+                if self.t.peering_between(sg.vpc_id, other.vpc_id) is None and not (
+                    self.t.routed(sg.vpc_id, other.vpc_id)
+                ):
                     raise self.fail(
                         (*loc, "source_security_group_id"),
                         f"SG {other.name} is in a VPC that is neither this one nor peered with "
@@ -444,6 +452,134 @@ class _Builder:
             ]
             self.t.nacls[aid] = Nacl(aid, f"{vpc.name}-default", vpc.account, vid, rest, entries)
 
+    def route_tables(self) -> None:
+        """Route tables, their routes and associations; the VPCs' main tables.
+
+        A VPC that declares no route table at all keeps the lab's implicit routing: a main
+        table with the local route and one route per peering to the peer's CIDR (older
+        topologies were written that way). A VPC that declares any gets AWS's default main
+        table (the local route only) unless one is made main explicitly.
+        """
+        r, t = self.r, self.t
+        for name, rt in r.aws_route_table.items():
+            loc = self.loc("aws_route_table", name)
+            acc = self.account("aws_route_table", name, rt.account)
+            vid = self.ref("aws_vpc", rt.vpc_id, (*loc, "vpc_id"), "VPC")
+            self.same_account("aws_route_table", name, acc, t.vpcs[vid].account, "a VPC")
+            rid = stable_id("rtb", name)
+            self.ids[("aws_route_table", name)] = rid
+            table = RouteTable(rid, name, acc, vid, [Route(t.vpcs[vid].cidr, "local")])
+            t.route_tables[rid] = table
+            for k, route in enumerate(rt.route):
+                table.routes.append(
+                    self.route(
+                        table,
+                        route.cidr_block,
+                        route.vpc_peering_connection_id,
+                        route.gateway_id,
+                        (*loc, "route", k),
+                    )
+                )
+        for name, ar in r.aws_route.items():
+            loc = self.loc("aws_route", name)
+            self.account("aws_route", name, ar.account)
+            rid = self.ref(
+                "aws_route_table", ar.route_table_id, (*loc, "route_table_id"), "route table"
+            )
+            table = t.route_tables[rid]
+            self.same_account("aws_route", name, ar.account, table.account, "a route table")
+            table.routes.append(
+                self.route(
+                    table,
+                    ar.destination_cidr_block,
+                    ar.vpc_peering_connection_id,
+                    ar.gateway_id,
+                    loc,
+                    dest_key="destination_cidr_block",
+                )
+            )
+        claimed: dict[str, str] = {}
+        for name, assoc in r.aws_route_table_association.items():
+            loc = self.loc("aws_route_table_association", name)
+            self.account("aws_route_table_association", name, assoc.account)
+            sid = self.ref("aws_subnet", assoc.subnet_id, (*loc, "subnet_id"), "subnet")
+            rid = self.ref(
+                "aws_route_table", assoc.route_table_id, (*loc, "route_table_id"), "route table"
+            )
+            if t.route_tables[rid].vpc_id != t.subnets[sid].vpc_id:
+                raise self.fail((*loc, "route_table_id"), "the route table is in another VPC")
+            if sid in claimed:
+                raise self.fail(
+                    (*loc, "subnet_id"),
+                    f"subnet {assoc.subnet_id} is already associated with route table "
+                    f"{claimed[sid]} (a subnet has exactly one route table)",
+                )
+            claimed[sid] = assoc.route_table_id
+            t.route_tables[rid].subnet_ids.append(sid)
+        for name, main in r.aws_main_route_table_association.items():
+            loc = self.loc("aws_main_route_table_association", name)
+            self.account("aws_main_route_table_association", name, main.account)
+            vid = self.ref("aws_vpc", main.vpc_id, (*loc, "vpc_id"), "VPC")
+            rid = self.ref(
+                "aws_route_table", main.route_table_id, (*loc, "route_table_id"), "route table"
+            )
+            if t.route_tables[rid].vpc_id != vid:
+                raise self.fail((*loc, "route_table_id"), "the route table is in another VPC")
+            if any(rt.main for rt in t.route_tables.values() if rt.vpc_id == vid):
+                raise self.fail((*loc, "vpc_id"), "the VPC already has a main route table")
+            t.route_tables[rid].main = True
+        for vid, vpc in t.vpcs.items():
+            declared = any(rt.vpc_id == vid for rt in t.route_tables.values())
+            if any(rt.vpc_id == vid and rt.main for rt in t.route_tables.values()):
+                continue
+            routes = [Route(vpc.cidr, "local")]
+            if not declared:
+                for pcx in sorted(t.peerings.values(), key=lambda p: p.name):
+                    if vid in (pcx.requester_vpc_id, pcx.accepter_vpc_id):
+                        peer = (
+                            pcx.accepter_vpc_id
+                            if vid == pcx.requester_vpc_id
+                            else (pcx.requester_vpc_id)
+                        )
+                        routes.append(Route(t.vpcs[peer].cidr, pcx.id))
+            rid = stable_id("rtb", vpc.name, "main")
+            t.route_tables[rid] = RouteTable(
+                rid, f"{vpc.name}-main", vpc.account, vid, routes, main=True
+            )
+
+    def route(
+        self,
+        table: RouteTable,
+        cidr: str,
+        peering: str | None,
+        gateway: str | None,
+        loc: Loc,
+        *,
+        dest_key: str = "cidr_block",
+    ) -> Route:
+        dest = self.cidr(cidr, (*loc, dest_key))
+        if (peering is None) == (gateway is None):
+            raise self.fail(
+                loc, "a route needs exactly one of vpc_peering_connection_id, gateway_id"
+            )
+        if any(rt.destination == dest for rt in table.routes):
+            raise self.fail((*loc, dest_key), f"{table.name} already has a route to {dest}")
+        if gateway is not None:
+            if gateway == "local":
+                raise self.fail((*loc, "gateway_id"), "the local route is implicit")
+            return Route(dest, gateway)
+        assert peering is not None
+        pid = self.ref(
+            "aws_vpc_peering_connection", peering, (*loc, "vpc_peering_connection_id"), "peering"
+        )
+        pcx = self.t.peerings[pid]
+        if table.vpc_id not in (pcx.requester_vpc_id, pcx.accepter_vpc_id):
+            raise self.fail(
+                (*loc, "vpc_peering_connection_id"),
+                f"peering {peering} does not connect the route table's VPC",
+            )
+        return Route(dest, pid)
+
     def nlbs(self) -> None:
         for name, lb in self.r.aws_lb.items():
             loc = self.loc("aws_lb", name)
@@ -451,24 +587,26 @@ class _Builder:
             nodes = []
             vpc_ids = set()
             azs = set()
-            for k, m in enumerate(lb.subnet_mapping):
-                mloc = (*loc, "subnet_mapping", k)
-                sid = self.ref("aws_subnet", m.subnet_id, (*mloc, "subnet_id"), "subnet")
+            if bool(lb.subnet_mapping) == bool(lb.subnets):
+                raise self.fail(loc, "an NLB needs exactly one of subnet_mapping, subnets")
+            mappings = [
+                (m.subnet_id, m.private_ipv4_address, (*loc, "subnet_mapping", k))
+                for k, m in enumerate(lb.subnet_mapping)
+            ] + [(s, None, (*loc, "subnets", k)) for k, s in enumerate(lb.subnets)]
+            for subnet_name, fixed_ip, mloc in mappings:
+                key = mloc if fixed_ip is None else (*mloc, "subnet_id")
+                sid = self.ref("aws_subnet", subnet_name, key, "subnet")
                 subnet = self.t.subnets[sid]
                 if subnet.az in azs:
-                    raise self.fail(
-                        (*mloc, "subnet_id"), f"the NLB already has a subnet in {subnet.az}"
-                    )
+                    raise self.fail(key, f"the NLB already has a subnet in {subnet.az}")
                 azs.add(subnet.az)
                 self.same_account("aws_lb", name, acc, subnet.account, "a subnet")
-                self.in_subnet(m.private_ipv4_address, subnet, (*mloc, "private_ipv4_address"))
-                self.claim_ip(
-                    m.private_ipv4_address, (*mloc, "private_ipv4_address"), subnet.vpc_id
-                )
+                ip_loc = mloc if fixed_ip is None else (*mloc, "private_ipv4_address")
+                ip = fixed_ip if fixed_ip is not None else self.free_ip(subnet, ip_loc)
+                self.in_subnet(ip, subnet, ip_loc)
+                self.claim_ip(ip, ip_loc, subnet.vpc_id)
                 vpc_ids.add(subnet.vpc_id)
-                nodes.append(
-                    NlbNode(sid, m.private_ipv4_address, stable_id("eni", "nlb", name, sid))
-                )
+                nodes.append(NlbNode(sid, ip, stable_id("eni", "nlb", name, sid)))
             if len(vpc_ids) != 1:
                 raise self.fail((*loc, "subnet_mapping"), "an NLB needs subnets of one VPC")
             sgs = None
@@ -492,6 +630,7 @@ class _Builder:
                 sgs,
                 lb.enforce_security_group_inbound_rules_on_private_link_traffic,
                 lb.enable_cross_zone_load_balancing,
+                fixed_ips=not lb.subnets,
             )
 
     def target_groups(self) -> None:

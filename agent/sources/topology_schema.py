@@ -28,6 +28,7 @@ __all__ = [
     "LabSpec",
     "LbSpec",
     "ListenerSpec",
+    "MainRouteTableAssociationSpec",
     "ManagedPrefixListEntrySpec",
     "ManagedPrefixListSpec",
     "NaclEntrySpec",
@@ -35,8 +36,12 @@ __all__ = [
     "PeeringSpec",
     "PrefixListEntrySpec",
     "Resources",
+    "RouteSpec",
+    "RouteTableAssociationSpec",
+    "RouteTableSpec",
     "SgRuleSpec",
     "SgSpec",
+    "StandaloneRouteSpec",
     "SubnetConfigSpec",
     "SubnetMappingSpec",
     "SubnetSpec",
@@ -90,6 +95,39 @@ class PeeringSpec(_Res):
     peer_owner_id: str | None = None
     auto_accept: bool = True
     status: Literal["active", "pending-acceptance", "rejected", "deleted"] = "active"
+
+
+class RouteSpec(_Strict):
+    """An inline ``route`` block of ``aws_route_table`` (the targets plprobe follows)."""
+
+    cidr_block: str
+    vpc_peering_connection_id: str | None = None
+    #: ``local`` is implicit; any other gateway (igw, nat, tgw) is kept but not followed
+    gateway_id: str | None = None
+
+
+class RouteTableSpec(_Res):
+    vpc_id: str
+    route: list[RouteSpec] = Field(default_factory=list)
+
+
+class StandaloneRouteSpec(_Res):
+    """``aws_route``: one route added to a table declared elsewhere."""
+
+    route_table_id: str
+    destination_cidr_block: str
+    vpc_peering_connection_id: str | None = None
+    gateway_id: str | None = None
+
+
+class RouteTableAssociationSpec(_Res):
+    subnet_id: str
+    route_table_id: str
+
+
+class MainRouteTableAssociationSpec(_Res):
+    vpc_id: str
+    route_table_id: str
 
 
 class SgSpec(_Res):
@@ -207,13 +245,16 @@ class AccepterSpec(_Res):
 
 class SubnetMappingSpec(_Strict):
     subnet_id: str
-    private_ipv4_address: str
+    #: without it AWS picks the node's address (the lab picks the subnet's highest free one)
+    private_ipv4_address: str | None = None
 
 
 class LbSpec(_Res):
     load_balancer_type: Literal["network"] = "network"
     internal: bool = True
-    subnet_mapping: list[SubnetMappingSpec]
+    subnet_mapping: list[SubnetMappingSpec] = Field(default_factory=list)
+    #: Terraform's plain ``subnets``: node addresses AWS picks (not fixed)
+    subnets: list[str] = Field(default_factory=list)
     security_groups: list[str] | None = None
     enforce_security_group_inbound_rules_on_private_link_traffic: bool = True
     enable_cross_zone_load_balancing: bool = False
@@ -272,6 +313,12 @@ class Resources(_Strict):
         default_factory=dict
     )
     aws_network_acl: dict[str, NaclSpec] = Field(default_factory=dict)
+    aws_route_table: dict[str, RouteTableSpec] = Field(default_factory=dict)
+    aws_route: dict[str, StandaloneRouteSpec] = Field(default_factory=dict)
+    aws_route_table_association: dict[str, RouteTableAssociationSpec] = Field(default_factory=dict)
+    aws_main_route_table_association: dict[str, MainRouteTableAssociationSpec] = Field(
+        default_factory=dict
+    )
     aws_instance: dict[str, InstanceSpec] = Field(default_factory=dict)
     aws_vpc_endpoint_service: dict[str, EndpointServiceSpec] = Field(default_factory=dict)
     aws_vpc_endpoint: dict[str, EndpointSpec] = Field(default_factory=dict)
@@ -289,6 +336,7 @@ class LabSpec(_Strict):
     nlb_preserves_isn: bool = True
     health_check_interval_s: float = Field(default=1.0, gt=0, le=60)
     health_check_threshold: int = Field(default=2, ge=1, le=10)
+    nlb_subnet_nacl_on_privatelink: bool = True
 
 
 class TopologySpec(_Strict):

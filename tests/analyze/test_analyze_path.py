@@ -38,17 +38,22 @@ def one(findings: list[HopFinding], name: str, target: str = "") -> HopFinding:
 
 def test_hops_come_in_path_order() -> None:
     order = [f.hop for f in analyze_flow(reference(), "client-2", None, 80) if not f.target]
-    assert order[:8] == [
+    assert order[:9] == [
         "client-sg-egress",
         "client-nacl-out",
         "endpoint-nacl-in",
         "endpoint-sg-ingress",
         "endpoint-state",
         "service-principal",
+        "privatelink:nlb-nacl-in",
         "nlb-sg-ingress",
         "nlb-listener",
     ]
-    assert order[-2:] == ["return:endpoint-nacl-out", "return:client-nacl-in"]
+    assert order[-3:] == [
+        "return:privatelink:nlb-nacl-out",
+        "return:endpoint-nacl-out",
+        "return:client-nacl-in",
+    ]
 
 
 def test_the_healthy_reference_path_allows_every_hop() -> None:

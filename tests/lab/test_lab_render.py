@@ -195,3 +195,41 @@ def test_rulesets_are_checked_before_they_are_applied() -> None:
     Lab("unit", runner=runner)._apply_nft({"pl-unit-x": "table ip plprobe {}\n"})
     assert [argv[-3:] for argv, _ in runner.calls] == [["-c", "-f", "-"], ["nft", "-f", "-"]]
     assert all(text == "table ip plprobe {}\n" for _, text in runner.calls)
+
+
+# --- routes and stale references --------------------------------------------------------------
+
+
+def _router_ip(plan: LabPlan, vpc: str) -> list[str]:
+    return [" ".join(c) for c in plan.ip[plan.node(f"router-{vpc}").ns]]
+
+
+def test_each_subnet_is_routed_by_its_route_table(plan: LabPlan) -> None:
+    ip = _router_ip(plan, "vpc-1")
+    client = plan.node("client-1")
+    table = next(c.split()[-3] for c in ip if c.startswith(f"rule add iif {client.veth} lookup"))
+    assert f"rule add iif {client.veth} to 10.1.0.0/16 lookup main priority 1500" in ip
+    assert any(c.startswith("route add 10.2.0.0/16 via") and f"table {table}" in c for c in ip)
+    assert f"route add blackhole default table {table}" in ip
+
+
+def test_a_missing_route_leaves_only_the_blackhole(plan: LabPlan) -> None:
+    topo = faults.break_topology(load_topology(), "route", "client-1")
+    ip = _router_ip(render(topo, "unit"), "vpc-1")
+    assert not any(c.startswith("route add 10.2.0.0/16") for c in ip)
+
+
+def test_a_route_to_a_deleted_peering_is_a_blackhole_route() -> None:
+    topo = load_topology()
+    next(iter(topo.peerings.values())).status = "deleted"
+    ip = _router_ip(render(topo, "unit"), "vpc-1")
+    assert any(c.startswith("route add blackhole 10.2.0.0/16 table") for c in ip)
+
+
+def test_a_stale_reference_renders_no_match() -> None:
+    topo = load_topology()
+    next(iter(topo.peerings.values())).status = "deleted"
+    topo.mark_stale_references()
+    text = render(topo, "unit").nft[render(topo, "unit").node("router-vpc-2").ns]
+    assert "endpoint-from-client-1" not in text
+    assert "endpoint-from-client-2" in text

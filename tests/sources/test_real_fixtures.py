@@ -210,3 +210,16 @@ def test_a_mutated_real_file_loads_or_raises_source_error_never_anything_else(da
             load_example(Path(tmp), path, mutated)
         except SourceError as exc:
             assert str(exc) and not re.search(r"Traceback", str(exc))
+
+
+def test_real_route_tables_keep_main_association_and_unfollowed_gateways(tmp_path: Path):
+    t = load_example(tmp_path, REAL / "ec2-describe-route-tables" / "awscli-1.json")
+    subnet_table = t.route_tables["rtb-22574640"]
+    assert subnet_table.subnet_ids == ["subnet-b61f49f0"] and not subnet_table.main
+    assert [(r.destination, r.target) for r in subnet_table.routes] == [
+        ("10.0.0.0/16", "local"),
+        ("0.0.0.0/0", "igw-046d7966"),
+    ]
+    assert t.route_tables["rtb-1f382e7d"].main
+    ipv6 = t.route_tables["rtb-1a459c7e"].lookup("2001:db8:1234:a100::1")
+    assert ipv6 is not None and ipv6.target == "local"

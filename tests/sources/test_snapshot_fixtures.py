@@ -92,6 +92,7 @@ def analysis_view(t: Topology) -> dict:
             sources = [("cidr", c) for c in r["cidrs"]]
             sources += [("sg", r["sg_ref"])] if r["sg_ref"] else []
             sources += [("pl", r["prefix_list"])] if r["prefix_list"] else []
+            sources += [("stale", r["stale_ref"])] if r["stale_ref"] else []
             for kind, value in sources:
                 atoms.add(
                     (

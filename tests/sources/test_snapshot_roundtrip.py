@@ -224,3 +224,62 @@ def test_a_rule_without_ports_for_a_portless_protocol_loads(tmp_path: Path):
     loaded = load_snapshot([consumer])
     sg = loaded.security_groups[body["SecurityGroups"][0]["GroupId"]]
     assert any(r.protocol == "50" and r.cidrs == ("10.9.0.0/16",) for r in sg.rules)
+
+
+def test_round_trip_keeps_a_blackhole_route_to_a_deleted_peering(tmp_path: Path):
+    """AWS keeps the route and prints it ``blackhole``; the reader takes the state as given."""
+    t = reference()
+    pcx = next(iter(t.peerings.values()))
+    pcx.status = "deleted"
+    loaded = load_snapshot(write_snapshot(t, tmp_path))
+    states = {
+        (rt.name, r.destination): r.state
+        for rt in loaded.route_tables.values()
+        for r in rt.routes
+        if r.target == pcx.id
+    }
+    assert states and set(states.values()) == {"blackhole"}
+
+
+def test_a_snapshot_without_route_tables_walks_no_route_hop(tmp_path: Path):
+    """Snapshots taken before describe-route-tables was read: routing is "not read", not
+    "denied" (no verdict may blame a route nobody looked at)."""
+    dirs = {d.name: d for d in write_snapshot(reference(), tmp_path)}
+    for d in dirs.values():
+        (d / "ec2-describe-route-tables.json").unlink()
+    loaded = load_snapshot(list(dirs.values()))
+    from agent.analyze.path import analyze_flow
+
+    assert not loaded.route_tables
+    assert not [f for f in analyze_flow(loaded, "client-1", None, 80) if f.control == "route"]
+
+
+def test_round_trip_keeps_the_stale_references_of_a_deleted_peering(tmp_path: Path):
+    t = reference()
+    next(iter(t.peerings.values())).status = "deleted"
+    assert t.mark_stale_references()
+    loaded = load_snapshot(write_snapshot(t, tmp_path))
+    assert analysis_view(loaded)["security_groups"] == analysis_view(t)["security_groups"]
+    assert any("stale rule" in n for n in loaded.notes)
+
+
+def test_an_nlb_without_fixed_ips_is_described_without_addresses_and_found_by_its_enis(
+    tmp_path: Path,
+):
+    """Issue 14 problem 1, end to end: ``LoadBalancerAddresses: []`` as AWS prints it."""
+    t = reference()
+    nlb = next(iter(t.nlbs.values()))
+    nlb.fixed_ips = False
+    dirs = write_snapshot(t, tmp_path)
+    provider = next(d for d in dirs if d.name == "provider")
+    body = json.loads((provider / "elbv2-describe-load-balancers.json").read_text())
+    assert [
+        az["LoadBalancerAddresses"] for az in body["LoadBalancers"][0]["AvailabilityZones"]
+    ] == [[]]
+    loaded = load_snapshot(dirs)
+    again = next(iter(loaded.nlbs.values()))
+    assert ([n.ip for n in again.nodes], again.fixed_ips) == (["10.3.0.100"], False)
+    from agent.analyze.path import analyze_flow
+
+    findings = analyze_flow(loaded, "client-2", None, 80)
+    assert not [f for f in findings if f.status == "denied"]

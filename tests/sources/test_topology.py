@@ -127,10 +127,10 @@ def test_topology_round_trips_through_plain_json(ref: Topology) -> None:
 # --- bad input: file, line, key; never a traceback ------------------------------------
 
 
-def _load_edited(old: str, new: str) -> None:
+def _load_edited(old: str, new: str) -> Topology:
     text = REFERENCE.read_text()
     assert old in text, old
-    load_topology("edited.yaml", text.replace(old, new, 1))
+    return load_topology("edited.yaml", text.replace(old, new, 1))
 
 
 def _line_of(needle: str, old: str, new: str) -> int:
@@ -222,3 +222,100 @@ def test_endpoint_with_acceptance_required_starts_pending() -> None:
     text = REFERENCE.read_text().replace("acceptance_required: false", "acceptance_required: true")
     t = load_topology("x.yaml", text)
     assert next(iter(t.endpoints.values())).state == "pendingAcceptance"
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def _table(t: Topology, name: str):
+    return next(r for r in t.route_tables.values() if r.name == name)
+
+
+def test_reference_routes_each_consumer_vpc_to_the_other_over_the_peering(ref: Topology) -> None:
+    pcx = next(iter(ref.peerings.values()))
+    client_1 = ref.instance_by_name("client-1")
+    assert client_1 is not None
+    table = ref.route_table_of_subnet(client_1.subnet_id)
+    assert table is not None and table.name == "vpc-1-private"
+    route = table.lookup("10.2.0.20")
+    assert route is not None and (route.destination, route.target) == ("10.2.0.0/16", pcx.id)
+    back = _table(ref, "vpc-2-private").lookup("10.1.0.10")
+    assert back is not None and back.target == pcx.id
+
+
+def test_a_vpc_without_declared_tables_gets_a_main_table_with_the_local_route(
+    ref: Topology,
+) -> None:
+    main = _table(ref, "vpc-3-main")
+    assert main.main and [(r.destination, r.target) for r in main.routes] == [
+        ("10.3.0.0/16", "local")
+    ]
+
+
+def test_a_topology_without_route_tables_keeps_its_peerings_routed() -> None:
+    t = load_topology(CONFIGS / "proxy-v2.yaml")
+    for table in t.route_tables.values():
+        peers = [r for r in table.routes if r.target.startswith("pcx-")]
+        assert table.main and len(peers) == sum(
+            table.vpc_id in (p.requester_vpc_id, p.accepter_vpc_id) for p in t.peerings.values()
+        )
+
+
+def test_a_route_to_a_peering_of_other_vpcs_is_rejected() -> None:
+    with pytest.raises(TopologyError, match="does not connect the route table's VPC"):
+        _load_edited(
+            "vpc-1-private: {account: consumer, vpc_id: vpc-1}",
+            "vpc-1-private: {account: consumer, vpc_id: vpc-1}\n"
+            "    vpc-3-rt: {account: provider, vpc_id: vpc-3,"
+            " route: [{cidr_block: 10.1.0.0/16, vpc_peering_connection_id: vpc-1-to-vpc-2}]}",
+        )
+
+
+def test_a_subnet_has_exactly_one_route_table() -> None:
+    old = "    vpc-2-client:   {account: consumer, subnet_id: vpc-2-client, route_table_id"
+    with pytest.raises(TopologyError, match="already associated with route table"):
+        _load_edited(
+            old,
+            old.replace("vpc-2-client:  ", "vpc-2-again:  ").replace(
+                "subnet_id: vpc-2-client", "subnet_id: vpc-2-endpoint"
+            ),
+        )
+
+
+def test_a_route_to_a_deleted_peering_is_a_blackhole() -> None:
+    t = _load_edited("auto_accept: true}", "auto_accept: true, status: deleted}")
+    route = _table(t, "vpc-1-private").lookup("10.2.0.20")
+    assert route is not None and t.route_state(route) == "blackhole"
+
+
+# --- stale references -----------------------------------------------------------------------
+
+
+def test_a_reference_across_a_deleted_peering_is_accepted_as_stale_and_matches_nothing() -> None:
+    t = _load_edited("auto_accept: true}", "auto_accept: true, status: deleted}")
+    group = t.sg_by_name("endpoint")
+    assert group is not None
+    stale = next(r for r in group.rules if r.id == "endpoint-from-client-1")
+    client_1 = t.sg_by_name("client-1")
+    assert client_1 is not None
+    assert (stale.sg_ref, stale.stale_ref) == (None, client_1.id)
+    same_vpc = next(r for r in group.rules if r.id == "endpoint-from-client-2")
+    assert same_vpc.sg_ref is not None and same_vpc.stale_ref is None
+
+
+def test_an_nlb_on_plain_subnets_gets_an_address_it_did_not_fix() -> None:
+    t = _load_edited(
+        "subnet_mapping: [{subnet_id: vpc-3-nlb, private_ipv4_address: 10.3.0.100}]",
+        "subnets: [vpc-3-nlb]",
+    )
+    nlb = next(iter(t.nlbs.values()))
+    assert not nlb.fixed_ips
+    assert [n.ip for n in nlb.nodes] == ["10.3.0.5"]
+
+
+def test_an_nlb_needs_subnet_mapping_or_subnets_not_both() -> None:
+    with pytest.raises(TopologyError, match="exactly one of subnet_mapping, subnets"):
+        _load_edited(
+            "subnet_mapping: [{subnet_id: vpc-3-nlb, private_ipv4_address: 10.3.0.100}]",
+            "subnet_mapping: [{subnet_id: vpc-3-nlb}]\n      subnets: [vpc-3-nlb]",
+        )
