@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import INSECURE_NOTE, ProviderConfig, parse_listen, read_token_file
 from agent.errors import PlprobeError
+from agent.observe.evidence import EvidenceService
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
 from agent.results import hostport
@@ -92,6 +93,7 @@ class ProviderAgent:
         self.registry = registry or CollectorRegistry()
         self._serve_api = serve_api
         self.responder: Responder | None = None
+        self.evidence: EvidenceService | None = None
         self.sniffer: Any = None
         self.sniffer_error: str | None = None
         self.api_addresses: list[tuple[str, int]] = []
@@ -126,6 +128,8 @@ class ProviderAgent:
             log.warning(INSECURE_NOTE)
 
         rc = cfg.responder
+        if rc.enabled and cfg.evidence.enabled:
+            self.evidence = self._make_evidence()
         if rc.enabled:
             self.responder = Responder(
                 key=self.key,
@@ -140,6 +144,7 @@ class ProviderAgent:
                 max_bytes=rc.max_bytes,
                 replay_guard=ReplayGuard(window_s=rc.replay_window),
                 expected_endpoint_ids=cfg.expected_endpoint_ids,
+                evidence=self.evidence,
             )
             await self.responder.start()
             self._stack.push_async_callback(self.responder.stop, _STOP_GRACE_S)
@@ -149,6 +154,11 @@ class ProviderAgent:
                 f"(proxy_v2 {'on' if rc.proxy_v2 else 'off'}, "
                 f"max_connections {rc.max_connections}, read_timeout {rc.read_timeout}s)"
             )
+            if self.evidence is not None:
+                self._say(
+                    f"evidence answers on {host}:{port}: share {self.evidence.share}, "
+                    f"{len(self.evidence.peers)} peer(s)"
+                )
         else:
             self._say("responder disabled")
 
@@ -156,6 +166,26 @@ class ProviderAgent:
         if self._serve_api:
             await self._start_api()
         self._stack.push_async_callback(self._cancel_task, self._start_metrics_sync())
+
+    def _make_evidence(self) -> EvidenceService:
+        """The evidence service; findings only at ``share: findings`` with a view to read."""
+        from agent.observe.findings import provider_findings_for
+
+        ec = self.config.evidence
+        findings = provider_findings_for(self.config) if ec.share == "findings" else None
+        if ec.share == "findings" and findings is None:
+            self._say("WARNING: evidence share is findings but no config_sources: none to share")
+        return EvidenceService(
+            key=self.key,
+            insecure=self.config.insecure,
+            agent_id=self.config.agent_id,
+            store=self.store,
+            share=ec.share,
+            peers=ec.peers,
+            peer_timeout=ec.peer_timeout,
+            max_answer_bytes=ec.max_answer_bytes,
+            findings=findings.findings if findings is not None else None,
+        )
 
     async def stop(self) -> None:
         """Stop in reverse order of start; every step is bounded."""
@@ -227,6 +257,8 @@ class ProviderAgent:
         if self.responder is not None:
             responder = self.responder
             sources["responder"] = responder.counters.as_dict
+        if self.evidence is not None:
+            sources["evidence"] = self.evidence.counters.as_dict
         if self.sniffer is not None:
             sniffer = self.sniffer
             sources["sniffer"] = lambda: {
