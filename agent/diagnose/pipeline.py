@@ -25,6 +25,12 @@ configuration. For each path of the round:
 
 With no view (or a path with no flow) diagnosis runs on packets alone (``findings=[]``).
 
+3. **the provider's share** — when the round's provider evidence came through the endpoint with
+   findings (``RoundResult.provider_evidence``), they take the place of the provider hops the
+   consumer's view cannot see (``agent.diagnose.evidence.merge_findings``); when the evidence
+   channel itself was cut, each verdict says so and compares the service port with the
+   responder port through the same ENI instead of guessing.
+
 Step 1 and 2 depend only on the view and the path, never on the packets: the daemon passes a
 ``FindingsCache`` so they run once per (view, path) instead of every round; a refreshed or
 reloaded view is a new Topology object and empties the cache. (When this agent is found by
@@ -47,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.analyze.path import Flow, walk
+from agent.diagnose.evidence import ProviderEvidence, channel_notes, merge_findings
 from agent.diagnose.rounds import RoundResult
 from agent.diagnose.verdict import diagnose, rollup
 from agent.errors import PlprobeError
@@ -310,9 +317,13 @@ def diagnose_round(
     if isinstance(view, Topology):
         view = ConfigView(view, "snapshot", view.source or "topology", loaded_at=time.time())
     view = view or NO_VIEW
+    shared: ProviderEvidence | None = None
+    responder: dict[str, tuple[int, ...]] = {}
     if isinstance(round_, RoundResult):
         evidence = list(round_.evidence)
         refs = _refs(round_)
+        shared = round_.provider_evidence
+        responder = round_.responder_ports
     else:
         evidence = list(round_)
         refs = {}
@@ -330,7 +341,11 @@ def diagnose_round(
             findings, note = (cache.get if cache else _static)(topology, ref, me)
             if note:
                 notes[ev.path] = note
+        if shared is not None and shared.findings.get(ev.path):
+            findings = merge_findings(findings, shared.findings[ev.path])
         verdict = diagnose(ev, findings, path=ev.path, now=stamp)
+        if shared is not None:
+            _note_shared(verdict, ev, shared, refs, evidence, responder.get(ev.path, ()))
         if view.kind != "none" or view.error:
             verdict.evidence.append(view.note())
         if ev.path in notes:
@@ -338,6 +353,33 @@ def diagnose_round(
             log.debug("%s: %s", ev.path, notes[ev.path])
         verdicts.append(verdict)
     return Diagnosis(verdicts=verdicts, evidence=evidence, view=view, notes=notes)
+
+
+def _note_shared(
+    verdict: Verdict,
+    ev: PathEvidence,
+    shared: ProviderEvidence,
+    refs: dict[str, PathRef],
+    evidence: Sequence[PathEvidence],
+    responder: Sequence[int],
+) -> None:
+    """Say where the provider evidence came from; when the channel was cut, what ports show."""
+    if shared.source == "endpoint" and shared.level:
+        covered = sorted(t for t, c in shared.covers.items() if c.get("ok"))
+        verdict.evidence.append(
+            f"provider evidence through the endpoint: level {shared.level}, covers "
+            + (", ".join(covered) or "no target")
+            + (" (partial)" if shared.partial else "")
+        )
+    if not shared.channel_cut:
+        return
+    failed = ev.outcome != "ok"
+    passed = {e.path: e.outcome == "ok" for e in evidence}
+    note = channel_notes(ev.path, failed, refs, passed, responder)
+    if note:
+        verdict.evidence.append(note)
+        if failed:
+            verdict.explanation = f"{note}. {verdict.explanation}".strip()
 
 
 def self_identity(

@@ -112,7 +112,7 @@ def _compact(obs: dict[str, Any]) -> dict[str, Any]:
 async def ask(
     host: str,
     port: int,
-    query: EvidenceQuery,
+    query: EvidenceQuery | Callable[[str], EvidenceQuery],
     key: bytes,
     *,
     insecure: bool = False,
@@ -120,12 +120,17 @@ async def ask(
 ) -> EvidenceAnswer:
     """Send ``query`` to ``host:port`` and return the verified answer to it.
 
-    Raises ``WireError`` for a bad answer (forged, malformed, another query's), ``OSError`` or
-    ``TimeoutError`` when the channel does not carry it. Reads at most ``ANSWER_MAX`` bytes.
+    ``query`` may be a function of this end's local address (the client's private IP as the
+    connection leaves it, which the query must carry). Raises ``WireError`` for a bad answer
+    (forged, malformed, another query's; no answer at all is ``TruncatedError``), ``OSError``
+    or ``TimeoutError`` when the channel does not carry it. Reads at most ``ANSWER_MAX`` bytes.
     """
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(host, port)
         try:
+            if not isinstance(query, EvidenceQuery):
+                local = str(writer.get_extra_info("sockname")[0]).split("%", 1)[0]
+                query = query(local)
             writer.write(encode_query(query, key, insecure=insecure))
             await writer.drain()
             buf = bytearray()
