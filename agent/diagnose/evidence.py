@@ -109,17 +109,21 @@ class ProviderEvidence:
 class EvidenceTarget:
     """One endpoint to ask: its ENI IPs (tried in order), the responder port, what it serves.
 
-    ``paths``: port -> the path ids of this endpoint on that port (findings are per port).
+    ``paths``: port -> the path ids of this endpoint on that port (findings are per port);
+    ``azs``: path id -> its AZ id (findings that differ per AZ carry one).
     """
 
     name: str
     ips: tuple[str, ...]
     port: int
     paths: dict[int, tuple[str, ...]]
+    azs: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return tuple(sorted(self.paths))[:QUERY_PORTS_MAX]
+        """Service ports first, the responder port last: an answer short of room drops
+        findings from the end."""
+        return tuple(sorted(self.paths, key=lambda p: (p == self.port, p)))[:QUERY_PORTS_MAX]
 
 
 def targets_from_paths(refs: Iterable[tuple[str, PathRef, Sequence[int]]]) -> list[EvidenceTarget]:
@@ -127,6 +131,7 @@ def targets_from_paths(refs: Iterable[tuple[str, PathRef, Sequence[int]]]) -> li
     ips: dict[str, list[str]] = {}
     ports: dict[str, int] = {}
     paths: dict[str, dict[int, list[str]]] = {}
+    azs: dict[str, str | None] = {}
     for name, ref, responder_ports in refs:
         if not responder_ports or ref.ip is None:
             continue
@@ -134,9 +139,14 @@ def targets_from_paths(refs: Iterable[tuple[str, PathRef, Sequence[int]]]) -> li
         if ref.ip not in ips.setdefault(name, []):
             ips[name].append(ref.ip)
         paths.setdefault(name, {}).setdefault(ref.port, []).append(ref.id)
+        azs[ref.id] = ref.az_id
     return [
         EvidenceTarget(
-            name, tuple(ips[n]), ports[n], {p: tuple(ids) for p, ids in sorted(paths[n].items())}
+            name,
+            tuple(ips[n]),
+            ports[n],
+            {p: tuple(ids) for p, ids in sorted(paths[n].items())},
+            {pid: azs[pid] for ids in paths[n].values() for pid in ids},
         )
         for n in sorted(ips)
     ]
@@ -241,13 +251,14 @@ class EndpointEvidenceSource:
                     seen.add(key)
                     out.append(obs)
             for raw in answer.findings:
-                port = raw.get("port")
+                port, az = raw.get("port"), raw.get("az")
                 try:
                     finding = _finding(raw)
                 except (TypeError, ValueError):
                     continue
                 for pid in target.paths.get(port, ()) if isinstance(port, int) else ():
-                    ev.findings.setdefault(pid, []).append(finding)
+                    if az is None or target.azs.get(pid) in (az, None):
+                        ev.findings.setdefault(pid, []).append(finding)
         ev.level = min(levels, key=("none", "seen-only", "findings").index) if levels else ""
         if self.failures:
             ev.error = "; ".join(self.failures.values())
@@ -293,33 +304,39 @@ def merge_findings(consumer: list[HopFinding], provider: list[HopFinding]) -> li
 
 
 def channel_notes(
-    path: str,
-    failed: bool,
-    refs: dict[str, PathRef],
-    passed: dict[str, bool],
-    responder: Sequence[int],
+    path: str, refs: dict[str, PathRef], outcomes: dict[str, str], responder: Sequence[int]
 ) -> str:
     """What a cut evidence channel says about ``path`` by comparing it with the responder port.
 
     The responder port crosses the same controls as the service port (the deployment mirrors
-    every rule), so on the same ENI: both failing means a control that covers both ports (or
-    the whole path), the service port alone failing means a rule or service specific to it.
+    every rule), so on the same ENI: both failing the same way means a control that covers
+    both ports (or the whole path); the service port alone failing means a rule or service
+    specific to it; failing differently (a reset on one, silence on the other) means two
+    causes, and the responder port says nothing about the service port's.
     """
     ref = refs.get(path)
-    if ref is None or ref.port in responder:
+    mine = outcomes.get(path)
+    if ref is None or ref.port in responder or mine is None or mine == "ok":
         return ""
-    twins = [r for r in refs.values() if r.ip == ref.ip and r.port in responder and r.id in passed]
+    twins = [
+        r for r in refs.values() if r.ip == ref.ip and r.port in responder and r.id in outcomes
+    ]
     if not twins:
         return "evidence channel cut: provider evidence unavailable, no responder port to compare"
     twin = twins[0]
-    if not passed[twin.id] and failed:
-        return (
-            f"evidence channel cut: the responder port {twin.port} fails like port {ref.port}, "
-            "so the block is not specific to the service port (a control covering both ports)"
-        )
-    if passed[twin.id] and failed:
+    theirs = outcomes[twin.id]
+    if theirs == "ok":
         return (
             f"the responder port {twin.port} passes through the same endpoint ENI while port "
             f"{ref.port} fails: the block is specific to port {ref.port}"
         )
-    return ""
+    if theirs != mine:
+        return (
+            f"evidence channel cut: the responder port {twin.port} fails differently "
+            f"({theirs}) from port {ref.port} ({mine}): no provider evidence, two causes"
+        )
+    return (
+        f"evidence channel cut: the responder port {twin.port} fails like port {ref.port} "
+        f"({mine}), so the block is not specific to the service port (a control covering "
+        "both ports)"
+    )

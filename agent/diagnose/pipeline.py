@@ -373,13 +373,10 @@ def _note_shared(
         )
     if not shared.channel_cut:
         return
-    failed = ev.outcome != "ok"
-    passed = {e.path: e.outcome == "ok" for e in evidence}
-    note = channel_notes(ev.path, failed, refs, passed, responder)
+    note = channel_notes(ev.path, refs, {e.path: e.outcome for e in evidence}, responder)
     if note:
         verdict.evidence.append(note)
-        if failed:
-            verdict.explanation = f"{note}. {verdict.explanation}".strip()
+        verdict.explanation = f"{note}. {verdict.explanation}".strip()
 
 
 def self_identity(

@@ -47,22 +47,52 @@ PROVIDER_CONTROLS: frozenset[str] = frozenset(
 _CACHE_MAX = 4096
 
 
+def _azs(topology: Topology) -> list[str | None]:
+    """The AZ ids of the NLB nodes: per-AZ hops (cross-zone, targets per AZ) differ by AZ."""
+    azs: set[str] = set()
+    for nlb in topology.nlbs.values():
+        for node in nlb.nodes:
+            subnet = topology.subnets.get(node.subnet_id)
+            if subnet is not None and subnet.az_id:
+                azs.add(subnet.az_id)
+    found: list[str | None] = [*sorted(azs)]
+    return found or [None]
+
+
+def _hops(topology: Topology, client_ip: str, port: int, az: str | None) -> list[dict[str, Any]]:
+    flow = Flow(client_ip, client_ip, None, None, None, port, az)
+    out = []
+    for hop in walk(topology, flow):
+        if hop.control not in PROVIDER_CONTROLS or hop.status == "not_visible":
+            continue
+        # the evaluated rule list stays home: the named rule and the fix are the conclusion;
+        # an allowed hop needs no prose (answers are bounded, a multi-AZ fleet sends per AZ)
+        item = {k: v for k, v in hop.to_json().items() if v not in ("", [], None)}
+        item.pop("checked", None)
+        if hop.status == "allowed":
+            item.pop("detail", None)
+        item["port"] = port
+        out.append(item)
+    return out
+
+
 def provider_side(topology: Topology, client_ip: str, port: int) -> list[dict[str, Any]]:
     """The visible provider-side hops of ``client_ip``'s flow on ``port``, as JSON dicts.
 
     The flow is walked without a consumer (the provider cannot see it); hops of other
     accounts come back ``not_visible`` and are left out, as is every control the provider
-    does not own.
+    does not own. The walk runs once per AZ of the NLB (which node the flow enters decides
+    cross-zone and per-AZ target health); when the AZs agree the hops are sent once, else
+    each AZ's hops carry ``az`` and the client takes those of its path's AZ.
     """
-    flow = Flow(client_ip, client_ip, None, None, None, port, None)
+    per_az = {az: _hops(topology, client_ip, port, az) for az in _azs(topology)}
+    lists = list(per_az.values())
+    if all(hops == lists[0] for hops in lists):
+        return lists[0]
     out = []
-    for hop in walk(topology, flow):
-        if hop.control in PROVIDER_CONTROLS and hop.status != "not_visible":
-            # the evaluated rule list stays home: the named rule and the fix are the conclusion
-            item = {k: v for k, v in hop.to_json().items() if v not in ("", [], None)}
-            item.pop("checked", None)
-            item["port"] = port
-            out.append(item)
+    for az, hops in per_az.items():
+        for item in hops:
+            out.append({**item, "az": az})
     return out
 
 

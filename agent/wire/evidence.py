@@ -25,6 +25,7 @@ import json
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,15 +310,51 @@ class EvidenceAnswer:
             raise ValueError(f"level must be one of {SHARE_LEVELS}")
 
 
-def _body(answer: EvidenceAnswer, observations: tuple[dict[str, Any], ...], dropped: int) -> bytes:
+def _body(
+    answer: EvidenceAnswer,
+    observations: tuple[dict[str, Any], ...],
+    findings: tuple[dict[str, Any], ...],
+    dropped: int,
+    findings_dropped: int,
+) -> bytes:
     doc: dict[str, Any] = {"covers": [c.to_json() for c in answer.covers]}
     if observations:
         doc["observations"] = list(observations)
-    if answer.findings:
-        doc["findings"] = list(answer.findings)
+    if findings:
+        doc["findings"] = list(findings)
     if dropped:
         doc["dropped"] = dropped
+    if findings_dropped:
+        doc["findings_dropped"] = findings_dropped
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _keep_newest(
+    items: tuple[dict[str, Any], ...], fits: Callable[[tuple[dict[str, Any], ...]], bool]
+) -> tuple[dict[str, Any], ...]:
+    """The longest tail (newest) of ``items`` that ``fits``; bisection, bodies grow with it."""
+    lo, hi = 0, len(items)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(items[len(items) - mid :]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return items[len(items) - lo :] if lo else ()
+
+
+def _keep_first(
+    items: tuple[dict[str, Any], ...], fits: Callable[[tuple[dict[str, Any], ...]], bool]
+) -> tuple[dict[str, Any], ...]:
+    """The longest head of ``items`` that ``fits`` (findings come first-port first)."""
+    lo, hi = 0, len(items)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(items[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return items[:lo]
 
 
 def encode_answer(
@@ -326,34 +363,42 @@ def encode_answer(
     """Serialise and authenticate ``answer`` within ``max_len`` (at most ``ANSWER_MAX``).
 
     When everything does not fit, the oldest observations are left out first (a client
-    correlates the newest round), the truncated flag is set and the body says how many were
-    dropped; findings and coverage are never dropped. ValueError if even those do not fit.
+    correlates the newest round); only when no observation is left do findings go, from the
+    end (the client lists its service ports first). The truncated flag is set and the body
+    says how many of each were dropped; coverage is never dropped (ValueError if it alone
+    does not fit).
     """
     check_key(key, insecure)
     max_len = min(max_len, ANSWER_MAX)
     agent = answer.agent_id.encode("utf-8")
     budget = max_len - _ANSWER_FIXED.size - len(agent) - MAC_LEN
-    observations = answer.observations
-    dropped = answer.dropped
-    body = _body(answer, observations, dropped)
+    observations, findings = answer.observations, answer.findings
+    dropped, findings_dropped = answer.dropped, 0
+    body = _body(answer, observations, findings, dropped, 0)
     if len(body) > budget:
-        # drop from the old end; bisect on how many to keep (bodies grow with what is kept)
-        lo, hi = 0, len(observations)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            kept = observations[len(observations) - mid :]
-            extra = len(observations) - mid
-            if len(_body(answer, kept, dropped + extra)) <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        kept = observations[len(observations) - lo :] if lo else ()
-        dropped += len(observations) - lo
-        observations = kept
-        body = _body(answer, observations, dropped)
+        total_obs = len(observations)
+
+        def obs_fit(kept: tuple[dict[str, Any], ...]) -> bool:
+            extra = total_obs - len(kept)
+            return len(_body(answer, kept, findings, dropped + extra, 0)) <= budget
+
+        observations = _keep_newest(observations, obs_fit)
+        dropped += total_obs - len(observations)
+        if not observations:
+            total = len(findings)
+
+            def findings_fit(kept: tuple[dict[str, Any], ...]) -> bool:
+                body = _body(answer, (), kept, dropped, total - len(kept))
+                return len(body) <= budget
+
+            findings = _keep_first(findings, findings_fit)
+            findings_dropped = total - len(findings)
+        body = _body(answer, observations, findings, dropped, findings_dropped)
         if len(body) > budget:
-            raise ValueError(f"coverage and findings alone exceed {max_len} bytes")
-    flags = (_A_TRUNCATED if dropped else 0) | (_A_PARTIAL if answer.partial else 0)
+            raise ValueError(f"coverage alone exceeds {max_len} bytes")
+    flags = (_A_TRUNCATED if dropped or findings_dropped else 0) | (
+        _A_PARTIAL if answer.partial else 0
+    )
     head = _ANSWER_FIXED.pack(
         ANSWER_MAGIC,
         ANSWER_VERSION,

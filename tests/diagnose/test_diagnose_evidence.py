@@ -235,14 +235,23 @@ REFS = {
 }
 
 
-def test_both_ports_failing_says_the_block_is_not_port_specific() -> None:
-    note = channel_notes(PATH, True, REFS, {PATH: False, RPATH: False}, (9721,))
+def test_both_ports_failing_alike_says_the_block_is_not_port_specific() -> None:
+    note = channel_notes(PATH, REFS, {PATH: "timeout", RPATH: "timeout"}, (9721,))
     assert "evidence channel cut" in note and "not specific" in note
 
 
 def test_only_the_service_port_failing_says_the_block_is_port_specific() -> None:
-    note = channel_notes(PATH, True, REFS, {PATH: False, RPATH: True}, (9721,))
+    note = channel_notes(PATH, REFS, {PATH: "timeout", RPATH: "ok"}, (9721,))
     assert "specific to port 80" in note
+
+
+def test_ports_failing_differently_are_not_taken_for_one_cause() -> None:
+    note = channel_notes(PATH, REFS, {PATH: "timeout", RPATH: "refused"}, (9721,))
+    assert "fails differently" in note and "not specific" not in note
+
+
+def test_a_passing_path_gets_no_channel_note() -> None:
+    assert channel_notes(PATH, REFS, {PATH: "ok", RPATH: "timeout"}, (9721,)) == ""
 
 
 def test_a_round_with_a_cut_channel_says_so_in_the_verdict() -> None:

@@ -311,7 +311,14 @@ def test_answer_too_large_for_the_limit_drops_oldest_observations_and_says_so() 
     assert len(data) <= ANSWER_MAX
     assert back.truncated and back.dropped == 200 - len(back.observations)
     assert back.observations[-1] == observation(199)  # the newest are kept
-    assert back.findings == (FINDING,)  # findings are never dropped
+    assert back.findings == (FINDING,)  # findings go only once every observation has gone
+
+
+def test_findings_are_dropped_from_the_end_once_no_observation_is_left() -> None:
+    many = tuple({**FINDING, "port": i} for i in range(100))
+    back = decode_answer(encode_answer(answer(findings=many), KEY, max_len=1024), KEY)
+    assert back.truncated and not back.observations
+    assert back.findings == many[: len(back.findings)] and 0 < len(back.findings) < 100
 
 
 def test_answer_honours_a_smaller_size_limit() -> None:
