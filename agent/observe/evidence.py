@@ -188,8 +188,11 @@ class EvidenceService:
         self.peers = [(h, p) for h, p in parsed if not (skip_local_peers and is_local_address(h))]
 
     def _own(self, query: EvidenceQuery) -> tuple[dict[str, Any], ...]:
-        page = self.store.since(query.since_ns / 1e9, agent=query.agent_id)
-        return tuple(_compact(o.to_json()) for o in page.observations[-MAX_OBSERVATIONS:])
+        """This client's observations, plus SYN-tag matches (they carry no agent id: a tag
+        says "a tagged SYN arrived", which is how a reset by a stopped service is seen)."""
+        page = self.store.since(query.since_ns / 1e9)
+        mine = [o for o in page.observations if o.agent in (query.agent_id, "")]
+        return tuple(_compact(o.to_json()) for o in mine[-MAX_OBSERVATIONS:])
 
     async def _peer(
         self, host: str, port: int, query: EvidenceQuery

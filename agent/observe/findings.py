@@ -71,6 +71,7 @@ def _hops(topology: Topology, client_ip: str, port: int, az: str | None) -> list
         item.pop("checked", None)
         if hop.status == "allowed":
             item.pop("detail", None)
+            item.pop("resource", None)
         item["port"] = port
         out.append(item)
     return out

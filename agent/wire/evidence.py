@@ -362,11 +362,11 @@ def encode_answer(
 ) -> bytes:
     """Serialise and authenticate ``answer`` within ``max_len`` (at most ``ANSWER_MAX``).
 
-    When everything does not fit, the oldest observations are left out first (a client
-    correlates the newest round); only when no observation is left do findings go, from the
-    end (the client lists its service ports first). The truncated flag is set and the body
-    says how many of each were dropped; coverage is never dropped (ValueError if it alone
-    does not fit).
+    When everything does not fit, findings keep at most half of the room (dropped from the
+    end: the client lists its service ports first) and observations the rest (the oldest
+    dropped first: a client correlates the newest round). The truncated flag is set and the
+    body says how many of each were dropped; coverage is never dropped (ValueError if it
+    alone does not fit).
     """
     check_key(key, insecure)
     max_len = min(max_len, ANSWER_MAX)
@@ -376,23 +376,25 @@ def encode_answer(
     dropped, findings_dropped = answer.dropped, 0
     body = _body(answer, observations, findings, dropped, 0)
     if len(body) > budget:
+        # findings may take at most half of the room while observations want it: without
+        # observations a client cannot tell whether its probes arrived at all
+        total = len(findings)
+        cap = budget // 2 if observations else budget
+
+        def findings_fit(kept: tuple[dict[str, Any], ...]) -> bool:
+            return len(_body(answer, (), kept, dropped, total - len(kept))) <= cap
+
+        if len(_body(answer, (), findings, dropped, 0)) > cap:
+            findings = _keep_first(findings, findings_fit)
+            findings_dropped = total - len(findings)
         total_obs = len(observations)
 
         def obs_fit(kept: tuple[dict[str, Any], ...]) -> bool:
             extra = total_obs - len(kept)
-            return len(_body(answer, kept, findings, dropped + extra, 0)) <= budget
+            return len(_body(answer, kept, findings, dropped + extra, findings_dropped)) <= budget
 
         observations = _keep_newest(observations, obs_fit)
         dropped += total_obs - len(observations)
-        if not observations:
-            total = len(findings)
-
-            def findings_fit(kept: tuple[dict[str, Any], ...]) -> bool:
-                body = _body(answer, (), kept, dropped, total - len(kept))
-                return len(body) <= budget
-
-            findings = _keep_first(findings, findings_fit)
-            findings_dropped = total - len(findings)
         body = _body(answer, observations, findings, dropped, findings_dropped)
         if len(body) > budget:
             raise ValueError(f"coverage alone exceeds {max_len} bytes")

@@ -204,6 +204,25 @@ async def test_findings_in_the_answer_land_on_the_paths_of_their_port(make: Make
     assert src.evidence.findings[PATH][0].control == "nlb-sg-ingress"
 
 
+async def test_findings_of_one_az_land_only_on_that_azs_paths(make: Make) -> None:
+    async def findings(ip: str, ports: tuple[int, ...]) -> list[dict[str, Any]]:
+        hop = {"hop": "target-health", "control": "target-health", "port": 80}
+        return [
+            {**hop, "status": "denied", "az": "az-a"},
+            {**hop, "status": "allowed", "az": "az-b"},
+        ]
+
+    r = await make(share="findings", findings=findings)
+    a, b = "c/az-a/80", "c/az-b/80"
+    target = EvidenceTarget(
+        "ep", ("127.0.0.1",), r.bound_port, {80: (a, b)}, {a: "az-a", b: "az-b"}
+    )
+    src = EndpointEvidenceSource([target], agent_id="client-2", key=KEY, timeout_s=1.0)
+    await src.fetch(time.time() - 30)
+    assert [f.status for f in src.evidence.findings[a]] == ["denied"]
+    assert [f.status for f in src.evidence.findings[b]] == ["allowed"]
+
+
 async def test_a_dead_eni_is_skipped_for_the_next_one(make: Make) -> None:
     r = await make()
     await probe(r)

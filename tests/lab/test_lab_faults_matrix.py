@@ -67,8 +67,8 @@ def test_scenario_verdict_names_the_broken_control(
     scenario: matrix.Scenario, verdicts: dict[str, dict[str, dict]]
 ) -> None:
     """Through the endpoint: the exact control, or, where the mistake cuts the evidence
-    channel too, the right stage, no false blame, and a verdict that names the cut; and the
-    side-channel reference level exactly."""
+    channel too, no false blame, a verdict that names the cut and a stage no worse than the
+    consumer's own evidence gives; and the side-channel reference level exactly."""
     endpoint = verdicts["endpoint"]
     assert set(endpoint) == set(scenario.expect), "one verdict per probed service path"
     cut = matrix.channel_cut(endpoint)
@@ -78,7 +78,9 @@ def test_scenario_verdict_names_the_broken_control(
             got = (v["status"], v["blocked_at"], v["stage"])
             assert got == (truth.status, truth.blocked_at, truth.stage), (path, v["explanation"])
         else:
-            assert v["stage"] == truth.stage, (path, v["explanation"])
+            # no evidence from the provider: never worse than the consumer's side alone
+            consumer_only = verdicts["client"][path]
+            assert v["stage"] in (truth.stage, consumer_only["stage"]), (path, v["explanation"])
             assert v["blocked_at"] in (None, "unknown", truth.blocked_at), v["explanation"]
             if truth.status == "fail":
                 assert matrix.names_cut(v), (path, v["evidence"])

@@ -20,6 +20,7 @@ from agent.observe.evidence import EvidenceService, ask
 from agent.observe.findings import PROVIDER_CONTROLS, ProviderFindings, provider_side
 from agent.observe.responder import Responder
 from agent.observe.store import ObservationStore
+from agent.results import Observation
 from agent.sources.topology import load_topology
 from agent.wire import EvidenceQuery, Token, decode_reply, encode_query, encode_token
 
@@ -96,6 +97,16 @@ async def test_a_query_gets_an_authenticated_answer_with_the_clients_own_observa
     assert [o["probe_id"] for o in answer.observations] == [mine]
     assert answer.level == "seen-only" and answer.covers[0].target == "server-1"
     assert r.evidence is not None and r.evidence.counters.answered == 1
+
+
+async def test_syn_tag_matches_without_an_agent_id_are_shared_too(make: Make) -> None:
+    r = await make()
+    r.store.append(
+        Observation("syn_tag", "server-1", time.time(), "10.3.0.100", 4000, "10.3.1.10", 80,
+                    "sniffer", isn=12345)
+    )  # fmt: skip
+    answer = await ask("127.0.0.1", r.bound_port, query(), KEY)
+    assert [(o["kind"], o["isn"]) for o in answer.observations] == [("syn_tag", 12345)]
 
 
 async def test_a_query_sent_to_one_target_returns_what_another_target_saw(make: Make) -> None:
@@ -196,6 +207,16 @@ def test_provider_findings_name_provider_controls_only_and_no_rule_lists() -> No
     assert found and {f["control"] for f in found} <= PROVIDER_CONTROLS
     assert all("checked" not in f and f["port"] == 80 for f in found)
     assert next(f for f in found if f["control"] == "nlb-sg-ingress")["status"] == "allowed"
+
+
+def test_provider_findings_differ_per_az_when_one_az_has_no_target() -> None:
+    """Cross-zone off and targets in one AZ: which NLB node the flow enters decides, so each
+    AZ's hops travel with their AZ and the client takes those of its path's AZ."""
+    topology = load_topology(REPO / "configs" / "lab" / "multi-az.yaml")
+    found = provider_side(topology, "10.2.1.15", 80)
+    assert {f["az"] for f in found} == {"apne1-az1", "apne1-az4"}
+    denied = {f["az"] for f in found if f["status"] == "denied"}
+    assert denied == {"apne1-az1"}
 
 
 def test_provider_findings_reload_the_view_when_its_fingerprint_changes() -> None:

@@ -311,14 +311,25 @@ def test_answer_too_large_for_the_limit_drops_oldest_observations_and_says_so() 
     assert len(data) <= ANSWER_MAX
     assert back.truncated and back.dropped == 200 - len(back.observations)
     assert back.observations[-1] == observation(199)  # the newest are kept
-    assert back.findings == (FINDING,)  # findings go only once every observation has gone
+    assert back.findings == (FINDING,)  # small findings are kept whole
 
 
-def test_findings_are_dropped_from_the_end_once_no_observation_is_left() -> None:
+def test_findings_are_dropped_from_the_end_when_alone_too_large() -> None:
     many = tuple({**FINDING, "port": i} for i in range(100))
-    back = decode_answer(encode_answer(answer(findings=many), KEY, max_len=1024), KEY)
-    assert back.truncated and not back.observations
-    assert back.findings == many[: len(back.findings)] and 0 < len(back.findings) < 100
+    bare = answer(findings=many, observations=())
+    back = decode_answer(encode_answer(bare, KEY, max_len=1024), KEY)
+    assert back.truncated and back.findings == many[: len(back.findings)]
+    assert 0 < len(back.findings) < 100
+
+
+def test_findings_leave_half_the_room_to_observations() -> None:
+    many = tuple({**FINDING, "port": i} for i in range(100))
+    full = answer(findings=many, observations=tuple(observation(i) for i in range(100)))
+    data = encode_answer(full, KEY, max_len=4096)
+    back = decode_answer(data, KEY)
+    assert len(data) <= 4096 and back.truncated
+    assert len(back.observations) >= 5 and back.observations[-1] == observation(99)
+    assert back.findings == many[: len(back.findings)] and back.findings
 
 
 def test_answer_honours_a_smaller_size_limit() -> None:
