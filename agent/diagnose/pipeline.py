@@ -113,10 +113,15 @@ class Diagnosis:
     view: ConfigView = NO_VIEW
     #: path id -> why the configuration was not used for it
     notes: dict[str, str] = field(default_factory=dict)
+    #: paths on a responder port: plprobe's own evidence channel, not the service
+    channel_paths: frozenset[str] = frozenset()
 
     @property
     def status(self) -> str:
-        return rollup(self.verdicts)
+        """The service's status: responder-port paths count only when there is nothing else
+        (a passing evidence channel must not turn a failing service into "degraded")."""
+        service = [v for v in self.verdicts if v.path not in self.channel_paths]
+        return rollup(service or self.verdicts)
 
     @property
     def all_pass(self) -> bool:
@@ -352,7 +357,12 @@ def diagnose_round(
             verdict.evidence.append(f"configuration not used for this path: {notes[ev.path]}")
             log.debug("%s: %s", ev.path, notes[ev.path])
         verdicts.append(verdict)
-    return Diagnosis(verdicts=verdicts, evidence=evidence, view=view, notes=notes)
+    channel = frozenset(
+        pid for pid, ports in responder.items() if pid in refs and refs[pid].port in ports
+    )
+    return Diagnosis(
+        verdicts=verdicts, evidence=evidence, view=view, notes=notes, channel_paths=channel
+    )
 
 
 def _note_shared(

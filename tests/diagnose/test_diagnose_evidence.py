@@ -289,3 +289,20 @@ def test_a_round_with_a_cut_channel_says_so_in_the_verdict() -> None:
     v = next(v for v in d.verdicts if v.path == PATH)
     assert v.explanation.startswith("evidence channel cut")
     assert any("not specific to the service port" in e for e in v.evidence)
+
+
+def test_a_passing_evidence_channel_does_not_make_a_failing_service_degraded() -> None:
+    round_ = RoundResult(
+        evidence=[evidence("timeout", "no"), evidence("ok", "yes", RPATH)],
+        results=[],
+        observations=[],
+        provider_error=None,
+        started_at=NOW,
+        finished_at=NOW,
+        paths=list(REFS.values()),
+        provider_evidence=ProviderEvidence(source="endpoint", level="seen-only"),
+        responder_ports={PATH: (9721,), RPATH: (9721,)},
+    )
+    d = diagnose_round(round_, None, self_identity("client-2"), now=NOW)
+    assert d.channel_paths == {RPATH}
+    assert d.status == "fail" and not d.all_pass
