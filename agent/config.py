@@ -381,7 +381,8 @@ class EvidenceConfig(_Model):
     ``findings`` (also the provider's own findings for the client's flow: control and rule ids
     and fixes, never raw configuration). ``peers``: the other provider agents of the target
     group as ``host:port`` of their responders, asked on each query so one target answers for
-    all (this agent's own address may be listed: it is skipped).
+    all (this agent's own address may be listed: it is skipped). Empty: the targets registered
+    on the responder port in the provider's view (``config_sources``: DescribeTargetHealth).
     """
 
     enabled: bool = True

@@ -172,9 +172,17 @@ class ProviderAgent:
         from agent.observe.findings import provider_findings_for
 
         ec = self.config.evidence
-        findings = provider_findings_for(self.config) if ec.share == "findings" else None
+        view = provider_findings_for(self.config)
+        findings = view if ec.share == "findings" else None
         if ec.share == "findings" and findings is None:
             self._say("WARNING: evidence share is findings but no config_sources: none to share")
+        port = self.config.responder.port
+        discover = None
+        if not ec.peers and view is not None:
+
+            async def discover() -> list[str]:
+                return await view.peers(port)
+
         return EvidenceService(
             key=self.key,
             insecure=self.config.insecure,
@@ -185,6 +193,7 @@ class ProviderAgent:
             peer_timeout=ec.peer_timeout,
             max_answer_bytes=ec.max_answer_bytes,
             findings=findings.findings if findings is not None else None,
+            discover=discover,
         )
 
     async def stop(self) -> None:

@@ -65,6 +65,7 @@ MAX_OBSERVATIONS = 500
 _DEFAULTS = {"answered": True}
 
 FindingsFn = Callable[[str, tuple[int, ...]], Awaitable[list[dict[str, Any]]]]
+PeersFn = Callable[[], Awaitable[list[str]]]
 
 
 @dataclass
@@ -171,6 +172,7 @@ class EvidenceService:
         insecure: bool = False,
         clock_ns: Callable[[], int] = time.time_ns,
         skip_local_peers: bool = True,
+        discover: PeersFn | None = None,
     ) -> None:
         if share not in SHARE_LEVELS:
             raise ValueError(f"share must be one of {SHARE_LEVELS}")
@@ -184,8 +186,30 @@ class EvidenceService:
         self.findings = findings
         self.counters = EvidenceCounters()
         self._clock_ns = clock_ns
-        parsed = [parse_peer(p) for p in peers]
-        self.peers = [(h, p) for h, p in parsed if not (skip_local_peers and is_local_address(h))]
+        self._skip_local = skip_local_peers
+        self._local: dict[str, bool] = {}
+        self.peers = self._not_local([parse_peer(p) for p in peers])
+        #: with no configured peers: where to find them (the provider's view), per query
+        self.discover = discover if not peers else None
+
+    def _not_local(self, peers: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        if not self._skip_local:
+            return peers
+        for host, _ in peers:
+            if host not in self._local:
+                self._local[host] = is_local_address(host)
+        return [(h, p) for h, p in peers if not self._local[h]]
+
+    async def _current_peers(self) -> list[tuple[str, int]]:
+        """The configured peers, or those the provider's view lists right now."""
+        if self.discover is None:
+            return self.peers
+        try:
+            found = [parse_peer(p) for p in await self.discover()]
+        except Exception:  # discovery is best effort: answer for this agent alone
+            log.exception("peer discovery failed")
+            return []
+        return self._not_local(found)
 
     def _own(self, query: EvidenceQuery) -> tuple[dict[str, Any], ...]:
         """This client's observations, plus SYN-tag matches (they carry no agent id: a tag
@@ -236,8 +260,9 @@ class EvidenceService:
         findings: tuple[dict[str, Any], ...] = ()
         if level != "none":
             observations = self._own(query)
-        if not query.peer and self.peers:
-            parts = await asyncio.gather(*(self._peer(h, p, query) for h, p in self.peers))
+        peers = await self._current_peers() if not query.peer else []
+        if peers:
+            parts = await asyncio.gather(*(self._peer(h, p, query) for h, p in peers))
             for peer_covers, peer_obs in parts:
                 covers.extend(peer_covers)
                 if level != "none":

@@ -181,6 +181,30 @@ class ProviderFindings:
         """``findings_sync`` in a worker thread."""
         return await asyncio.to_thread(self.findings_sync, client_ip, ports)
 
+    def peers_sync(self, port: int) -> list[str]:
+        """``ip:port`` of every target registered on ``port`` in the view (blocking).
+
+        What DescribeTargetHealth lists with the provider's read-only role: the provider
+        agents of the target group(s) behind the responder listener, i.e. this agent's peers.
+        """
+        with self._lock:
+            topology = self._current()
+            if topology is None:
+                return []
+            out: list[str] = []
+            for tg in topology.target_groups.values():
+                for target in tg.targets:
+                    inst = topology.instances.get(target.instance_id)
+                    if inst is not None and inst.ip and tg.target_port(target) == port:
+                        peer = f"[{inst.ip}]:{port}" if ":" in inst.ip else f"{inst.ip}:{port}"
+                        if peer not in out:
+                            out.append(peer)
+            return out
+
+    async def peers(self, port: int) -> list[str]:
+        """``peers_sync`` in a worker thread."""
+        return await asyncio.to_thread(self.peers_sync, port)
+
 
 def provider_findings_for(config: ProviderConfig) -> ProviderFindings | None:
     """Findings from the provider's ``config_sources`` (None when it has none).

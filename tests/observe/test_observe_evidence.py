@@ -121,6 +121,27 @@ async def test_a_query_sent_to_one_target_returns_what_another_target_saw(make: 
     assert not answer.partial
 
 
+async def test_peers_are_discovered_from_the_providers_view_when_none_are_configured(
+    make: Make,
+) -> None:
+    other = await make("server-2")
+
+    async def discover() -> list[str]:
+        return [f"127.0.0.1:{other.bound_port}"]
+
+    first = await make("server-1", discover=discover)
+    seen = await probe(other)
+    answer = await ask("127.0.0.1", first.bound_port, query(), KEY)
+    assert [o["probe_id"] for o in answer.observations] == [seen]
+    assert {c.target for c in answer.covers} == {"server-1", "server-2"}
+
+
+def test_the_view_lists_the_targets_on_the_responder_port_as_peers() -> None:
+    topology = load_topology(REPO / "configs" / "lab" / "reference.yaml")
+    pf = ProviderFindings(lambda: topology)
+    assert pf.peers_sync(9721) == ["10.3.1.10:9721", "10.3.1.11:9721"]
+
+
 async def test_a_silent_peer_makes_the_answer_partial_and_says_which(make: Make) -> None:
     dead = f"127.0.0.1:{free_port()}"
     r = await make(peers=[dead], peer_timeout=0.5)
