@@ -50,6 +50,7 @@ __all__ = [
     "AwsSource",
     "ClientConfig",
     "ConfigSources",
+    "EvidenceConfig",
     "PathConfig",
     "ProviderConfig",
     "ProviderProbeTarget",
@@ -399,9 +400,40 @@ class SnifferConfig(_Model):
     proxy_v2: bool = False
 
 
+class EvidenceConfig(_Model):
+    """What this provider agent tells clients through the endpoint (agent/observe/evidence.py).
+
+    ``share`` is the provider's choice: ``none`` (coverage only: the client can tell "shares
+    nothing" from "channel cut"), ``seen-only`` (which of the client's probes arrived where),
+    ``findings`` (also the provider's own findings for the client's flow: control and rule ids
+    and fixes, never raw configuration). ``peers``: the other provider agents of the target
+    group as ``host:port`` of their responders, asked on each query so one target answers for
+    all (this agent's own address may be listed: it is skipped). Empty: the targets registered
+    on the responder port in the provider's view (``config_sources``: DescribeTargetHealth).
+    """
+
+    enabled: bool = True
+    share: Literal["none", "seen-only", "findings"] = "seen-only"
+    peers: list[str] = Field(default_factory=list, max_length=256)
+    #: how long one peer may take to answer before the answer goes out without it
+    peer_timeout: Annotated[float, Field(gt=0, le=10)] = 1.0
+    #: the largest answer this agent sends (bytes; truncated beyond, with a flag)
+    max_answer_bytes: Annotated[int, Field(ge=512, le=8192)] = 8192
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        for v in value:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"peer {v!r} is not host:port")
+        return value
+
+
 class ProviderConfig(_Common):
     role: Literal["provider"]
     responder: ResponderConfig = Field(default_factory=ResponderConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     sniffer: SnifferConfig = Field(default_factory=SnifferConfig)
     #: PROXY v2 endpoint ids that may connect (empty: any); others are reported
     expected_endpoint_ids: list[str] = Field(default_factory=list)

@@ -80,7 +80,9 @@ DURATION_BUCKETS: tuple[float, ...] = (
 STATUSES: tuple[str, ...] = ("pass", "fail", "degraded", "unknown")
 VIAS: tuple[str, ...] = ("responder", "sniffer")
 REJECT_REASONS: tuple[str, ...] = ("malformed", "forged", "replayed", "over_limit", "timeout")
-EVIDENCE_SOURCES: tuple[str, ...] = ("provider_api", "snapshot", "aws")
+EVIDENCE_SOURCES: tuple[str, ...] = ("provider_api", "endpoint", "injected", "snapshot", "aws")
+#: what a provider agent may share through the endpoint (agent/wire/evidence.py)
+SHARE_LEVELS: tuple[str, ...] = ("none", "seen-only", "findings")
 ROLES: tuple[str, ...] = ("client", "provider", "both")
 #: what a provider probe tests (``agent.daemon.provider_probes.HOPS``; kept equal by a test)
 HOPS: tuple[str, ...] = ("nlb", "target", "health")
@@ -127,6 +129,10 @@ class Metrics:
     reload_ok_time: Gauge
     raw_fallback: Gauge
     evidence_up: Gauge
+    evidence_age: Gauge
+    evidence_level: Gauge
+    evidence_targets: Gauge
+    evidence_bytes: Counter
     probe_module_unknown: Counter
     provider_up: Gauge
     provider_probes: Counter
@@ -340,6 +346,35 @@ class Metrics:
         """Whether the last fetch from an evidence source succeeded."""
         self.evidence_up.labels(_check("source", source, EVIDENCE_SOURCES)).set(1 if up else 0)
 
+    def set_provider_evidence(
+        self,
+        source: str,
+        *,
+        up: bool,
+        level: str = "",
+        age_s: float | None = None,
+        covered: int = 0,
+        missing: int = 0,
+        sent: int = 0,
+        received: int = 0,
+    ) -> None:
+        """Where the last round's provider evidence came from, what was shared, how fresh.
+
+        ``level`` is the provider's sharing level ("" when nothing answered: every level 0);
+        ``age_s`` how old the evidence was when used (None: no evidence, the series is NaN);
+        ``covered``/``missing`` the targets the answer speaks for or says it lacks.
+        """
+        self.set_evidence_source(source, up)
+        for lv in SHARE_LEVELS:
+            self.evidence_level.labels(lv).set(1 if lv == level else 0)
+        self.evidence_age.labels(source).set(float("nan") if age_s is None else age_s)
+        self.evidence_targets.labels("covered").set(covered)
+        self.evidence_targets.labels("missing").set(missing)
+        if sent:
+            self.evidence_bytes.labels("sent").inc(sent)
+        if received:
+            self.evidence_bytes.labels("received").inc(received)
+
     @staticmethod
     def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
         # prometheus-client's remove() ignores an absent series
@@ -456,6 +491,30 @@ def make_metrics(
             "plprobe_evidence_source_up",
             "1 when the last fetch from the evidence source succeeded.",
             ["source"],
+            registry=r,
+        ),
+        evidence_age=Gauge(
+            "plprobe_evidence_age_seconds",
+            "How old the provider evidence of the last round was when it was used.",
+            ["source"],
+            registry=r,
+        ),
+        evidence_level=Gauge(
+            "plprobe_evidence_share_level",
+            "The sharing level the provider granted in its last answer, one-hot.",
+            ["level"],
+            registry=r,
+        ),
+        evidence_targets=Gauge(
+            "plprobe_evidence_targets",
+            "Provider targets the last answer covers, and those it says it is missing.",
+            ["state"],
+            registry=r,
+        ),
+        evidence_bytes=Counter(
+            "plprobe_evidence_bytes_total",
+            "Bytes of evidence queries sent and answers received through the endpoint.",
+            ["direction"],
             registry=r,
         ),
         probe_module_unknown=Counter(

@@ -3,12 +3,19 @@ evidence level.
 
 Each scenario is a topology edit on a running lab (``agent.lab.faults`` where the mistake is
 there, else built here), the agents run one round per client inside the client nodes, and
-each path's verdict is compared with the ground truth at three evidence levels:
+each path's verdict is compared with the ground truth at four evidence levels:
 
-    full     both agents' evidence (client packets + provider observations) + both
-             accounts' snapshots
-    client   client packets + the consumer account's snapshot
-    packets  client packets alone
+    endpoint      both agents, evidence through the endpoint: client packets, the consumer
+                  account's snapshot, and what the provider fleet answered on the responder
+                  port (observations and its own findings) - what a deployment has
+    side-channel  reference: provider observations handed over through ``ip netns exec`` + both
+                  accounts' snapshots (no deployment has this)
+    client        client packets + the consumer account's snapshot
+    packets       client packets alone
+
+Only service-port paths are scored (the responder-port paths carry the evidence channel). A
+scenario whose mistake also blocks the responder port cuts the channel: the endpoint level
+then keeps the stage and its verdicts name the cut (``channel cut`` in the table).
 
 Per level: **exact control** (every path's status and ``blocked_at`` are the truth),
 **right stage** (every path's stage is), **false blame** (some path names a control that is
@@ -39,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent.lab import agents, faults
-from agent.lab.agents import LEVELS
+from agent.lab.agents import LEVELS, RESPONDER_PORT
 from agent.lab.lab import Lab
 from agent.model import (
     NaclEntry,
@@ -130,7 +137,7 @@ def _endpoint_wrong_cidr(t: Topology) -> None:
     for ep in t.endpoints.values():
         for sg_id in ep.sg_ids:
             for r in t.security_groups[sg_id].ingress():
-                if r.sg_ref == client_sg:
+                if r.sg_ref == client_sg and r.covers_port(80):
                     r.sg_ref = None
                     r.cidrs = ("10.2.2.0/24",)
                     r.description = "a wrong CIDR for client-2 (its subnet is 10.2.1.0/24)"
@@ -157,7 +164,8 @@ def _health_port_not_in_nlb_egress(t: Topology) -> None:
     SG egress allows only the traffic port 80: every target unhealthy -> the NLB fails open."""
     nlb_sgs = {sg for nlb in t.nlbs.values() for sg in nlb.sg_ids or []}
     for tg in t.target_groups.values():
-        tg.health_check.port = 8080
+        if tg.port != RESPONDER_PORT:
+            tg.health_check.port = 8080
     for inst in t.targets():
         inst.services = sorted({*inst.services, 8080})
         sg = t.security_groups[inst.sg_ids[0]]
@@ -182,6 +190,7 @@ def _one_target_sg_broken(t: Topology) -> None:
         description="server-2 only",
         rules=[
             Rule("server-2-from-clients", "ingress", "tcp", 80, 80, cidrs=client_cidrs),
+            *[copy.deepcopy(r) for r in old.ingress() if r.covers_port(RESPONDER_PORT)],
             *[copy.deepcopy(r) for r in old.egress()],
         ],
     )
@@ -191,6 +200,16 @@ def _one_target_sg_broken(t: Topology) -> None:
         for sg_id in nlb.sg_ids or []:
             t.security_groups[sg_id].rules.append(
                 Rule("nlb-egress-server-2", "egress", "tcp", 80, 80, sg_ref=sg.id)
+            )
+            t.security_groups[sg_id].rules.append(
+                Rule(
+                    "nlb-egress-server-2-9721",
+                    "egress",
+                    "tcp",
+                    RESPONDER_PORT,
+                    RESPONDER_PORT,
+                    sg_ref=sg.id,
+                )
             )
 
 
@@ -632,11 +651,18 @@ def lab_topology(kind: str) -> Topology:
 
 
 def _health_ok(lab: Lab, want: dict[str, str]) -> Callable[[dict], bool]:
+    """The service's target groups reach ``want`` (the responder port's group is the
+    evidence channel's, not the scenario's)."""
     topo = lab.topology
     names = {i.id: i.name for i in topo.instances.values()}
+    responder = {k for k, tg in topo.target_groups.items() if tg.port == RESPONDER_PORT}
 
     def ok(health: dict[tuple[str, str], str]) -> bool:
-        states = {names.get(iid, iid): s for (_, iid), s in health.items() if s != "unused"}
+        states = {
+            names.get(iid, iid): s
+            for (tg, iid), s in health.items()
+            if s != "unused" and tg not in responder
+        }
         if not states:
             return False
         if "*" in want:
@@ -667,13 +693,26 @@ def run_scenario(lab: Lab, scenario: Scenario) -> dict[str, dict[str, dict]]:
         lab, levels=LEVELS, timeout=PROBE_TIMEOUT_S, retries=PROBE_RETRIES
     )
     out: dict[str, dict[str, dict]] = {lv: {} for lv in LEVELS}
+    channel = f"/{RESPONDER_PORT}"
     for answer in answers.values():
         for v in answer["check"]["verdicts"]:
-            out["full"][v["path"]] = v
+            if not v["path"].endswith(channel):
+                out["endpoint"][v["path"]] = v
         for lv, diagnosis in answer["levels"].items():
             for v in diagnosis["verdicts"]:
-                out[lv][v["path"]] = v
+                if not v["path"].endswith(channel):
+                    out[lv][v["path"]] = v
     return out
+
+
+def names_cut(verdict: dict) -> bool:
+    """Does the verdict say the evidence channel itself was cut?"""
+    return any("evidence channel cut" in line for line in verdict.get("evidence", []))
+
+
+def channel_cut(verdicts: dict[str, dict]) -> bool:
+    """Was the evidence channel cut in this scenario (some verdict says so)?"""
+    return any(names_cut(v) for v in verdicts.values())
 
 
 def restore_scenario(lab: Lab, scenario: Scenario) -> None:
@@ -748,7 +787,8 @@ def markdown(results: dict[int, dict[str, dict[str, dict]]], seconds: float) -> 
         "|---|---|---|---|",
     ]
     names = {
-        "full": "both agents + both snapshots",
+        "endpoint": "both agents, evidence through the endpoint",
+        "side-channel": "reference: evidence handed over + both snapshots",
         "client": "client packets + consumer snapshot",
         "packets": "client packets only",
     }
@@ -758,7 +798,16 @@ def markdown(results: dict[int, dict[str, dict[str, dict]]], seconds: float) -> 
         stage = sum(s.stage for s in scores)
         blame = sum(s.false_blame for s in scores)
         lines.append(f"| {names[lv]} | {exact}/{n} | {stage}/{n} | {blame}/{n} |")
+    cut = [k for k, r in results.items() if channel_cut(r["endpoint"])]
+    kept = [k for k in cut if score(by_number[k], results[k]["endpoint"]).stage]
+    uncut = [k for k in results if k not in cut]
+    uncut_exact = sum(score(by_number[k], results[k]["endpoint"]).exact for k in uncut)
     lines += [
+        "",
+        f"Through the endpoint: {uncut_exact}/{len(uncut)} exact where the evidence channel "
+        f"works; the channel is cut in {len(cut)} scenario(s) "
+        f"({', '.join(f'#{k}' for k in cut) or 'none'}), whose verdicts name the cut and keep "
+        f"the right stage in {len(kept)}/{len(cut)}.",
         "",
         f"Per scenario (status · stage · blocked_at; measured in {seconds:.0f} s):",
         "",

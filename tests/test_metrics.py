@@ -309,6 +309,28 @@ def test_evidence_source_reachability(m: Metrics, reg: CollectorRegistry) -> Non
     assert reg.get_sample_value("plprobe_evidence_source_up", {"source": "provider_api"}) == 0
 
 
+def test_the_client_exports_where_its_evidence_came_from_and_how_fresh_it_is(
+    m: Metrics, reg: CollectorRegistry
+) -> None:
+    m.set_provider_evidence(
+        "endpoint", up=True, level="findings", age_s=0.25, covered=2, missing=1, sent=73,
+        received=900,
+    )  # fmt: skip
+    get = reg.get_sample_value
+    assert get("plprobe_evidence_source_up", {"source": "endpoint"}) == 1
+    assert get("plprobe_evidence_age_seconds", {"source": "endpoint"}) == 0.25
+    assert get("plprobe_evidence_share_level", {"level": "findings"}) == 1
+    assert get("plprobe_evidence_share_level", {"level": "seen-only"}) == 0
+    assert get("plprobe_evidence_targets", {"state": "missing"}) == 1
+    assert get("plprobe_evidence_bytes_total", {"direction": "received"}) == 900
+
+
+def test_a_round_without_provider_evidence_has_no_age(m: Metrics, reg: CollectorRegistry) -> None:
+    m.set_provider_evidence("endpoint", up=False)
+    age = reg.get_sample_value("plprobe_evidence_age_seconds", {"source": "endpoint"})
+    assert age is not None and age != age  # NaN: no evidence, not "fresh"
+
+
 def test_series_stay_bounded_with_a_thousand_paths(reg: CollectorRegistry) -> None:
     m = make_metrics(reg)
     paths = [f"client-{i % 10}/apne1-az{i % 3 + 1}/{1000 + i}" for i in range(1000)]

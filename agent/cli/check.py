@@ -72,7 +72,7 @@ def check_command(
         print(render_json(diagnosis, round_), file=stream)
     else:
         colour = stream.isatty() and not os.environ.get("NO_COLOR")
-        stream.write(render_table(diagnosis, colour=colour, notes=notes))
+        stream.write(render_table(diagnosis, colour=colour, notes=notes, round_=round_))
     return exit_code(diagnosis)
 
 

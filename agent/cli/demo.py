@@ -63,6 +63,9 @@ def _check(lab: Lab, screen: _Screen) -> tuple[int, str]:
         table = run.stdout.split("\nconfiguration:", 1)[0]  # the view line: once, below
         screen.detail(f"{run.client}: exit {run.returncode}")
         screen.block(table)
+        for line in run.stdout.splitlines():  # where the provider's evidence came from
+            if line.startswith("provider evidence:"):
+                screen.detail(line)
         if run.returncode == 2 or (run.stderr.strip() and not run.stdout.strip()):
             screen.block(run.stderr)
         code = max(code, run.returncode)
@@ -92,11 +95,14 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     print(
         "plprobe demo: AWS PrivateLink across two accounts, emulated on this machine\n"
         "  client-1 (vpc-1, peered) and client-2 (vpc-2) -> interface endpoint 10.2.0.20 ->\n"
-        "  NLB 10.3.0.100 (provider account) -> server-1, server-2 (HTTP on 80)",
+        "  NLB 10.3.0.100 (provider account) -> server-1, server-2 (HTTP on 80)\n"
+        "  the provider's evidence reaches each client only through the endpoint (port 9721)",
         file=out,
     )
     try:
         screen.heading("[1/6]", "lab up, with a provider agent on every target")
+        screen.detail("each client diagnoses with its own account's snapshot and what the")
+        screen.detail("provider agents answer through the endpoint on the responder port")
         lab.up(load_topology())
         agents.start_agents(lab, lab.progress)
         lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=10)

@@ -33,6 +33,7 @@ from agent.daemon.memory import release_free_memory
 from agent.daemon.provider_probes import ProviderProber, ProviderRound
 from agent.errors import PlprobeError
 from agent.limits import raise_nofile_limit
+from agent.observe.evidence import EvidenceService
 from agent.observe.responder import Responder, ResponderCounters
 from agent.observe.store import ObservationStore
 from agent.results import hostport
@@ -104,6 +105,7 @@ class ProviderAgent:
         self.registry = registry or CollectorRegistry()
         self._serve_api = serve_api
         self.responder: Responder | None = None
+        self.evidence: EvidenceService | None = None
         self.sniffer: Any = None
         self.sniffer_error: str | None = None
         self.api_addresses: list[tuple[str, int]] = []
@@ -147,6 +149,8 @@ class ProviderAgent:
             log.warning(INSECURE_NOTE)
 
         rc = cfg.responder
+        if rc.enabled and cfg.evidence.enabled:
+            self.evidence = self._make_evidence()
         if rc.enabled:
             self.responder = Responder(
                 key=self.key,
@@ -163,6 +167,7 @@ class ProviderAgent:
                 expected_endpoint_ids=cfg.expected_endpoint_ids,
                 counters=self._carried_counters,
                 trim=release_free_memory,  # after a flood: RSS back near its baseline
+                evidence=self.evidence,
             )
             await self.responder.start()
             self._stack.push_async_callback(self.responder.stop, _STOP_GRACE_S)
@@ -172,6 +177,11 @@ class ProviderAgent:
                 f"(proxy_v2 {'on' if rc.proxy_v2 else 'off'}, "
                 f"max_connections {rc.max_connections}, read_timeout {rc.read_timeout}s)"
             )
+            if self.evidence is not None:
+                self._say(
+                    f"evidence answers on {host}:{port}: share {self.evidence.share}, "
+                    f"{len(self.evidence.peers)} peer(s)"
+                )
         else:
             self._say("responder disabled")
 
@@ -180,6 +190,35 @@ class ProviderAgent:
             await self._start_api()
         await self._start_probes()
         self._stack.push_async_callback(self._cancel_task, self._start_metrics_sync())
+
+    def _make_evidence(self) -> EvidenceService:
+        """The evidence service; findings only at ``share: findings`` with a view to read."""
+        from agent.observe.findings import provider_findings_for
+
+        ec = self.config.evidence
+        view = provider_findings_for(self.config)
+        findings = view if ec.share == "findings" else None
+        if ec.share == "findings" and findings is None:
+            self._say("WARNING: evidence share is findings but no config_sources: none to share")
+        port = self.config.responder.port
+        discover = None
+        if not ec.peers and view is not None:
+
+            async def discover() -> list[str]:
+                return await view.peers(port)
+
+        return EvidenceService(
+            key=self.key,
+            insecure=self.config.insecure,
+            agent_id=self.config.agent_id,
+            store=self.store,
+            share=ec.share,
+            peers=ec.peers,
+            peer_timeout=ec.peer_timeout,
+            max_answer_bytes=ec.max_answer_bytes,
+            findings=findings.findings if findings is not None else None,
+            discover=discover,
+        )
 
     async def stop(self) -> None:
         """Stop in reverse order of start; every step is bounded."""
@@ -296,6 +335,8 @@ class ProviderAgent:
         if self.responder is not None:
             responder = self.responder
             sources["responder"] = responder.counters.as_dict
+        if self.evidence is not None:
+            sources["evidence"] = self.evidence.counters.as_dict
         if self.sniffer is not None:
             sniffer = self.sniffer
             sources["sniffer"] = lambda: {

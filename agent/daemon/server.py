@@ -665,8 +665,20 @@ class Daemon:
                 self.metrics.set_verdict(v)
             except ValueError as exc:
                 log.error("cannot export verdict of %s: %s", v.path, exc)
-        if self.provider is not None or any(config.for_path(pc).provider_urls for pc in pcs):
-            fetched = result.observations is not None and not result.provider_error
+        fetched = result.observations is not None and not result.provider_error
+        shared = result.provider_evidence
+        if shared is not None and shared.source in ("endpoint", "injected"):
+            self.metrics.set_provider_evidence(
+                shared.source,
+                up=fetched,
+                level=shared.level,
+                age_s=shared.age_s,
+                covered=sum(1 for c in shared.covers.values() if c.get("ok")),
+                missing=sum(1 for c in shared.covers.values() if not c.get("ok")),
+                sent=shared.bytes_sent,
+                received=shared.bytes_received,
+            )
+        elif self.provider is not None or any(config.for_path(pc).provider_urls for pc in pcs):
             self.metrics.set_evidence_source("provider_api", fetched)
         evidence: dict[str, PathEvidence] = {e.path: e for e in diagnosis.evidence}
         self.deps.results = {**self.deps.results, **by_path}

@@ -203,12 +203,16 @@ def isn_rewritten(
 ) -> bool:
     """Does this round show the NLB rewriting initial sequence numbers?
 
-    Evidence: on one path, a syn probe got its SYN-ACK and a token of the same round reached
-    a target, yet no SYN carrying our tag was seen — the SYN went through, its ISN did not.
+    Evidence: on one path, a syn probe got its SYN-ACK and the sniffer saw a token of the same
+    round, yet no SYN carrying our tag was seen — the SYN went through, its ISN did not. Only
+    tokens the *sniffer* saw count: a token the responder read on a port the sniffer does not
+    watch (the responder port) says nothing about whether a tag could have been seen there.
     """
     if not observations:
         return False
-    tokens = {o.probe_id for o in observations if o.kind == "token" and o.probe_id}
+    tokens = {
+        o.probe_id for o in observations if o.kind == "token" and o.probe_id and o.via == "sniffer"
+    }
     isns = {o.isn for o in observations if o.kind == "syn_tag" and o.isn is not None}
     by_path: dict[str, list[ProbeResult]] = defaultdict(list)
     for r in results:

@@ -28,6 +28,12 @@ configuration. For each path of the round:
 
 With no view (or a path with no flow) diagnosis runs on packets alone (``findings=[]``).
 
+3. **the provider's share** — when the round's provider evidence came through the endpoint with
+   findings (``RoundResult.provider_evidence``), they take the place of the provider hops the
+   consumer's view cannot see (``agent.diagnose.evidence.merge_findings``); when the evidence
+   channel itself was cut, each verdict says so and compares the service port with the
+   responder port through the same ENI instead of guessing.
+
 Step 1 and 2 depend only on the view and the path, never on the packets: the daemon passes a
 ``FindingsCache`` so they run once per (view, path) instead of every round; a refreshed or
 reloaded view is a new Topology object and empties the cache. (When this agent is found by
@@ -51,6 +57,7 @@ from typing import Any
 
 from agent.analyze.flows import Client, Flow, client_at_ip, client_named, path_flow
 from agent.analyze.path import walk
+from agent.diagnose.evidence import ProviderEvidence, channel_notes, merge_findings
 from agent.diagnose.provider_probes import ProviderProbeSummary, narrow_verdict
 from agent.diagnose.rounds import RoundResult
 from agent.diagnose.verdict import diagnose, rollup
@@ -111,10 +118,15 @@ class Diagnosis:
     view: ConfigView = NO_VIEW
     #: path id -> why the configuration was not used for it
     notes: dict[str, str] = field(default_factory=dict)
+    #: paths on a responder port: plprobe's own evidence channel, not the service
+    channel_paths: frozenset[str] = frozenset()
 
     @property
     def status(self) -> str:
-        return rollup(self.verdicts)
+        """The service's status: responder-port paths count only when there is nothing else
+        (a passing evidence channel must not turn a failing service into "degraded")."""
+        service = [v for v in self.verdicts if v.path not in self.channel_paths]
+        return rollup(service or self.verdicts)
 
     @property
     def all_pass(self) -> bool:
@@ -276,9 +288,13 @@ def diagnose_round(
     if isinstance(view, Topology):
         view = ConfigView(view, "snapshot", view.source or "topology", loaded_at=time.time())
     view = view or NO_VIEW
+    shared: ProviderEvidence | None = None
+    responder: dict[str, tuple[int, ...]] = {}
     if isinstance(round_, RoundResult):
         evidence = list(round_.evidence)
         refs = _refs(round_)
+        shared = round_.provider_evidence
+        responder = round_.responder_ports
     else:
         evidence = list(round_)
         refs = {}
@@ -296,7 +312,11 @@ def diagnose_round(
             findings, note = (cache.get if cache else _static)(topology, ref, me)
             if note:
                 notes[ev.path] = note
+        if shared is not None and shared.findings.get(ev.path):
+            findings = merge_findings(findings, shared.findings[ev.path])
         verdict = diagnose(ev, findings, path=ev.path, now=stamp)
+        if shared is not None:
+            _note_shared(verdict, ev, shared, refs, evidence, responder.get(ev.path, ()))
         if view.kind != "none" or view.error:
             verdict.evidence.append(view.note())
         if ev.path in notes:
@@ -305,7 +325,36 @@ def diagnose_round(
         verdicts.append(verdict)
     if provider_probes:
         verdicts = [narrow_verdict(v, provider_probes.get(v.path)) for v in verdicts]
-    return Diagnosis(verdicts=verdicts, evidence=evidence, view=view, notes=notes)
+    channel = frozenset(
+        pid for pid, ports in responder.items() if pid in refs and refs[pid].port in ports
+    )
+    return Diagnosis(
+        verdicts=verdicts, evidence=evidence, view=view, notes=notes, channel_paths=channel
+    )
+
+
+def _note_shared(
+    verdict: Verdict,
+    ev: PathEvidence,
+    shared: ProviderEvidence,
+    refs: dict[str, PathRef],
+    evidence: Sequence[PathEvidence],
+    responder: Sequence[int],
+) -> None:
+    """Say where the provider evidence came from; when the channel was cut, what ports show."""
+    if shared.source == "endpoint" and shared.level:
+        covered = sorted(t for t, c in shared.covers.items() if c.get("ok"))
+        verdict.evidence.append(
+            f"provider evidence through the endpoint: level {shared.level}, covers "
+            + (", ".join(covered) or "no target")
+            + (" (partial)" if shared.partial else "")
+        )
+    if not shared.channel_cut:
+        return
+    note = channel_notes(ev.path, refs, {e.path: e.outcome for e in evidence}, responder)
+    if note:
+        verdict.evidence.append(note)
+        verdict.explanation = f"{note}. {verdict.explanation}".strip()
 
 
 def self_identity(

@@ -20,7 +20,12 @@ A round, in order:
    CAP_NET_RAW is checked once per round (``raw_allowed``); without it, without the syn
    module, or for an IPv6 ENI address (the SYN engine speaks IPv4 only), ``syn`` runs the tcp
    prober and says so in ``ProbeResult.fallback``.
-4. **Provider evidence.** After ``provider_delay`` (sniffer lag), ``GET /v1/observations?since=``
+4. **Provider evidence.** As deployed, through the endpoint: when no ``provider_url`` is
+   configured and an endpoint has ``responder_ports``, ``EndpointEvidenceSource``
+   (``agent.diagnose.evidence``) asks the provider fleet on the responder port of that
+   endpoint's ENIs; the answer also carries the provider's sharing level, coverage and
+   findings (``RoundResult.provider_evidence``). Otherwise, after ``provider_delay`` (sniffer
+   lag), ``GET /v1/observations?since=``
    (``since`` = round start minus ``correlation_window``: the provider filters by its own
    clock, and the window is what absorbs the skew between the two; ``agent=`` this agent, so
    a provider returns only this client's observations) from every ``provider_url`` with a
@@ -55,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import ClientConfig, PathConfig
 from agent.diagnose.correlate import correlate
+from agent.diagnose.evidence import EndpointEvidenceSource, ProviderEvidence, targets_from_paths
 from agent.errors import PlprobeError, ProbeError
 from agent.probes import get_prober
 from agent.probes.base import ProbeContext, ProbeTarget
@@ -108,6 +114,10 @@ class RoundResult:
     paths: list[PathRef] = field(default_factory=list)
     #: path id -> the ``paths[]`` entry it came from (a round may cover several entries)
     path_configs: dict[str, PathConfig] = field(default_factory=dict)
+    #: where the provider evidence came from, its level, coverage, findings, cost
+    provider_evidence: ProviderEvidence | None = None
+    #: path id -> responder ports of its endpoint (to compare ports when the channel is cut)
+    responder_ports: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def all_ok(self) -> bool:
@@ -120,6 +130,9 @@ class RoundResult:
             "insecure": self.insecure,
             "raw_allowed": self.raw_allowed,
             "provider_error": self.provider_error,
+            "provider_evidence": (
+                self.provider_evidence.to_json() if self.provider_evidence is not None else None
+            ),
             "paths": [ev.to_json() for ev in self.evidence],
         }
 
@@ -537,6 +550,18 @@ async def run_round(
     order = {path.ref.id: i for i, path in enumerate(paths)}
     results.sort(key=lambda r: (order.get(r.path, len(order)), _KIND_ORDER.get(r.probe, 9)))
 
+    if provider is None and not _configured_urls(config):
+        targets = targets_from_paths(
+            (path.config.name, path.ref, path.config.responder_ports) for path in paths
+        )
+        if targets:
+            provider = EndpointEvidenceSource(
+                targets,
+                agent_id=config.agent_id,
+                key=key,
+                insecure=config.insecure,
+                timeout_s=max(config.timeout, 1.0) + 2.0,
+            )
     observations, provider_error, partial = await _fetch_observations(
         config,
         provider,
@@ -544,6 +569,13 @@ async def run_round(
         # 0: nothing was sent (no ENI address), so no evidence is expected and nothing waited
         last_sent=max((r.started_at + r.duration_s for r in connect_results), default=0.0),
     )
+    evidence_meta = getattr(provider, "evidence", None)
+    if not isinstance(evidence_meta, ProviderEvidence):
+        if provider is None:
+            kind = "provider_api" if _configured_urls(config) else "none"
+        else:
+            kind = "provider_api" if isinstance(provider, HttpObservationSource) else "injected"
+        evidence_meta = ProviderEvidence(source=kind, error=provider_error or partial or "")
     window = config.correlation_window
     evidence = correlate(results, observations, window_s=window, provider_error=provider_error)
     if partial:
@@ -562,6 +594,8 @@ async def run_round(
         raw_allowed=raw,
         paths=[path.ref for path in paths],
         path_configs={path.ref.id: path.config for path in paths},
+        provider_evidence=evidence_meta,
+        responder_ports={p.ref.id: tuple(p.config.responder_ports) for p in paths},
     )
 
 
@@ -668,6 +702,13 @@ def _client_errors() -> tuple[type[Exception], ...]:
     return (aiohttp.ClientError,) if aiohttp is not None else ()
 
 
+def _configured_urls(config: ClientConfig) -> list[str]:
+    urls: list[str] = []
+    for p in config.paths:
+        urls.extend(u for u in config.for_path(p).provider_urls if u not in urls)
+    return urls
+
+
 async def _fetch_observations(
     config: ClientConfig,
     provider: ObservationSource | None,
@@ -683,11 +724,13 @@ async def _fetch_observations(
     wait at all. None (callers outside a round): the whole delay.
     """
     if provider is None:
-        urls: list[str] = []
-        for p in config.paths:
-            urls.extend(u for u in config.for_path(p).provider_urls if u not in urls)
+        urls = _configured_urls(config)
         if not urls:
-            return None, "no provider_url configured: provider evidence unavailable", None
+            return (
+                None,
+                "no provider_url and no responder port configured: provider evidence unavailable",
+                None,
+            )
         try:
             token = _read_token(config)
         except ProbeError as exc:

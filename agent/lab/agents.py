@@ -6,31 +6,38 @@ namespace, with ``PLPROBE_AGENT_ID=<instance name>`` and the lab's HMAC key in `
 The key is generated once per lab and kept in ``<state dir>/agents/key`` (mode 0600), so every
 agent of the lab — and every later ``lab probe``/``lab check`` — shares it.
 
-How provider evidence reaches a client round (the one design decision here)
----------------------------------------------------------------------------
+How provider evidence reaches a client round: as deployed, through the endpoint
+------------------------------------------------------------------------------
 As on AWS, a client namespace has no route to the provider VPC, and neither has the root
-namespace. So ``lab probe``/``lab check`` run the round in a helper process *inside the client
+namespace. ``lab probe``/``lab check`` run the round in a helper process *inside the client
 namespace* (``python -m agent.lab.agents run ...``: real packets from the client's address),
-and that helper fetches each provider agent's ``/v1/observations`` through
-``NamespaceObservationSource``: a tiny ``ip netns exec <target ns> python -S -c <urllib GET>``
-per target, run concurrently after the round. ``ip netns exec`` only needs root and
-``/run/netns``, which any namespace of this machine shares; the agent's API is reached on
-127.0.0.1 inside its own namespace, so nothing is opened between the VPCs and the lab's
-isolation (what the probes test) is untouched. A target whose agent does not answer is a
-partial failure (its "no" cannot be trusted: runner semantics); none answering makes the
-provider evidence unavailable, with the reason, as a real client agent would report it.
+and the round asks the provider fleet for its evidence the way a deployment does: an
+authenticated query to the endpoint ENI on the responder port 9721, which the lab topologies
+route through every control like the service port (``EndpointEvidenceSource``). The provider
+agents answer for each other (their generated config lists the other targets as peers) and
+share their findings for the client's flow, computed from the provider account's snapshot.
+The client's own configuration view is the consumer account's snapshot only.
 
-The configuration view is what ``plprobe lab snapshot`` writes: ``write_snapshot(topology,
+The side channel the lab used before — ``NamespaceObservationSource``, an ``ip netns exec``
+into each target namespace to read ``/v1/observations`` — does not exist on AWS. It is kept
+only as the explicitly named reference level ``side-channel`` of the fault matrix
+(``bench/diagnosis_accuracy.py``): what diagnosis would say if evidence were handed over.
+
+The snapshots are what ``plprobe lab snapshot`` writes: ``write_snapshot(topology,
 <state dir>/snapshot, target_health)`` — one AWS-CLI-shaped directory per account, refreshed
-before every ``lab check`` so it carries the health checker's current view.
+before every ``lab check`` so they carry the health checker's current view. The consumer's
+goes to the client round; the provider's is read by the provider agents
+(``config_sources``), as each account reads only its own.
 
 Client configs: the shipped ``configs/lab/<client>.yaml`` when its endpoint names, ENI IPs and
 ports are the lab's (they are for the reference topology: ids are deterministic), else one
 generated from the topology of ``lab up`` into ``<state dir>/agents/<client>.yaml``.
 
 Evidence levels (for the fault matrix and ``bench/diagnosis_accuracy.py``): one round, then
-diagnosis with ``full`` (provider observations + both accounts' snapshots), ``client``
-(client packets + the consumer snapshot) and ``packets`` (client packets alone).
+diagnosis with ``endpoint`` (both agents, evidence through the endpoint + the consumer
+snapshot: what ``lab check`` shows), ``side-channel`` (the reference: observations handed over
+by ``ip netns exec`` + both accounts' snapshots), ``client`` (client packets + the consumer
+snapshot) and ``packets`` (client packets alone).
 """
 
 from __future__ import annotations
@@ -52,10 +59,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from agent.errors import LabError, PlprobeError, ProbeError
+from agent.errors import LabError, PlprobeError
 from agent.lab.procs import answer as run_answer
 from agent.lab.procs import kill_group, pid_alive
-from agent.results import Observation
 from agent.sources.topology import TOPOLOGIES
 
 if TYPE_CHECKING:
@@ -66,7 +72,6 @@ if TYPE_CHECKING:
 __all__ = [
     "LEVELS",
     "ClientRun",
-    "NamespaceObservationSource",
     "agents_running",
     "check_answers",
     "check_clients",
@@ -77,6 +82,7 @@ __all__ = [
     "main",
     "probe_answers",
     "probe_clients",
+    "provider_config_path",
     "shipped_config_matches",
     "start_agents",
     "stop_agents",
@@ -89,19 +95,14 @@ KEY_ENV = "PLPROBE_KEY"
 AGENT_ID_ENV = "PLPROBE_AGENT_ID"
 #: the provider agent's API port inside each target namespace (configs/lab/provider.yaml)
 API_PORT = 9720
-#: evidence levels, most evidence first
-LEVELS: tuple[str, ...] = ("full", "client", "packets")
+#: evidence levels: the deployed one first, then the side-channel reference, then less
+LEVELS: tuple[str, ...] = ("endpoint", "side-channel", "client", "packets")
+#: plprobe's responder port in the lab topologies (mirrored through every control)
+RESPONDER_PORT = 9721
 START_TIMEOUT_S = 10.0
-FETCH_TIMEOUT_S = 3.0
 #: the helper process runs a whole round: probes, provider fetch, snapshot read
 RUN_TIMEOUT_S = 60.0
 _READY_LINE = "observations API on"
-
-_FETCH_SCRIPT = (
-    "import sys, urllib.request\n"
-    "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:\n"
-    "    sys.stdout.write(r.read().decode())\n"
-)
 
 
 # --- state: key, pidfiles, configs -------------------------------------------------------
@@ -176,7 +177,8 @@ def start_agents(lab: Lab, progress: Callable[[str], None] | None = None) -> lis
             continue
         log = lab.dir / "logs" / f"agent-{node}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "agent", "observe", "--config", str(PROVIDER_CONFIG)]
+        config = provider_config_path(lab)
+        argv = [sys.executable, "-m", "agent", "observe", "--config", str(config)]
         with open(log, "w") as fh:
             proc = lab.spawn(
                 node,
@@ -216,8 +218,38 @@ def stop_agents(lab: Lab, nodes: Sequence[str] | None = None) -> list[str]:
     return stopped
 
 
+def provider_config(lab: Lab) -> dict[str, Any]:
+    """The shipped provider config plus what this lab's fleet needs to answer through the
+    endpoint: the other targets as peers, the provider account's snapshot as its view, and
+    PROXY v2 on the responder port when its target group has it."""
+    topology = lab.original
+    data = yaml.safe_load(PROVIDER_CONFIG.read_text())
+    nodes = _provider_nodes(topology)
+    peers = [f"{topology.instance_by_name(n).ip}:{RESPONDER_PORT}" for n in nodes]  # type: ignore[union-attr]
+    provider = next((a.name for a in topology.accounts.values() if a.role == "provider"), None)
+    proxy = any(
+        tg.port == RESPONDER_PORT and tg.proxy_protocol_v2 for tg in topology.target_groups.values()
+    )
+    data.setdefault("responder", {})["proxy_v2"] = proxy
+    data["evidence"] = {**data.get("evidence", {}), "peers": peers}
+    if provider is not None:
+        data["config_sources"] = {"snapshot_dirs": [str(lab.dir / "snapshot" / provider)]}
+    return data
+
+
+def provider_config_path(lab: Lab) -> Path:
+    """``<state dir>/agents/provider.yaml``, written from ``provider_config`` (module doc)."""
+    path = _agents_dir(lab) / "provider.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# generated by plprobe lab from configs/lab/provider.yaml and the lab's topology\n"
+        + yaml.safe_dump(provider_config(lab), sort_keys=False)
+    )
+    return path
+
+
 def endpoint_paths(topology: Topology) -> list[dict[str, Any]]:
-    """One client-config path per endpoint: regional + zonal names, ENI IPs, listener ports."""
+    """One client-config path per endpoint: names, ENI IPs, listener ports, responder port."""
     out = []
     for ep in sorted(topology.endpoints.values(), key=lambda e: e.name):
         names = topology.endpoint_dns_names(ep)
@@ -231,16 +263,17 @@ def endpoint_paths(topology: Topology) -> list[dict[str, Any]]:
         svc = topology.endpoint_services.get(ep.service_id)
         nlb = topology.nlb_of_service(svc) if svc else None
         ports = sorted({li.port for li in topology.listeners_of(nlb.id)}) if nlb else [80]
-        out.append(
-            {
-                "name": ep.name,
-                "regional": regional,
-                "zonal": dict(sorted(zonal.items())),
-                "expected_ips": dict(sorted(expected.items())),
-                "ports": ports,
-                "probes": ["dns", "tcp", "syn", "http"],
-            }
-        )
+        path: dict[str, Any] = {
+            "name": ep.name,
+            "regional": regional,
+            "zonal": dict(sorted(zonal.items())),
+            "expected_ips": dict(sorted(expected.items())),
+            "ports": ports,
+        }
+        if RESPONDER_PORT in ports:
+            path["responder_ports"] = [RESPONDER_PORT]
+        path["probes"] = ["dns", "tcp", "syn", "http"]
+        out.append(path)
     return out
 
 
@@ -268,10 +301,17 @@ def shipped_config_matches(shipped: Path, topology: Topology) -> bool:
     except (OSError, yaml.YAMLError):
         return False
     want = [
-        (p["regional"], p["zonal"], p["expected_ips"], p["ports"]) for p in endpoint_paths(topology)
+        (p["regional"], p["zonal"], p["expected_ips"], p["ports"], p.get("responder_ports", []))
+        for p in endpoint_paths(topology)
     ]
     have = [
-        (p.get("regional"), p.get("zonal"), p.get("expected_ips"), p.get("ports"))
+        (
+            p.get("regional"),
+            p.get("zonal"),
+            p.get("expected_ips"),
+            p.get("ports"),
+            p.get("responder_ports", []),
+        )
         for p in data.get("paths", [])
     ]
     return have == want
@@ -327,7 +367,11 @@ def _clients(lab: Lab, client: str | None) -> list[str]:
 
 
 def _provider_namespaces(lab: Lab) -> list[str]:
-    """Namespaces of running provider agents (restarting dead ones when agents are on)."""
+    """Namespaces of running provider agents (restarting dead ones when agents are on).
+
+    Restarting matters for every level (the agents answer through the endpoint); the
+    namespaces themselves are used only by the ``side-channel`` reference level.
+    """
     if not agents_enabled(lab):
         return []
     start_agents(lab)  # after a rebuild (structural apply) the agents are gone: bring them back
@@ -379,10 +423,9 @@ def probe_clients(
     retries: int | None = None,
     capture: bool = True,
 ) -> list[ClientRun]:
-    """One probe round from inside each client node, with the provider agents' evidence."""
+    """One probe round from inside each client node; provider evidence through the endpoint."""
     args = ["--mode", "probe", *_common_args(timeout, retries, output)]
-    for ns in _provider_namespaces(lab):
-        args += ["--provider-ns", ns]
+    _provider_namespaces(lab)
     return _run_clients(lab, _clients(lab, client), args, capture=capture)
 
 
@@ -391,24 +434,28 @@ def check_clients(
     client: str | None = None,
     *,
     output: str = "json",
-    levels: Sequence[str] = ("full",),
+    levels: Sequence[str] = ("endpoint",),
     timeout: float | None = None,
     retries: int | None = None,
     capture: bool = True,
 ) -> list[ClientRun]:
-    """``check`` from inside each client node with both agents' evidence and snapshots."""
+    """``check`` from inside each client node, as deployed: its own account's snapshot, the
+    provider's evidence and findings through the endpoint (``levels`` adds comparisons)."""
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown:
         raise LabError(f"unknown evidence level(s) {unknown}; levels: {', '.join(LEVELS)}")
     dirs = write_lab_snapshot(lab)
     args = ["--mode", "check", *_common_args(timeout, retries, output)]
     args += ["--levels", ",".join(levels)]
-    for d in dirs.values():
-        args += ["--snapshot", str(d)]
     if "consumer" in dirs:
         args += ["--consumer-snapshot", str(dirs["consumer"])]
-    for ns in _provider_namespaces(lab):
-        args += ["--provider-ns", ns]
+    if "side-channel" in levels:
+        for d in dirs.values():
+            args += ["--snapshot", str(d)]
+    namespaces = _provider_namespaces(lab)
+    if "side-channel" in levels:
+        for ns in namespaces:
+            args += ["--provider-ns", ns]
     return _run_clients(lab, _clients(lab, client), args, capture=capture)
 
 
@@ -433,65 +480,6 @@ def check_answers(lab: Lab, client: str | None = None, **options: Any) -> dict[s
 # --- inside the client namespace ------------------------------------------------------------
 
 
-class NamespaceObservationSource:
-    """``/v1/observations`` of provider agents in other namespaces, via ``ip netns exec``.
-
-    An ``ObservationSource`` for ``run_round`` (module docstring: why not plain HTTP).
-    ``failures`` names the namespaces that did not answer in the last fetch.
-    """
-
-    def __init__(
-        self, namespaces: Sequence[str], *, port: int = API_PORT, timeout_s: float = FETCH_TIMEOUT_S
-    ) -> None:
-        self.namespaces = list(namespaces)
-        self.port = port
-        self.timeout_s = timeout_s
-        self.failures: dict[str, str] = {}
-
-    async def _one(self, ns: str, since: float) -> list[Observation]:
-        url = f"http://127.0.0.1:{self.port}/v1/observations?since={since:.6f}&limit=10000"
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-S", "-c", _FETCH_SCRIPT]
-        argv += [url, str(self.timeout_s)]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            async with asyncio.timeout(self.timeout_s + 2.0):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise ProbeError(f"{ns}: no answer within {self.timeout_s:g}s") from None
-        if proc.returncode != 0:
-            last = (err.decode(errors="replace").strip().splitlines() or ["?"])[-1]
-            raise ProbeError(f"{ns}: provider agent API unreachable: {last}")
-        try:
-            body = json.loads(out)
-            return [Observation.from_json(o) for o in body["observations"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProbeError(f"{ns}: bad /v1/observations answer: {exc}") from exc
-
-    async def fetch(self, since: float) -> list[Observation]:
-        self.failures = {}
-        if not self.namespaces:
-            raise ProbeError("no provider agent runs in this lab (plprobe lab up --with-agents)")
-        answers = await asyncio.gather(
-            *(self._one(ns, since) for ns in self.namespaces), return_exceptions=True
-        )
-        out: list[Observation] = []
-        for ns, answer in zip(self.namespaces, answers, strict=True):
-            if isinstance(answer, asyncio.CancelledError):
-                raise answer
-            if isinstance(answer, BaseException):
-                self.failures[ns] = str(answer)
-            else:
-                out.extend(answer)
-        if len(self.failures) == len(self.namespaces):
-            raise ProbeError("; ".join(self.failures.values()))
-        return out
-
-
 def _load_client_config(path: str, timeout: float | None, retries: int | None) -> ClientConfig:
     from agent.config import ClientConfig, load_config, require_role
 
@@ -505,7 +493,7 @@ def _load_client_config(path: str, timeout: float | None, retries: int | None) -
 
 
 def _lesser_levels(args: argparse.Namespace, config: Any, round_: Any) -> dict[str, Any]:
-    """Diagnoses of the same round with less evidence (module docstring, "Evidence levels")."""
+    """Diagnoses of the same round with other evidence (module docstring, "Evidence levels")."""
     import dataclasses
 
     from agent.diagnose.correlate import correlate
@@ -517,11 +505,17 @@ def _lesser_levels(args: argparse.Namespace, config: Any, round_: Any) -> dict[s
         round_.results, None, window_s=config.correlation_window, provider_error=why
     )
     packets_only = dataclasses.replace(
-        round_, evidence=evidence, observations=None, provider_error=why
+        round_, evidence=evidence, observations=None, provider_error=why, provider_evidence=None
     )
     me = self_identity(config.agent_id)
     out: dict[str, Any] = {}
     levels = args.levels.split(",")
+    if "side-channel" in levels:
+        from agent.lab.sidechannel import side_channel_diagnosis
+
+        out["side-channel"] = side_channel_diagnosis(
+            args.provider_ns, [Path(d) for d in args.snapshot], config, round_
+        )
     if "client" in levels:
         view = load_snapshot([Path(args.consumer_snapshot)]) if args.consumer_snapshot else None
         out["client"] = diagnose_round(packets_only, view, me).to_json()
@@ -535,12 +529,11 @@ def _run(args: argparse.Namespace) -> int:
     from agent.config import load_key
 
     key = load_key(config)
-    provider = NamespaceObservationSource(args.provider_ns)
     if args.mode == "probe":
         from agent.diagnose.report import format_table
         from agent.diagnose.rounds import run_round
 
-        round_ = asyncio.run(run_round(config, key=key, provider=provider))
+        round_ = asyncio.run(run_round(config, key=key))
         if args.output == "json":
             print(json.dumps({"client": config.agent_id, "round": round_.to_json()}, indent=2))
         else:
@@ -551,8 +544,10 @@ def _run(args: argparse.Namespace) -> int:
     from agent.errors import SourceError
     from agent.sources.views import SnapshotSource
 
-    source = SnapshotSource(tuple(Path(d) for d in args.snapshot)) if args.snapshot else None
-    diagnosis, round_ = asyncio.run(check(config, key, source=source, provider=provider))
+    # the consumer's own account only: the provider's evidence comes through the endpoint
+    mine = args.consumer_snapshot
+    source = SnapshotSource((Path(mine),)) if mine else None
+    diagnosis, round_ = asyncio.run(check(config, key, source=source))
     if diagnosis.view.error and diagnosis.view.kind == "snapshot":
         raise SourceError(f"cannot read the lab snapshot: {diagnosis.view.error}")
     code = exit_code(diagnosis)
@@ -568,7 +563,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         notes = [f"provider: {round_.provider_error}"] if round_.provider_error else []
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        sys.stdout.write(render_table(diagnosis, colour=colour, notes=notes))
+        sys.stdout.write(render_table(diagnosis, colour=colour, notes=notes, round_=round_))
     return code
 
 
@@ -583,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--provider-ns", action="append", default=[])
     run.add_argument("--snapshot", action="append", default=[])
     run.add_argument("--consumer-snapshot")
-    run.add_argument("--levels", default="full")
+    run.add_argument("--levels", default="endpoint")
     run.add_argument("--timeout", type=float)
     run.add_argument("--retries", type=int)
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.config import DEFAULT_RESPONDER_PORT
 from agent.controls import BREAKABLE, CATALOGUE
 from agent.errors import ConfigError
 from agent.model import (
@@ -57,6 +58,11 @@ class Fault:
 
 # --- helpers ------------------------------------------------------------------------------
 
+#: plprobe's own responder port, mirrored through every control next to the service port: a
+#: mistake is made on the service's rules, so the faults leave it alone (a control that cuts
+#: the whole path, such as a NACL or the endpoint's state, still cuts it, as on AWS)
+RESPONDER_PORTS = frozenset({DEFAULT_RESPONDER_PORT})
+
 
 def _service_ports(t: Topology) -> set[int]:
     ports: set[int] = set()
@@ -65,7 +71,7 @@ def _service_ports(t: Topology) -> set[int]:
         nlb = t.nlb_of_service(svc) if svc else None
         if nlb is not None:
             ports.update(li.port for li in t.listeners_of(nlb.id))
-    return ports or {80}
+    return (ports - RESPONDER_PORTS) or ports or {80}
 
 
 def _target_ports(t: Topology) -> set[int]:
@@ -75,7 +81,7 @@ def _target_ports(t: Topology) -> set[int]:
             ports.add(tg.target_port(tgt))
             ports.add(tg.health_port(tgt))
         ports.add(tg.port)
-    return ports
+    return (ports - RESPONDER_PORTS) or ports
 
 
 def _in(ip: str, cidr: str) -> bool:
@@ -183,13 +189,14 @@ def _nlb_sg_ingress(t: Topology, clients: list[Instance]) -> None:
     ep_subnets = sorted(
         {t.subnets[e.subnet_id].cidr for ep in t.endpoints.values() for e in ep.enis}
     )
+    ports = _service_ports(t)
     for sg_id in _nlb_sgs(t):
         sg = t.security_groups[sg_id]
         seen: set[tuple] = set()
         kept = []
         for r in sg.rules:
             hit = [c_ for c_ in r.cidrs if any(_in(c.ip, c_) for c in clients)]
-            if r.direction == "ingress" and hit:
+            if r.direction == "ingress" and hit and _covers(r, ports):
                 rest = [c_ for c_ in r.cidrs if c_ not in hit]
                 r.cidrs = tuple(dict.fromkeys([*rest, *ep_subnets]))
                 r.description = "allows the endpoint subnet instead of the client IPs"
@@ -270,8 +277,10 @@ def _nlb_listener(t: Topology, clients: list[Instance]) -> None:
 
 
 def _target_health(t: Topology, clients: list[Instance]) -> None:
+    ports = _target_ports(t)
     for tg in t.target_groups.values():
-        tg.targets = []
+        if tg.port in ports:
+            tg.targets = []
 
 
 def _target_service(t: Topology, clients: list[Instance]) -> None:

@@ -42,6 +42,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agent.config import DEFAULT_RESPONDER_PORT
 from agent.errors import RenderError
 from agent.lab import nft, nlbnat, ppproxy
 from agent.model import Endpoint, Instance, Subnet, Topology
@@ -366,11 +367,12 @@ def render(
             "options timeout:1 attempts:1\n"
         )
         inst = topology.instances[node.resource]
-        if inst.services:
+        if set(inst.services) - {DEFAULT_RESPONDER_PORT}:
             args: list[str] = ["--node", node.name]
             args += ["--log", str(ctx.state / "logs" / f"{node.name}.requests.jsonl")]
             args += ["--ready", str(ctx.state / "run" / f"{node.name}.httpd.ready")]
-            for port in sorted(set(inst.services)):
+            # the responder port is served by the provider agent (lab up --with-agents)
+            for port in sorted(set(inst.services) - {DEFAULT_RESPONDER_PORT}):
                 args += ["--port", str(port)]
             plan.processes.append(
                 ProcessSpec(

@@ -33,6 +33,12 @@ as malformed or as a timeout. A connection without a header is still answered (c
 ``proxy_missing``: the reply then shows no endpoint id, which is itself a diagnosis). With
 ``proxy_v2=False`` a PROXY header is not accepted (counted in ``proxy_unexpected`` and
 ``malformed``): a PROXY v2 mistake (docs/AWS-BEHAVIOUR.md): the service cannot parse it.
+
+Evidence queries (``evidence=``, an ``EvidenceService``): a connection whose first bytes after
+the PROXY header(s) are the query magic ``PLPQ`` instead of a token is a client (or a peer
+agent) asking for this fleet's evidence. It is read, verified and replay-checked exactly like a
+token, by the same guard, and then answered by the service; a rejected query is counted there
+as well as here and gets nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from agent.errors import (
     ReplayError,
     TruncatedError,
 )
+from agent.observe.evidence import EvidenceService
 from agent.observe.store import ObservationStore
 from agent.results import Observation, hostport
 from agent.wire import (
@@ -60,14 +67,17 @@ from agent.wire import (
     PROXY_V2_SIGNATURE,
     REPLY_MAX,
     VPCE_ID_MAX,
+    EvidenceQuery,
     ProxyHeader,
     ReplayGuard,
     Reply,
     Token,
+    decode_query,
     decode_token,
     encode_reply,
     encode_token,
     is_proxy_v2_prefix,
+    is_query_prefix,
     parse_proxy_stack,
 )
 
@@ -157,6 +167,7 @@ class Responder:
         max_per_peer: int | None = None,
         max_per_client: int | None = None,
         trim: Callable[[], object] | None = None,
+        evidence: EvidenceService | None = None,
     ) -> None:
         if not 1 <= len(agent_id.encode("utf-8")) <= AGENT_ID_MAX:
             raise ValueError(f"agent_id must be 1..{AGENT_ID_MAX} UTF-8 bytes")
@@ -184,6 +195,7 @@ class Responder:
         self.guard = replay_guard if replay_guard is not None else ReplayGuard()
         #: passed in by an owner whose counters must outlive this instance (a daemon reload)
         self.counters = counters if counters is not None else ResponderCounters()
+        self.evidence = evidence
         self._clock_ns = clock_ns
         self._proxy_max_len = max(16, min(PROXY_V2_MAX_LEN, max_bytes))
         self._server: asyncio.Server | None = None
@@ -359,10 +371,12 @@ class Responder:
             return
         except ForgedError:
             self.counters.forged += 1
+            self._query_rejected(state, "forged")
             await self._close(writer)
             return
         except MalformedError:
             self.counters.malformed += 1
+            self._query_rejected(state, "malformed")
             await self._close(writer)
             return
         recv_ns = self._clock_ns()
@@ -370,9 +384,13 @@ class Responder:
             self.guard.check(token, recv_ns)
         except ReplayError:
             self.counters.replayed += 1
+            self._query_rejected(state, "replayed")
             await self._close(writer)
             return
         self._authenticated(conn)
+        if isinstance(token, EvidenceQuery):
+            await self._answer_query(writer, token)
+            return
         if peer is None or local is None:  # not an IP socket: nothing meaningful to report
             await self._close(writer)
             return
@@ -439,6 +457,20 @@ class Responder:
         )
         await self._close(writer)
 
+    def _query_rejected(self, state: _ConnState, reason: str) -> None:
+        if state.query and self.evidence is not None:
+            self.evidence.count_rejected(reason)
+
+    async def _answer_query(self, writer: asyncio.StreamWriter, query: EvidenceQuery) -> None:
+        """Answer a verified, fresh evidence query on its own connection, then close."""
+        assert self.evidence is not None
+        data = await self.evidence.answer(query)
+        if await self._write(writer, data):
+            self.evidence.count_written(len(data))
+        else:
+            self.counters.write_errors += 1
+        await self._close(writer)
+
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
         """Write the reply; False if the peer is gone or does not take it in time."""
         try:
@@ -458,8 +490,8 @@ class Responder:
 
     async def _read_token(
         self, reader: asyncio.StreamReader, state: _ConnState
-    ) -> tuple[list[ProxyHeader], Token]:
-        """Read until ``[PROXY v2 header...] token`` parses; raise what it is otherwise."""
+    ) -> tuple[list[ProxyHeader], Token | EvidenceQuery]:
+        """Read until ``[PROXY v2 header...] token`` (or a query) parses; raise otherwise."""
         buf = bytearray()
         eof = False
         counted_proxy = False
@@ -486,6 +518,10 @@ class Responder:
                     rest = bytes(buf[used:])
                     if not rest:
                         raise TruncatedError("no token yet")
+                    if self.evidence is not None and is_query_prefix(rest):
+                        state.query = True
+                        query, _ = decode_query(rest, self.key, insecure=self.insecure)
+                        return headers, query
                     token, _ = decode_token(rest, self.key, insecure=self.insecure)
                     return headers, token
                 except TruncatedError:
@@ -525,3 +561,4 @@ class _Conn:
 class _ConnState:
     health_check: bool = False
     conn: _Conn | None = None
+    query: bool = False  # the bytes so far are an evidence query, not a token

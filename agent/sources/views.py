@@ -58,6 +58,7 @@ __all__ = [
     "SnapshotSource",
     "ViewKeeper",
     "ViewSource",
+    "fingerprint",
     "for_daemon",
     "load_once",
     "source_for",
@@ -108,6 +109,11 @@ def _fingerprint(dirs: Sequence[Path]) -> str:
                 except OSError as exc:
                     raise SourceError(f"{f}: cannot read: {exc.strerror or exc}") from exc
     return digest.hexdigest()
+
+
+def fingerprint(dirs: Sequence[Path]) -> str:
+    """Public name of the snapshot digest, for readers that reload on change (provider)."""
+    return _fingerprint(dirs)
 
 
 def _validate_in_child(dirs: Sequence[Path], timeout_s: float) -> None:

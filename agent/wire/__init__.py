@@ -18,6 +18,9 @@ Modules
     proxy_v2    the header an NLB prepends when ``proxy_protocol_v2.enabled`` is on (HAProxy's
                 spec plus the AWS TLV). ``parse_proxy_v2`` / ``parse_proxy_stack`` /
                 ``build_proxy_v2`` / ``is_proxy_v2_prefix`` / ``proxy_v2_length`` / ``crc32c``.
+    evidence    client -> provider fleet through the endpoint and back: "what did you see of my
+                probes, what do you find?". ``EvidenceQuery`` / ``EvidenceAnswer``,
+                ``encode_query`` / ``decode_query`` / ``encode_answer`` / ``decode_answer``.
     mac         what they share: key checks, the truncated HMAC, ``MIN_KEY_LEN``, ``MAC_LEN``,
                 strict text and address checks.
 
@@ -41,6 +44,21 @@ a production config can never silently turn authentication off.
 
 from __future__ import annotations
 
+from agent.wire.evidence import (
+    ANSWER_MAGIC,
+    ANSWER_MAX,
+    QUERY_MAGIC,
+    QUERY_MAX,
+    SHARE_LEVELS,
+    Coverage,
+    EvidenceAnswer,
+    EvidenceQuery,
+    decode_answer,
+    decode_query,
+    encode_answer,
+    encode_query,
+    is_query_prefix,
+)
 from agent.wire.mac import MAC_LEN, MIN_KEY_LEN
 from agent.wire.proxy_v2 import (
     PP2_SUBTYPE_AWS_VPCE_ID,
@@ -83,6 +101,8 @@ from agent.wire.token import (
 
 __all__ = [
     "AGENT_ID_MAX",
+    "ANSWER_MAGIC",
+    "ANSWER_MAX",
     "MAC_LEN",
     "MIN_KEY_LEN",
     "PATH_ID_MAX",
@@ -98,13 +118,19 @@ __all__ = [
     "PROXY_V2_FIXED_LEN",
     "PROXY_V2_MAX_LEN",
     "PROXY_V2_SIGNATURE",
+    "QUERY_MAGIC",
+    "QUERY_MAX",
     "REPLY_MAGIC",
     "REPLY_MAX",
+    "SHARE_LEVELS",
     "TOKEN_HEADER",
     "TOKEN_MAGIC",
     "TOKEN_MAX",
     "TOKEN_STRINGS_MAX",
     "VPCE_ID_MAX",
+    "Coverage",
+    "EvidenceAnswer",
+    "EvidenceQuery",
     "ProxyHeader",
     "ReplayGuard",
     "Reply",
@@ -113,11 +139,16 @@ __all__ = [
     "Token",
     "build_proxy_v2",
     "crc32c",
+    "decode_answer",
+    "decode_query",
     "decode_reply",
     "decode_token",
+    "encode_answer",
+    "encode_query",
     "encode_reply",
     "encode_token",
     "is_proxy_v2_prefix",
+    "is_query_prefix",
     "parse_proxy_stack",
     "parse_proxy_v2",
     "proxy_v2_length",

@@ -8,11 +8,28 @@ from __future__ import annotations
 
 import heapq
 import time
+from typing import Protocol
 
 from agent.errors import ReplayError
-from agent.wire.token import Token
 
-__all__ = ["ReplayGuard"]
+__all__ = ["Nonced", "ReplayGuard"]
+
+
+class Nonced(Protocol):
+    """What the guard needs of a message: a random id and the sender's timestamp.
+
+    A probe ``Token`` (its probe id) and an ``EvidenceQuery`` (its query id) both qualify, so
+    one guard per listener covers both; the ids are 16 random bytes and never collide.
+    """
+
+    @property
+    def probe_id(self) -> bytes: ...
+
+    @property
+    def probe_id_hex(self) -> str: ...
+
+    @property
+    def sent_ns(self) -> int: ...
 
 
 class ReplayGuard:
@@ -47,8 +64,8 @@ class ReplayGuard:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check(self, token: Token, now_ns: int | None = None) -> None:
-        """Accept ``token`` (and remember its id) or raise ReplayError saying why not."""
+    def check(self, token: Nonced, now_ns: int | None = None) -> None:
+        """Accept ``token`` (any ``Nonced``) and remember its id, or raise ReplayError."""
         now = time.time_ns() if now_ns is None else now_ns
         age = now - token.sent_ns
         if age > self.window_ns:

@@ -42,7 +42,12 @@ def test_a_cidr_rule_denies_an_address_outside_it_listing_the_rules_checked() ->
     t = topo()
     d = evaluate_sg(t, [group(t, "nlb").id], "ingress", "10.2.1.99", "tcp", 80)
     assert not d.allowed and d.status == "denied"
-    assert {r.id for r in d.checked} == {"nlb-from-client-1", "nlb-from-client-2"}
+    assert {r.id for r in d.checked} == {
+        "nlb-from-client-1",
+        "nlb-from-client-2",
+        "nlb-from-client-1-9721",
+        "nlb-from-client-2-9721",
+    }
 
 
 def test_an_sg_reference_matches_the_member_ips_of_the_group() -> None:

@@ -208,6 +208,19 @@ def test_a_round_where_a_token_arrived_but_the_handshaken_syns_tag_did_not_shows
     assert by_path[PATH].seen_at_target == "unknown"
 
 
+def test_a_token_only_the_responder_read_is_no_evidence_of_isn_rewriting() -> None:
+    """The responder port is not sniffed: its SYNs' tags are never seen, whatever the NLB does."""
+    responder_path = "client-2/apne1-az4/9721"
+    results = [
+        tcp(path=responder_path, probe_id="cc" * 16),
+        syn(0x3333, outcome="ok", path=responder_path),
+        syn(0x4444, outcome="timeout"),
+    ]
+    observations = [seen(probe_id="cc" * 16, path=responder_path, via="responder")]
+    by_path = {e.path: e for e in correlate(results, observations, window_s=5)}
+    assert by_path[PATH].seen_at_target == "no"
+
+
 def test_a_round_where_the_handshaken_syns_tag_arrived_keeps_missing_tags_meaningful() -> None:
     ok_path = "client-2/apne1-az4/81"
     results = [

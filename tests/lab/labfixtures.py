@@ -98,3 +98,18 @@ def endpoint_name(lab: Lab, az: str | None = None) -> str:
     if az is None:
         return names[0]
     return next(n for n in names if f"-{az}." in n)
+
+
+#: plprobe's responder port in the lab topologies: its target group is healthy only while
+#: provider agents run (``lab up --with-agents``), so service-health checks leave it out
+RESPONDER_PORT = 9721
+
+
+def service_health(lab: Lab, health: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
+    """``lab.target_health()`` without the responder port's target group."""
+    groups = lab.topology.target_groups
+    return {
+        (tg, iid): state
+        for (tg, iid), state in health.items()
+        if tg not in groups or groups[tg].port != RESPONDER_PORT
+    }

@@ -29,6 +29,9 @@ OUTCOME_OF_SYMPTOM = {"timeout": "timeout", "refused": "refused", "no-dns": "dns
 #: faults whose packets reach the target: the reply is lost (return path), is a reset, or
 #: only the name is broken (the configs know the ENI IPs, so the connect probes still go)
 SEEN_AT_TARGET = {"provider-nacl", "target-service", "dns"}
+#: faults that block the responder port too: the evidence channel through the endpoint is cut,
+#: so whether the probe arrived is unknown (and said to be), never guessed
+CUT_CHANNEL = {"provider-nacl", "endpoint-acceptance", "service-principal"}
 
 
 def fast_reference():
@@ -60,8 +63,10 @@ def lab(agents_lab: Lab) -> Iterator[Lab]:
 
 
 def evidence(lab: Lab, client: str) -> dict:
-    (path,) = agents.probe_answers(lab, client, **FAST)[client]["round"]["paths"]
-    return path
+    """The service-port path of ``client``'s round (the responder-port path is the channel's)."""
+    paths = agents.probe_answers(lab, client, **FAST)[client]["round"]["paths"]
+    assert [p["path"].rsplit("/", 1)[1] for p in paths] == ["80", "9721"]
+    return paths[0]
 
 
 def observations(lab: Lab, node: str) -> dict:
@@ -143,13 +148,13 @@ def test_a_break_gives_the_right_outcome_and_seen_at_target(lab: Lab, control: s
     lab.break_control(control, client="client-1")
     ev = evidence(lab, "client-1")
     seen = "yes" if control in SEEN_AT_TARGET else "no"
-    assert (ev["outcome"], ev["seen_at_target"]) == (expected, seen), ev
+    if control in CUT_CHANNEL:
+        seen = "unknown"
+        assert "evidence channel cut" in ev["provider_error"], ev
+    assert (ev["outcome"], ev["seen_at_target"]) == (expected, seen), ev.get("provider_error")
     if control == "target-service":
         syn = next(r for r in ev["results"] if r["probe"] == "syn")
         assert syn["detail"]["reply"] == "rst", syn
-    if control == "provider-nacl":
-        kinds = {o["kind"] for o in ev["observations"]}
-        assert "syn_tag" in kinds, "only the SYN's tag can show that a return-path drop arrived"
 
 
 # --- the responder refuses what it cannot authenticate -----------------------------------------
@@ -235,9 +240,50 @@ def test_lab_check_exits_1_and_names_the_nlb_sg_rule_and_fix(lab: Lab) -> None:
     assert proc.returncode == 1, proc.stderr
     clients = json.loads(proc.stdout)["clients"]
     assert clients["client-1"]["status"] == "pass"
-    (verdict,) = clients["client-2"]["verdicts"]
+    verdict, channel = clients["client-2"]["verdicts"]
+    assert (verdict["path"], channel["path"]) == (
+        "client-2/apne1-az4/80",
+        "client-2/apne1-az4/9721",
+    )
+    assert channel["status"] == "pass", "the mistake is on port 80: the evidence channel works"
     assert verdict["blocked_at"] == "nlb-sg-ingress"
     assert "10.2.1.15/32" in verdict["fix"]
+
+
+@pytest.mark.lab
+def test_a_query_sent_to_one_target_returns_what_another_target_saw(agents_lab: Lab) -> None:
+    """Whichever target the NLB hands the query to, the answer covers both targets, and a
+    probe that only server-2 saw comes back in an answer written by server-1 (or the reverse)."""
+    round_ = agents.probe_answers(agents_lab, "client-2", **FAST)["client-2"]["round"]
+    shared = round_["provider_evidence"]
+    assert shared["source"] == "endpoint" and shared["level"] == "findings"
+    assert {t for t, c in shared["covers"].items() if c["ok"]} == {"server-1", "server-2"}
+    key = (agents_lab.dir / "agents" / "key").read_text().strip()
+    proc = agents_lab.exec(
+        "server-1", [sys.executable, "-c", _ASK], timeout=20, env={"PLPROBE_KEY": key}
+    )
+    assert proc.returncode == 0, proc.stderr
+    answered_by, targets, probe_id = proc.stdout.split()
+    assert answered_by == "server-1" and "server-2" in targets.split(",")
+    assert probe_id != "-", "server-1's answer carries the probe only server-2 saw"
+
+
+# a token straight to server-2's responder, then a query straight to server-1's: server-1 must
+# answer with what server-2 saw (it asks its peers inside the provider VPC)
+_ASK = """
+import asyncio, os, socket, time
+from agent import wire
+from agent.observe.evidence import ask
+key = os.environ["PLPROBE_KEY"].encode()
+tok = wire.Token.new("probe-x/apne1-az4/9721", "probe-x")
+with socket.create_connection(("10.3.1.11", 9721), timeout=2) as s:
+    s.sendall(wire.encode_token(tok, key))
+    s.recv(4096)
+q = wire.EvidenceQuery.new("probe-x", "10.3.1.10", time.time_ns() - 10**10)
+a = asyncio.run(ask("10.3.1.10", 9721, q, key, timeout_s=5))
+seen = [o for o in a.observations if o.get("probe_id") == tok.probe_id_hex]
+print(a.agent_id, ",".join(c.target for c in a.covers if c.ok), seen[0]["target"] if seen else "-")
+"""
 
 
 @pytest.mark.lab

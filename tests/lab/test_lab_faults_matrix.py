@@ -1,5 +1,7 @@
 """The fault matrix of issue 4, end to end: each scenario breaks the lab, runs both agents and
-checks the verdict of every path with both sides' evidence and both accounts' snapshots.
+checks the verdict of every path as deployed (the provider's evidence through the endpoint,
+the consumer's own snapshot) and at the side-channel reference level (evidence handed over,
+both accounts' snapshots).
 
 The scenarios (edits and truths) live in ``bench/diagnosis_accuracy.py``, which also measures
 accuracy with less evidence for docs/DIAGNOSIS.md: one definition, so table and tests agree.
@@ -64,10 +66,30 @@ SCENARIOS = {f"{s.number:02d}": s for s in matrix.SCENARIOS}
 def test_scenario_verdict_names_the_broken_control(
     scenario: matrix.Scenario, verdicts: dict[str, dict[str, dict]]
 ) -> None:
-    full = verdicts["full"]
-    assert set(full) == set(scenario.expect), "one verdict per probed path"
+    """Through the endpoint: the exact control, or, where the mistake cuts the evidence
+    channel too, no false blame, a verdict that names the cut and a stage no worse than the
+    consumer's own evidence gives; and the side-channel reference level exactly."""
+    endpoint = verdicts["endpoint"]
+    assert set(endpoint) == set(scenario.expect), "one verdict per probed service path"
+    cut = matrix.channel_cut(endpoint)
     for path, truth in scenario.expect.items():
-        v = full[path]
+        v = endpoint[path]
+        if not cut:
+            got = (v["status"], v["blocked_at"], v["stage"])
+            assert got == (truth.status, truth.blocked_at, truth.stage), (path, v["explanation"])
+        else:
+            # no evidence from the provider: never worse than the consumer's side alone
+            consumer_only = verdicts["client"][path]
+            assert v["stage"] in (truth.stage, consumer_only["stage"]), (path, v["explanation"])
+            assert v["blocked_at"] in (None, "unknown", truth.blocked_at), v["explanation"]
+            if truth.status == "fail":
+                assert matrix.names_cut(v), (path, v["evidence"])
+
+    # the reference level (evidence handed over, both snapshots) names it exactly every time
+    reference = verdicts["side-channel"]
+    assert set(reference) == set(scenario.expect)
+    for path, truth in scenario.expect.items():
+        v = reference[path]
         got = (v["status"], v["blocked_at"], v["stage"])
         assert got == (truth.status, truth.blocked_at, truth.stage), (path, v["explanation"])
 

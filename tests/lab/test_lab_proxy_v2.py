@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labfixtures import endpoint_name, lab_up
+from labfixtures import endpoint_name, lab_up, service_health
 
 from agent.lab import healthd, nlbnat, ppproxy
 from agent.lab.lab import Lab
@@ -109,9 +109,9 @@ def test_the_header_has_aws_layout_crc_endpoint_id_and_noop_padding(proxy_lab: L
 
 @pytest.mark.lab
 def test_targets_that_parse_the_local_header_pass_health_checks(proxy_lab: Lab) -> None:
-    assert proxy_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=20), (
-        proxy_lab.target_health()
-    )
+    assert proxy_lab.wait_health(
+        lambda h: set(service_health(proxy_lab, h).values()) == {"healthy"}, timeout=20
+    ), proxy_lab.target_health()
 
 
 @pytest.mark.lab
@@ -188,45 +188,12 @@ print(json.dumps({"agent": r.agent_id, "src_ip": str(r.src_ip), "src_port": r.sr
 
 
 def probe_port_topology(directory: Path) -> Topology:
-    """proxy-v2.yaml plus a PROXY v2 listener on PROBE_PORT to server-1, every SG opened."""
+    """proxy-v2.yaml, whose responder listener on PROBE_PORT (PROXY v2, every SG mirrored)
+    keeps only server-1 registered: the one target where this test runs a responder."""
     data = yaml.safe_load(PROXY_V2.read_text())
-    res = data["resources"]
-    rules = res["aws_security_group_rule"]
-    port = {"protocol": "tcp", "from_port": PROBE_PORT, "to_port": PROBE_PORT}
-    for name, account, sg, kind, src in (
-        ("client-2-egress-probe", "consumer", "client-2", "egress", {"sg": "endpoint"}),
-        ("endpoint-from-client-2-probe", "consumer", "endpoint", "ingress", {"sg": "client-2"}),
-        ("nlb-from-client-2-probe", "provider", "nlb", "ingress", {"cidr": f"{CLIENT_2}/32"}),
-        ("nlb-egress-probe", "provider", "nlb", "egress", {"sg": "server"}),
-        ("server-from-nlb-probe", "provider", "server", "ingress", {"sg": "nlb"}),
-    ):
-        rule = {"account": account, "security_group_id": sg, "type": kind, **port}
-        if "sg" in src:
-            rule["source_security_group_id"] = src["sg"]
-        else:
-            rule["cidr_blocks"] = [src["cidr"]]
-        rules[name] = rule
-    res["aws_lb_target_group"]["probe"] = {
-        "account": "provider",
-        "vpc_id": "vpc-3",
-        "port": PROBE_PORT,
-        "protocol": "TCP",
-        "proxy_protocol_v2": True,
-        "health_check": {"protocol": "TCP", "port": "traffic-port"},
-    }
-    res["aws_lb_target_group_attachment"]["server-1-probe"] = {
-        "account": "provider",
-        "target_group_arn": "probe",
-        "target_id": "server-1",
-        "port": PROBE_PORT,
-    }
-    res["aws_lb_listener"]["nlb-probe"] = {
-        "account": "provider",
-        "load_balancer_arn": "nlb",
-        "port": PROBE_PORT,
-        "protocol": "TCP",
-        "default_action": {"type": "forward", "target_group_arn": "probe"},
-    }
+    attachments = data["resources"]["aws_lb_target_group_attachment"]
+    assert attachments["server-1-9721"]["port"] == PROBE_PORT
+    del attachments["server-2-9721"]
     path = directory / "proxy-v2-probe.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_topology(path)
@@ -273,7 +240,7 @@ def test_a_proxy_v2_listener_is_redirected_to_the_proxy_instead_of_dnated() -> N
     assert "dnat ip to numgen" not in text
     spec = next(p for p in plan.processes if p.kind == "ppproxy")
     cfg = ppproxy.ProxyConfig.from_plain(spec.config or {})
-    assert cfg.listen == {80: 64000}
+    assert cfg.listen == {80: 64000, PROBE_PORT: 64001}  # the responder's listener too
     assert [(e.eni_ip, e.endpoint_id) for e in cfg.enis] == [
         (ENI_IP, endpoint_id(load_topology(PROXY_V2)))
     ]

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from labfixtures import endpoint_name
+from labfixtures import endpoint_name, service_health
 
 from agent.lab import faults
 from agent.lab.lab import Lab
@@ -112,18 +112,21 @@ def test_target_sg_without_the_nlb_makes_targets_unhealthy_and_the_nlb_fail_open
 ) -> None:
     lab = restore_after
     lab.break_control("target-sg-ingress")
-    assert lab.wait_health(lambda h: set(h.values()) == {"unhealthy"}, timeout=20), (
-        lab.target_health()
-    )
+    assert lab.wait_health(
+        lambda h: set(service_health(lab, h).values()) == {"unhealthy"}, timeout=20
+    ), lab.target_health()
     health = next(iter(lab.status()["health"].values()))
-    assert health["fail_open"] == {"80": True}
+    assert health["fail_open"]["80"] is True
     assert sorted(health["active"]["80"]) == ["server-1", "server-2"]
     assert get(lab, "client-2") == "timeout"
 
 
 def test_targets_are_healthy_on_the_reference_topology(reference_lab: Lab) -> None:
-    assert reference_lab.wait_health(lambda h: set(h.values()) == {"healthy"}, timeout=20)
-    assert reference_lab.healthy_targets() == {"ap-northeast-1a": ["server-1", "server-2"]}
+    lab = reference_lab
+    assert lab.wait_health(
+        lambda h: set(service_health(lab, h).values()) == {"healthy"}, timeout=20
+    )
+    assert lab.healthy_targets() == {"ap-northeast-1a": ["server-1", "server-2"]}
 
 
 def test_clients_cannot_reach_provider_addresses_directly(reference_lab: Lab) -> None:

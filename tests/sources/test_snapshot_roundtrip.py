@@ -109,7 +109,7 @@ def test_a_missing_file_means_not_visible_not_an_error(dirs):
 def test_missing_target_health_leaves_the_target_group_without_targets(dirs):
     shutil.rmtree(dirs["provider"] / "elbv2-describe-target-health")
     t = load_snapshot([dirs["provider"]])
-    assert [tg.targets for tg in t.target_groups.values()] == [[]]
+    assert [tg.targets for tg in t.target_groups.values()] == [[], []]  # service + responder
 
 
 def test_missing_permissions_file_leaves_no_allowed_principals(dirs):
@@ -207,7 +207,10 @@ def test_instances_without_the_services_tag_have_unknown_listening_ports(dirs):
 
 def test_services_tag_carries_the_listening_ports(dirs):
     servers = load_snapshot([dirs["provider"]]).instances.values()
-    assert [(i.services, i.services_known) for i in servers] == [([80], True), ([80], True)]
+    assert [(i.services, i.services_known) for i in servers] == [
+        ([80, 9721], True),
+        ([80, 9721], True),
+    ]
 
 
 def test_a_rule_without_ports_for_a_portless_protocol_loads(tmp_path: Path):

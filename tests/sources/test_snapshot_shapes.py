@@ -144,13 +144,15 @@ def test_sg_reference_across_a_peering_names_the_vpc_and_the_peering(snap):
     endpoint = next(g for g in groups if g["GroupName"] == "endpoint")
     pairs = [p for perm in endpoint["IpPermissions"] for p in perm["UserIdGroupPairs"]]
     peered = [p for p in pairs if "VpcPeeringConnectionId" in p]
-    assert len(peered) == 1 and peered[0]["VpcPeeringConnectionId"].startswith("pcx-")
+    # client-1's group, on the service port and on the mirrored responder port
+    assert len(peered) == 2 and peered[0]["VpcPeeringConnectionId"].startswith("pcx-")
+    assert len({p["GroupId"] for p in peered}) == 1
 
 
 def test_cidr_rules_are_ip_ranges_grouped_by_protocol_and_port(snap):
     groups = snap["provider"]["ec2-describe-security-groups.json"]["SecurityGroups"]
     nlb = next(g for g in groups if g["GroupName"] == "nlb")
-    assert len(nlb["IpPermissions"]) == 1
+    assert [p["FromPort"] for p in nlb["IpPermissions"]] == [80, 9721]
     assert [r["CidrIp"] for r in nlb["IpPermissions"][0]["IpRanges"]] == [
         "10.1.0.10/32",
         "10.2.1.15/32",

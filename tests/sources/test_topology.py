@@ -47,24 +47,44 @@ def test_reference_client_1_reaches_the_endpoint_over_peering(ref: Topology) -> 
     assert ref.routed(ref.subnets[c1.subnet_id].vpc_id, ep.vpc_id)
 
 
+def _on(port: int, rules: set[tuple[str, int, int, str]]) -> set[tuple[str, int, int, str]]:
+    return {r for r in rules if r[1] == port}
+
+
 def test_reference_security_groups_have_exactly_the_articles_rules(ref: Topology) -> None:
-    assert _rules(ref, "client-1", "egress") == {
+    """On the service port 80 (and 443 out): the article's rules, nothing else."""
+    assert _rules(ref, "client-1", "egress") - _on(9721, _rules(ref, "client-1", "egress")) == {
         ("tcp", 443, 443, "0.0.0.0/0"),
         ("tcp", 80, 80, "endpoint"),
     }
     assert _rules(ref, "client-1", "ingress") == set()
-    assert _rules(ref, "endpoint", "ingress") == {
+    assert _on(80, _rules(ref, "endpoint", "ingress")) == {
         ("tcp", 80, 80, "client-1"),
         ("tcp", 80, 80, "client-2"),
     }
     assert _rules(ref, "endpoint", "egress") == set()
-    assert _rules(ref, "nlb", "ingress") == {
+    assert _on(80, _rules(ref, "nlb", "ingress")) == {
         ("tcp", 80, 80, "10.1.0.10/32"),
         ("tcp", 80, 80, "10.2.1.15/32"),
     }
-    assert _rules(ref, "nlb", "egress") == {("tcp", 80, 80, "server")}
-    assert _rules(ref, "server", "ingress") == {("tcp", 80, 80, "nlb")}
-    assert _rules(ref, "server", "egress") == {("tcp", 443, 443, "0.0.0.0/0")}
+    assert _on(80, _rules(ref, "nlb", "egress")) == {("tcp", 80, 80, "server")}
+    assert _on(80, _rules(ref, "server", "ingress")) == {("tcp", 80, 80, "nlb")}
+    assert _rules(ref, "server", "egress") - _on(9721, _rules(ref, "server", "egress")) == {
+        ("tcp", 443, 443, "0.0.0.0/0")
+    }
+
+
+def test_reference_mirrors_every_service_rule_for_the_responder_port(ref: Topology) -> None:
+    """As deploy/terraform does: probes and evidence queries take the service's path, and the
+    provider agents reach each other on the responder port inside the provider VPC."""
+    for name in ("client-1", "client-2", "endpoint", "nlb", "server"):
+        for direction in ("ingress", "egress"):
+            mirrored = {
+                (p, 9721, 9721, peer) for p, _, _, peer in _on(80, _rules(ref, name, direction))
+            }
+            assert mirrored <= _on(9721, _rules(ref, name, direction)), (name, direction)
+    assert ("tcp", 9721, 9721, "server") in _rules(ref, "server", "ingress")
+    assert ("tcp", 9721, 9721, "server") in _rules(ref, "server", "egress")
 
 
 def test_reference_service_accepts_the_consumer_root_without_acceptance(ref: Topology) -> None:
@@ -81,7 +101,8 @@ def test_reference_nlb_enforces_its_sg_on_privatelink_traffic(ref: Topology) -> 
     assert [n.ip for n in nlb.nodes] == ["10.3.0.100"]
     assert nlb.enforce_sg_inbound_on_privatelink is True
     assert nlb.sg_ids == [ref.sg_by_name("nlb").id]
-    (listener,) = ref.listeners_of(nlb.id)
+    listener, responder = sorted(ref.listeners_of(nlb.id), key=lambda li: li.port)
+    assert (responder.port, ref.target_groups[responder.target_group_id].port) == (9721, 9721)
     tg = ref.target_groups[listener.target_group_id]
     assert (listener.port, tg.port, tg.health_check.protocol, tg.proxy_protocol_v2) == (
         80,
