@@ -31,15 +31,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     field_validator,
     model_validator,
 )
 
-from agent.config_probes import ProviderProbesConfig, ProviderProbeTarget
+from agent.config_provider import EvidenceConfig, ProviderProbesConfig, ProviderProbeTarget
+from agent.config_types import AGENT_ID, AZ_ID, ENDPOINT_ID, Port, Seconds, StrictModel, ip_text
 from agent.errors import ConfigError
 from agent.results import path_id  # re-exported: one definition, ground floor
 from agent.yamlsrc import Loc, Located, checking, load_yaml, validate
@@ -76,11 +75,6 @@ DEFAULT_RESPONDER_PORT = 9721
 #: setting that reached production is noticed; one text, so it can be grepped for
 INSECURE_NOTE = "WARNING: insecure: true - probe tokens and replies are NOT authenticated"
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, le=3600)]
-_AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-_AZ_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-_ENDPOINT_ID = re.compile(r"^vpce-[0-9a-f]{8,17}$")
 #: a key file is a few dozen bytes; reading stops here (``key_file: /dev/zero`` is an error)
 KEY_FILE_MAX = 64 * 1024
 
@@ -99,10 +93,6 @@ def _check_file_path(value: str) -> str:
 
 #: a file or directory named in the config (checked at load time, see ``_check_file_path``)
 FilePath = Annotated[str, AfterValidator(_check_file_path)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def check_listen(value: str) -> str:
@@ -142,7 +132,7 @@ def _check_urls(value: str | list[str]) -> str | list[str]:
 _ProviderUrls = Annotated[str | list[str], AfterValidator(_check_urls)]
 
 
-class _Common(_Model):
+class _Common(StrictModel):
     agent_id: str
     listen: str = DEFAULT_LISTEN
     api_token_file: FilePath | None = None
@@ -158,7 +148,7 @@ class _Common(_Model):
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str) -> str:
-        if not _AGENT_ID.match(value):
+        if not AGENT_ID.match(value):
             raise ValueError("1-32 characters: letters, digits, '.', '_', '-' (a metric label)")
         return value
 
@@ -213,7 +203,7 @@ class _Common(_Model):
 # -------------------------------------------------------------------------------- client
 
 
-class AwsSource(_Model):
+class AwsSource(StrictModel):
     """Read-only live AWS settings for diagnosis (used by later issues)."""
 
     region: str | None = None
@@ -221,7 +211,7 @@ class AwsSource(_Model):
     role_arn: str | None = None
 
 
-class ConfigSources(_Model):
+class ConfigSources(StrictModel):
     """Where diagnosis reads configuration: AWS-CLI snapshot directories and/or live AWS."""
 
     snapshot_dirs: list[FilePath] = Field(default_factory=list)
@@ -242,14 +232,7 @@ def _probe_kinds(value: list[str]) -> list[str]:
     return value
 
 
-def _ip_text(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an IP address") from exc
-
-
-class PathConfig(_Model):
+class PathConfig(StrictModel):
     """One endpoint to probe: its DNS names, its expected ENI IPs, ports and probe kinds.
 
     ``interval``, ``timeout``, ``retries`` and ``provider_url`` override the client-wide
@@ -281,7 +264,7 @@ class PathConfig(_Model):
     @field_validator("expected_ips")
     @classmethod
     def _expected(cls, value: dict[str, str]) -> dict[str, str]:
-        return {az: _ip_text(ip) for az, ip in value.items()}
+        return {az: ip_text(ip) for az, ip in value.items()}
 
     @field_validator("http_path")
     @classmethod
@@ -297,7 +280,7 @@ class PathConfig(_Model):
                 "nothing to probe: give a DNS name (regional, zonal, private) or expected_ips"
             )
         for az in (*self.zonal, *self.expected_ips):
-            if not _AZ_ID.match(az):
+            if not AZ_ID.match(az):
                 raise ValueError(f"{az!r} is not an AZ id (e.g. apne1-az4)")
         stray = sorted(set(self.responder_ports) - set(self.ports))
         if stray:
@@ -360,7 +343,7 @@ class ClientConfig(_Common):
         )
 
 
-class PathSettings(_Model):
+class PathSettings(StrictModel):
     interval: float
     timeout: float
     retries: int
@@ -370,7 +353,7 @@ class PathSettings(_Model):
 # -------------------------------------------------------------------------------- provider
 
 
-class ResponderConfig(_Model):
+class ResponderConfig(StrictModel):
     """The in-band responder on a probe port of the target."""
 
     enabled: bool = True
@@ -387,10 +370,10 @@ class ResponderConfig(_Model):
     @field_validator("bind")
     @classmethod
     def _bind(cls, value: str) -> str:
-        return _ip_text(value)
+        return ip_text(value)
 
 
-class SnifferConfig(_Model):
+class SnifferConfig(StrictModel):
     """Passive observation of the real service port(s)."""
 
     enabled: bool = True
@@ -398,36 +381,6 @@ class SnifferConfig(_Model):
     ports: list[Port] = Field(default_factory=lambda: [80], min_length=1)
     #: PROXY v2 headers precede the token on these service ports
     proxy_v2: bool = False
-
-
-class EvidenceConfig(_Model):
-    """What this provider agent tells clients through the endpoint (agent/observe/evidence.py).
-
-    ``share`` is the provider's choice: ``none`` (coverage only: the client can tell "shares
-    nothing" from "channel cut"), ``seen-only`` (which of the client's probes arrived where),
-    ``findings`` (also the provider's own findings for the client's flow: control and rule ids
-    and fixes, never raw configuration). ``peers``: the other provider agents of the target
-    group as ``host:port`` of their responders, asked on each query so one target answers for
-    all (this agent's own address may be listed: it is skipped). Empty: the targets registered
-    on the responder port in the provider's view (``config_sources``: DescribeTargetHealth).
-    """
-
-    enabled: bool = True
-    share: Literal["none", "seen-only", "findings"] = "seen-only"
-    peers: list[str] = Field(default_factory=list, max_length=256)
-    #: how long one peer may take to answer before the answer goes out without it
-    peer_timeout: Annotated[float, Field(gt=0, le=10)] = 1.0
-    #: the largest answer this agent sends (bytes; truncated beyond, with a flag)
-    max_answer_bytes: Annotated[int, Field(ge=512, le=8192)] = 8192
-
-    @field_validator("peers")
-    @classmethod
-    def _peers(cls, value: list[str]) -> list[str]:
-        for v in value:
-            host, sep, port = v.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise ValueError(f"peer {v!r} is not host:port")
-        return value
 
 
 class ProviderConfig(_Common):
@@ -449,7 +402,7 @@ class ProviderConfig(_Common):
     @classmethod
     def _endpoint_ids(cls, value: list[str]) -> list[str]:
         for v in value:
-            if not _ENDPOINT_ID.match(v):
+            if not ENDPOINT_ID.match(v):
                 raise ValueError(f"{v!r} is not a VPC endpoint id (vpce-0123456789abcdef0)")
         return value
 

@@ -119,7 +119,8 @@ def discover(topology: Topology, *, responder_port: int | None = None) -> Provid
 
     Only NLBs behind an endpoint service of the provider account count (the PrivateLink
     path); a target registered on several ports is probed on each. ``responder_port``: the
-    listener on that port is a responder port (the deployment forwards it port for port).
+    listener on that port is a responder port (the deployment forwards it port for port); its
+    target group (the agents themselves) is probed through the NLB only.
     """
     provider = {a.name for a in topology.accounts.values() if a.role == "provider"}
     nodes: dict[str, str] = {}
@@ -138,8 +139,8 @@ def discover(topology: Topology, *, responder_port: int | None = None) -> Provid
             if listener.port not in listeners:
                 listeners.append(listener.port)
             tg = topology.target_groups.get(listener.target_group_id or "")
-            if tg is None:
-                continue
+            if tg is None or listener.port == responder_port:
+                continue  # the agents' own responder is probed through the NLB, not directly
             for t in tg.targets:
                 inst = topology.instances.get(t.instance_id)
                 if inst is None:

@@ -63,7 +63,12 @@ class Snap:
         return load_snapshot([self.dirs[s] for s in (sides or self.order)])
 
     def per_resource(self, side: str, stem: str) -> Path:
-        return next((self.dirs[side] / stem).glob("*.json"))
+        """The one file of a per-resource call (the call must have exactly one resource)."""
+        (path,) = self.per_resource_files(side, stem)
+        return path
+
+    def per_resource_files(self, side: str, stem: str) -> list[Path]:
+        return sorted((self.dirs[side] / stem).glob("*.json"))
 
     def no_endpoint(self) -> None:
         """What AWS shows when the endpoint was never created: in neither account."""
@@ -309,12 +314,12 @@ def untagged(snap: Snap, state: str | None) -> None:
         for r in body["Reservations"]:
             for i in r["Instances"]:
                 i["Tags"] = [x for x in i["Tags"] if x["Key"] != "plprobe:services"]
-    path = snap.per_resource("provider", "elbv2-describe-target-health")
-    body = json.loads(path.read_text())
     shape = real("elbv2-describe-target-health/awscli-1.json")["TargetHealthDescriptions"][0]
-    for d in body["TargetHealthDescriptions"]:
-        d["TargetHealth"] = dict(shape["TargetHealth"], State=state) if state else {}
-    path.write_text(json.dumps(body))
+    for path in snap.per_resource_files("provider", "elbv2-describe-target-health"):
+        body = json.loads(path.read_text())
+        for d in body["TargetHealthDescriptions"]:
+            d["TargetHealth"] = dict(shape["TargetHealth"], State=state) if state else {}
+        path.write_text(json.dumps(body))
 
 
 def test_an_untagged_target_that_is_healthy_on_the_traffic_port_is_listening(snap: Snap):

@@ -1,40 +1,24 @@
-"""The provider config's ``probes:`` section: what the provider agent probes by itself.
+"""The provider role's own sections: ``probes:`` (what the provider agent probes by itself)
+and ``evidence:`` (what it tells clients through the endpoint).
 
-Its own module so the agent config (``agent.config``, which re-exports both classes) stays one
-readable schema; the rules are the config's: frozen, unknown keys rejected, every mistake
+Their own module so the agent config (``agent.config``, which re-exports these classes) stays
+one readable schema; the rules are the config's: frozen, unknown keys rejected, every mistake
 reported with its file position by ``agent.config.load_config``. What the section drives is in
 ``agent.daemon.provider_probes``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-__all__ = ["ProviderProbeTarget", "ProviderProbesConfig"]
+from agent.config_types import AGENT_ID, AZ_ID, Port, Seconds, StrictModel, ip_text
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, le=3600)]
-#: the same shapes as ``agent.config``'s agent and AZ ids (path id segments, metric labels)
-_AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-_AZ_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+__all__ = ["EvidenceConfig", "ProviderProbeTarget", "ProviderProbesConfig"]
 
 
-def _ip_text(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an IP address") from exc
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProviderProbeTarget(_Frozen):
+class ProviderProbeTarget(StrictModel):
     """One target the provider agent probes directly (by-passing the NLB)."""
 
     #: a short name for the path id and messages (the instance name); default: the IP
@@ -48,17 +32,17 @@ class ProviderProbeTarget(_Frozen):
     @field_validator("ip")
     @classmethod
     def _ip(cls, value: str) -> str:
-        return _ip_text(value)
+        return ip_text(value)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        if value is not None and not _AZ_ID.match(value):
+        if value is not None and not AZ_ID.match(value):
             raise ValueError("letters, digits, '.', '_', '-' (a path id segment)")
         return value
 
 
-class ProviderProbesConfig(_Frozen):
+class ProviderProbesConfig(StrictModel):
     """Probes the provider agent sends from inside the provider VPC every ``interval``.
 
     Each NLB listener through each NLB node IP (provider -> NLB -> a target: what a consumer's
@@ -90,15 +74,15 @@ class ProviderProbesConfig(_Frozen):
     @classmethod
     def _nodes(cls, value: dict[str, str]) -> dict[str, str]:
         for az in value:
-            if not _AZ_ID.match(az):
+            if not AZ_ID.match(az):
                 raise ValueError(f"{az!r} is not an AZ id (e.g. apne1-az4)")
-        return {az: _ip_text(ip) for az, ip in value.items()}
+        return {az: ip_text(ip) for az, ip in value.items()}
 
     @field_validator("expected_consumers")
     @classmethod
     def _consumers(cls, value: list[str]) -> list[str]:
         for v in value:
-            if not _AGENT_ID.match(v):
+            if not AGENT_ID.match(v):
                 raise ValueError(f"{v!r} is not an agent id")
         return value
 
@@ -121,3 +105,33 @@ class ProviderProbesConfig(_Frozen):
                 "nothing to probe: give nlb_nodes and listeners, or targets, or discover: true"
             )
         return self
+
+
+class EvidenceConfig(StrictModel):
+    """What this provider agent tells clients through the endpoint (agent/observe/evidence.py).
+
+    ``share`` is the provider's choice: ``none`` (coverage only: the client can tell "shares
+    nothing" from "channel cut"), ``seen-only`` (which of the client's probes arrived where),
+    ``findings`` (also the provider's own findings for the client's flow: control and rule ids
+    and fixes, never raw configuration). ``peers``: the other provider agents of the target
+    group as ``host:port`` of their responders, asked on each query so one target answers for
+    all (this agent's own address may be listed: it is skipped). Empty: the targets registered
+    on the responder port in the provider's view (``config_sources``: DescribeTargetHealth).
+    """
+
+    enabled: bool = True
+    share: Literal["none", "seen-only", "findings"] = "seen-only"
+    peers: list[str] = Field(default_factory=list, max_length=256)
+    #: how long one peer may take to answer before the answer goes out without it
+    peer_timeout: Annotated[float, Field(gt=0, le=10)] = 1.0
+    #: the largest answer this agent sends (bytes; truncated beyond, with a flag)
+    max_answer_bytes: Annotated[int, Field(ge=512, le=8192)] = 8192
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        for v in value:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"peer {v!r} is not host:port")
+        return value
