@@ -14,12 +14,12 @@ Two commands need it:
 
 Never guess silently. A real topology can use what the lab cannot emulate (IPv6, prefix lists
 whose entries were not read, GWLB endpoints, ALB/Lambda/IP targets, UDP listeners, secondary
-VPC CIDRs, …) or lack what the lab needs (which ports a target serves, who created an
-endpoint, the lab's settings for UNCONFIRMED AWS behaviour). Every such decision is a
-``ReplayNote``: ``omitted`` (left out, with the reason; whatever depends on it is left out
-too, naming the missing reference), ``assumed`` (filled in, saying with what) or ``refused``
-(nothing useful can be built: ``UnreplayableError``). The notes go to stderr, into
-``--output json`` and into the header of the document.
+VPC CIDRs, routes to internet/NAT/transit gateways, …) or lack what the lab needs (which ports
+a target serves, who created an endpoint, the lab's settings for UNCONFIRMED AWS behaviour).
+Every such decision is a ``ReplayNote``: ``omitted`` (left out, with the reason; whatever
+depends on it is left out too, naming the missing reference), ``assumed`` (filled in, saying
+with what) or ``refused`` (nothing useful can be built: ``UnreplayableError``). The notes go
+to stderr, into ``--output json`` and into the header of the document.
 
 Names: the lab derives every id from a resource's name, so a replayed lab's ids are its own
 (``sg-0…`` from the name, not the real group id). ``Replay.names`` maps each real id to the
@@ -220,8 +220,9 @@ GENERAL_NOTES = (
     ReplayNote(
         "assumed",
         "*",
-        "routes: a snapshot has no route tables; the lab routes inside each VPC and over "
-        "active peerings only (transit gateways, VPNs and missing routes are not emulated)",
+        "routes: the route tables are replayed with their local and peering routes; a route "
+        "to a gateway the lab does not emulate (internet, NAT, transit gateway, VPN, ...) is "
+        "written out and is a blackhole in the lab",
     ),
     ReplayNote(
         "assumed",

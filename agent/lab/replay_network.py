@@ -2,9 +2,10 @@
 
 ``agent.lab.replay`` is the public face (module docstring there: why a document, what the
 notes mean). The converter is split by layer so each part reads on its own: this module walks
-VPCs, subnets, peerings, security groups and their rules, NACLs and instances;
-``agent.lab.replay_service`` adds the PrivateLink service layer (NLB, target groups,
-listeners, endpoint services, endpoints) and assembles the document.
+VPCs, subnets, peerings, security groups, prefix lists and rules, NACLs and instances;
+``agent.lab.replay_routing`` adds route tables; ``agent.lab.replay_service`` adds the
+PrivateLink service layer (NLB, target groups, listeners, endpoint services, endpoints) and
+assembles the document.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ LB_PROTOCOLS = {"TCP", "TLS", "UDP", "TCP_UDP"}
 _PEERING_STATES = {"active", "pending-acceptance", "rejected", "deleted"}
 DNS_STATES = {"verified": "verified", "pendingverification": "pendingVerification"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: ``aws_ec2_managed_prefix_list``'s default ``max_entries`` in the topology schema
+_DEFAULT_MAX_ENTRIES = 10
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,16 @@ class ReplayNote:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _ipv4_net(text: str) -> bool:
+def net_version(text: str) -> int | None:
+    """4 or 6 for a CIDR block (or address), None for anything else."""
     try:
-        return ipaddress.ip_network(text, strict=False).version == 4
+        return ipaddress.ip_network(text, strict=False).version
     except ValueError:
-        return False
+        return None
+
+
+def _ipv4_net(text: str) -> bool:
+    return net_version(text) == 4
 
 
 def is_ipv4(text: str) -> bool:
@@ -243,6 +251,38 @@ class NetworkConverter:
                 body["description"] = g.description
             self.put("aws_security_group", name, body)
 
+    def prefix_lists(self) -> None:
+        """Customer-managed lists of the replayed accounts, as ``aws_ec2_managed_prefix_list``
+        with their entries: the lab emulates them (an nftables set per IPv4 list), so a rule
+        keeps naming its list instead of a copy of the entries that would drift from it.
+
+        A list owned by AWS or by an account that is not replayed has no resource to write:
+        the rules naming it are written with its entries (``prefix_list_ref``).
+        """
+        for pl in self.t.prefix_lists.values():
+            if pl.account not in self.t.accounts:
+                continue
+            what = self.label("aws_ec2_managed_prefix_list", pl.id, pl.name)
+            version = 6 if pl.address_family == "IPv6" else 4
+            entries = [c for c in pl.cidrs if net_version(c) == version]
+            if len(entries) < len(pl.cidrs):
+                self.note(
+                    "omitted",
+                    what,
+                    f"entries that are not {pl.address_family} (an {pl.address_family} list "
+                    "holds only its family's blocks)",
+                )
+            name = self.name("aws_ec2_managed_prefix_list", pl.id, pl.name)
+            body: dict[str, Any] = {"account": pl.account}
+            if name != pl.name:
+                body["name"] = pl.name
+            if pl.address_family != "IPv4":
+                body["address_family"] = pl.address_family
+            if pl.max_entries != _DEFAULT_MAX_ENTRIES:
+                body["max_entries"] = pl.max_entries
+            body["entry"] = [{"cidr": c} for c in entries]
+            self.put("aws_ec2_managed_prefix_list", name, body)
+
     def sg_ids(self, ids: list[str], what: str) -> list[str]:
         out = []
         for gid in ids:
@@ -283,42 +323,16 @@ class NetworkConverter:
             if not v4:
                 return
             source["cidr_blocks"] = v4
-        elif r.sg_ref:
-            ref = self.kept("aws_security_group", r.sg_ref)
-            other = self.t.security_groups.get(r.sg_ref)
-            if ref is None or other is None:
-                self.note("omitted", what, f"it references {r.sg_ref}, not in the snapshot")
-                return
-            if not self.t.routed(vpc_id, other.vpc_id):
-                self.note(
-                    "omitted",
-                    what,
-                    f"it references {r.sg_ref} across no active peering (a stale reference)",
-                )
+        elif r.sg_ref or r.stale_ref:
+            ref = self.group_ref(vpc_id, r, what)
+            if ref is None:
                 return
             source["source_security_group_id"] = ref
         elif r.prefix_list:
-            listed = self.t.prefix_lists.get(r.prefix_list)
-            cidrs = [c for c in (listed.cidrs if listed else []) if _ipv4_net(c)]
-            if r.prefix_list in self.t.prefix_lists:
-                if not cidrs:
-                    self.note("omitted", what, f"prefix list {r.prefix_list} has no IPv4 entry")
-                    return
-                self.note(
-                    "assumed",
-                    what,
-                    f"prefix list {r.prefix_list} written out as its IPv4 entries "
-                    f"{', '.join(cidrs)} (replay does not write prefix-list resources yet)",
-                )
-                source["cidr_blocks"] = cidrs
-            else:
-                self.note(
-                    "omitted",
-                    what,
-                    f"prefix list {r.prefix_list}: its entries were not read, and the lab "
-                    "matches nothing against an unknown list (kept in the file, allows nothing)",
-                )
-                source["prefix_list_ids"] = [r.prefix_list]
+            listed = self.prefix_list_ref(account, r.prefix_list, what)
+            if listed is None:
+                return
+            source.update(listed)
         else:
             self.note("omitted", what, "a rule without a source or destination")
             return
@@ -327,8 +341,8 @@ class NetworkConverter:
             ports = "all" if r.protocol == "-1" else f"{r.protocol}-{r.from_port}"
             if r.protocol != "-1" and r.to_port != r.from_port:
                 ports += f"-{r.to_port}"
-            peer = next(iter(source.values()))[0] if "cidr_blocks" in source else None
-            peer = peer or source.get("source_security_group_id") or r.prefix_list or "x"
+            peer = next(iter(source.values()))
+            peer = peer if isinstance(peer, str) else peer[0]
             word = "from" if r.direction == "ingress" else "to"
             wanted = _safe(f"{sg}-{word}-{peer}-{ports}".replace("/", "_"))
         rules = self.res.get("aws_security_group_rule", {})
@@ -345,6 +359,77 @@ class NetworkConverter:
         if r.description:
             body["description"] = r.description
         self.put("aws_security_group_rule", name, body)
+
+    def group_ref(self, vpc_id: str, r: Rule, what: str) -> str | None:
+        """The lab name of the group a rule references, live or stale; None: left out.
+
+        A stale reference (``Rule.stale_ref``: the group is across a peering that is no longer
+        active) is written as a plain reference: the builder makes it stale again because the
+        peering is not active. Where that cannot be reproduced, the rule is left out, which
+        changes no path: a stale rule matches nothing.
+        """
+        gid = r.sg_ref or r.stale_ref or ""
+        ref = self.kept("aws_security_group", gid)
+        other = self.t.security_groups.get(gid)
+        stale = "a stale reference (it matches nothing, so leaving it out changes no path)"
+        if ref is None or other is None:
+            why = stale if r.stale_ref else "not in the snapshot"
+            self.note("omitted", what, f"it references {gid}: {why}")
+            return None
+        if self.t.routed(vpc_id, other.vpc_id):
+            if r.stale_ref:
+                self.note(
+                    "omitted",
+                    what,
+                    f"it references {gid} across an active peering but was reported "
+                    f"{stale}; the lab would make it live",
+                )
+                return None
+            return ref
+        if self.t.peering_between(vpc_id, other.vpc_id) is None:
+            self.note(
+                "omitted",
+                what,
+                f"it references {gid} across no peering in the snapshot: {stale}",
+            )
+            return None
+        if r.sg_ref:
+            self.note(
+                "assumed",
+                what,
+                f"it references {gid} across a peering that is not active: stale, it matches "
+                "nothing (as describe-stale-security-groups would report it)",
+            )
+        return ref
+
+    def prefix_list_ref(self, account: str, pl_id: str, what: str) -> dict[str, Any] | None:
+        """A rule's prefix list as the document's source or destination; None: left out."""
+        listed = self.kept("aws_ec2_managed_prefix_list", pl_id)
+        plist = self.t.prefix_lists.get(pl_id)
+        if plist is None:
+            self.note(
+                "omitted",
+                what,
+                f"prefix list {pl_id}: its entries were not read, and the lab matches nothing "
+                "against an unknown list (kept in the file, allows nothing)",
+            )
+            return {"prefix_list_ids": [pl_id]}
+        if listed is not None and plist.account == account:
+            return {"prefix_list_ids": [listed]}
+        # AWS-managed, or shared from another account: the lab has no list to reference
+        cidrs = [c for c in plist.cidrs if net_version(c) == 4]
+        owner = "AWS" if plist.account == "AWS" else f"account {plist.account}"
+        if not cidrs:
+            self.note("omitted", what, f"prefix list {pl_id} ({owner}) has no IPv4 entry")
+            return None
+        self.note(
+            "assumed",
+            what,
+            f"prefix list {pl_id} is owned by {owner}, not by the rule's account: written "
+            f"out as its IPv4 entries {', '.join(cidrs)} (the lab emulates an account's own "
+            "lists; sharing is not emulated)",
+        )
+        return {"cidr_blocks": cidrs}
 
     def nacls(self) -> None:
         for n in self.t.nacls.values():

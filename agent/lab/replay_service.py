@@ -1,7 +1,8 @@
-"""Replay, part two: the PrivateLink service layer and the whole document.
+"""Replay, part three: the PrivateLink service layer and the whole document.
 
 NLBs, target groups and their attachments, listeners, endpoint services and endpoints, on top
-of ``agent.lab.replay_network``'s network layer (see ``agent.lab.replay`` for the notes).
+of ``agent.lab.replay_network``'s network layer and ``agent.lab.replay_routing``'s route
+tables (see ``agent.lab.replay`` for the notes).
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from agent.errors import UnreplayableError
 from agent.lab.replay_network import (
     DNS_STATES,
     LB_PROTOCOLS,
-    NetworkConverter,
     ReplayNote,
     is_ipv4,
     target_kind,
 )
+from agent.lab.replay_routing import RoutingConverter
 from agent.model import TargetGroup, to_plain
 
 
-class Converter(NetworkConverter):
+class Converter(RoutingConverter):
     """The whole converter: ``document()`` runs every step and refuses an empty result."""
 
     def document(self) -> dict[str, Any]:
@@ -40,8 +41,10 @@ class Converter(NetworkConverter):
             self.peerings,
             self.security_groups,
             self.instances,
+            self.prefix_lists,
             self.sg_rules,
             self.nacls,
+            self.route_tables,
             self.nlbs,
             self.target_groups,
             self.listeners,
@@ -60,8 +63,12 @@ class Converter(NetworkConverter):
             "aws_subnet",
             "aws_vpc_peering_connection",
             "aws_security_group",
+            "aws_ec2_managed_prefix_list",
             "aws_security_group_rule",
             "aws_network_acl",
+            "aws_route_table",
+            "aws_route_table_association",
+            "aws_main_route_table_association",
             "aws_instance",
             "aws_lb",
             "aws_lb_target_group",

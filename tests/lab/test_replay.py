@@ -21,7 +21,7 @@ from agent.lab import faults
 from agent.lab.plan import render
 from agent.lab.replay import Replay, ReplayNote, export_text, replay_snapshot, to_document
 from agent.lab.snapshot import write_snapshot
-from agent.model import PrefixList, Rule, Topology, to_plain
+from agent.model import PrefixList, Route, Rule, Topology, to_plain
 from agent.sources.topology import TOPOLOGIES, load_topology
 
 SHIPPED = ["reference", "multi-az", "proxy-v2"]
@@ -35,11 +35,13 @@ def _plain(t: Topology) -> dict[str, Any]:
 
 
 def _without_rule_ids(t: Topology) -> dict[str, Any]:
-    """A snapshot has no rule names: compare rules by what they allow, not by name."""
+    """A snapshot has no rule names and no rule order (AWS lists a group's rules grouped by
+    protocol and ports, and evaluates them as a set): compare rules by what they allow."""
     data = _plain(t)
     for sg in data["security_groups"].values():
         for rule in sg["rules"]:
             rule.pop("id")
+        sg["rules"].sort(key=lambda rule: json.dumps(rule, sort_keys=True))
     return data
 
 
@@ -157,8 +159,8 @@ def test_an_instance_without_the_services_tag_is_assumed_to_serve_its_target_por
 
     _edit(provider / "ec2-describe-instances.json", untag)
     replay = replay_snapshot([tmp_path / "consumer", provider])
-    assert replay.document["resources"]["aws_instance"]["server-1"]["services"] == [80]
-    assert any("serves TCP 80" in r for r in _reasons(replay, "assumed", "server-1"))
+    assert replay.document["resources"]["aws_instance"]["server-1"]["services"] == [80, 9721]
+    assert any("serves TCP 80, 9721" in r for r in _reasons(replay, "assumed", "server-1"))
 
 
 def test_ipv6_ranges_of_a_rule_are_left_out_and_said_so() -> None:
@@ -188,18 +190,151 @@ def test_an_unread_prefix_list_is_kept_but_said_to_match_nothing() -> None:
     assert any("matches nothing" in r for r in _reasons(replay, "omitted", "pl"))
 
 
-def test_a_read_prefix_list_becomes_its_ipv4_entries() -> None:
+def _with_partners_list(owner: str = "consumer") -> Topology:
+    """The reference topology, client-1 allowed to a prefix list of ``owner``."""
     t = load_topology()
     t.prefix_lists["pl-0123"] = PrefixList(
-        "pl-0123", "partners", "consumer", cidrs=["10.9.0.0/16", "2001:db8::/32"]
+        "pl-0123", "partners", owner, cidrs=["10.9.0.0/16", "10.8.0.0/16"], max_entries=5
     )
     sg = t.sg_by_name("client-1")
     assert sg is not None
     sg.rules.append(Rule("pl", "egress", "tcp", 80, 80, prefix_list="pl-0123"))
+    return t
+
+
+def test_a_read_prefix_list_becomes_a_prefix_list_resource_the_rule_names() -> None:
+    replay = to_document(_with_partners_list())
+    resources = replay.document["resources"]
+    assert resources["aws_ec2_managed_prefix_list"]["partners"] == {
+        "account": "consumer",
+        "max_entries": 5,
+        "entry": [{"cidr": "10.9.0.0/16"}, {"cidr": "10.8.0.0/16"}],
+    }
+    rule = resources["aws_security_group_rule"]["pl"]
+    assert rule["prefix_list_ids"] == ["partners"]
+    assert "cidr_blocks" not in rule
+    assert _reasons(replay, "assumed", "pl") == []
+
+
+def test_a_replayed_prefix_list_loads_back_with_its_entries_and_the_rule_using_it() -> None:
+    again = load_topology("<export>", text=export_text(_with_partners_list()))
+    (plist,) = again.prefix_lists.values()
+    assert (plist.name, plist.account, plist.cidrs, plist.max_entries) == (
+        "partners",
+        "consumer",
+        ["10.9.0.0/16", "10.8.0.0/16"],
+        5,
+    )
+    sg = again.sg_by_name("client-1")
+    assert sg is not None
+    assert [r.prefix_list for r in sg.rules if r.id == "pl"] == [plist.id]
+
+
+def test_a_prefix_list_of_another_owner_is_written_out_as_its_ipv4_entries() -> None:
+    replay = to_document(_with_partners_list(owner="AWS"))
+    resources = replay.document["resources"]
+    assert "aws_ec2_managed_prefix_list" not in resources
+    assert resources["aws_security_group_rule"]["pl"]["cidr_blocks"] == [
+        "10.9.0.0/16",
+        "10.8.0.0/16",
+    ]
+    assert any("owned by AWS" in r for r in _reasons(replay, "assumed", "pl"))
+
+
+# --- routes and stale references --------------------------------------------------------
+
+
+def test_export_writes_declared_route_tables_and_leaves_implicit_main_tables_to_the_builder() -> (
+    None
+):
+    resources = to_document(load_topology()).document["resources"]
+    assert set(resources["aws_route_table"]) == {"vpc-1-private", "vpc-2-private"}
+    assert resources["aws_route_table"]["vpc-1-private"]["route"] == [
+        {"cidr_block": "10.2.0.0/16", "vpc_peering_connection_id": "vpc-1-to-vpc-2"}
+    ]
+    assert set(resources["aws_route_table_association"]) == {
+        "vpc-1-client",
+        "vpc-2-endpoint",
+        "vpc-2-client",
+    }
+    assert "aws_main_route_table_association" not in resources
+
+
+def test_a_main_table_that_is_not_the_builders_own_is_written_with_its_association() -> None:
+    t = load_topology()
+    main = next(rt for rt in t.route_tables.values() if rt.name == "vpc-3-main")
+    main.id, main.name = "rtb-0aaaabbbbccccdddd", "provider-main"  # a real AWS table
+    main.routes.append(Route("0.0.0.0/0", "nat-0123456789abcdef0"))
     replay = to_document(t)
-    rule = replay.document["resources"]["aws_security_group_rule"]["pl"]
-    assert rule["cidr_blocks"] == ["10.9.0.0/16"]
-    assert "prefix_list_ids" not in rule
+    resources = replay.document["resources"]
+    assert resources["aws_route_table"]["provider-main"]["route"] == [
+        {"cidr_block": "0.0.0.0/0", "gateway_id": "nat-0123456789abcdef0"}
+    ]
+    assert resources["aws_main_route_table_association"]["vpc-3"] == {
+        "account": "provider",
+        "vpc_id": "vpc-3",
+        "route_table_id": "provider-main",
+    }
+    again = load_topology("<replay>", text=replay.yaml_text())
+    vpc3 = next(v.id for v in again.vpcs.values() if v.name == "vpc-3")
+    (table,) = [rt for rt in again.route_tables.values() if rt.vpc_id == vpc3]
+    assert (table.name, table.main) == ("provider-main", True)
+    assert [(r.destination, r.target) for r in table.routes] == [
+        ("10.3.0.0/16", "local"),
+        ("0.0.0.0/0", "nat-0123456789abcdef0"),
+    ]
+
+
+def test_a_route_over_a_peering_that_is_not_replayed_is_left_out_and_said_so() -> None:
+    t = load_topology()
+    table = next(rt for rt in t.route_tables.values() if rt.name == "vpc-1-private")
+    table.routes.append(Route("10.50.0.0/16", "pcx-0aaaabbbbccccdddd", "blackhole"))
+    replay = to_document(t)
+    assert replay.document["resources"]["aws_route_table"]["vpc-1-private"]["route"] == [
+        {"cidr_block": "10.2.0.0/16", "vpc_peering_connection_id": "vpc-1-to-vpc-2"}
+    ]
+    assert any("not replayed" in r for r in _reasons(replay, "omitted", "10.50.0.0/16"))
+
+
+def test_a_vpc_without_route_tables_in_the_snapshot_is_said_to_get_the_labs_routing() -> None:
+    t = load_topology()
+    t.route_tables.clear()  # describe-route-tables not read
+    replay = to_document(t)
+    assert "aws_route_table" not in replay.document["resources"]
+    assert any("no route table" in r for r in _reasons(replay, "assumed", "aws_vpc vpc-1"))
+
+
+def test_export_of_a_stale_reference_loads_back_stale() -> None:
+    t = load_topology()
+    next(iter(t.peerings.values())).status = "deleted"
+    assert t.mark_stale_references()
+    again = load_topology("<export>", text=export_text(t))
+    assert _plain(again) == _plain(t)
+
+
+def test_a_stale_reference_across_no_peering_is_left_out_and_said_to_match_nothing() -> None:
+    t = load_topology()
+    next(iter(t.peerings.values())).status = "deleted"
+    stale = t.mark_stale_references()
+    t.peerings.clear()
+    t.route_tables = {k: rt for k, rt in t.route_tables.items() if not rt.name.endswith("-private")}
+    replay = to_document(t)
+    rules = replay.document["resources"]["aws_security_group_rule"]
+    assert not {r.id for r in stale} & set(rules)
+    assert all(
+        any("matches nothing" in why for why in _reasons(replay, "omitted", r.id)) for r in stale
+    )
+
+
+def test_a_lab_snapshot_with_a_deleted_peering_replays_its_stale_references(
+    tmp_path: Path,
+) -> None:
+    t = load_topology()
+    next(iter(t.peerings.values())).status = "deleted"
+    assert t.mark_stale_references()
+    replay = replay_snapshot(_snapshot(tmp_path, t))
+    assert replay.topology is not None
+    assert _without_rule_ids(replay.topology) == _without_rule_ids(t)
 
 
 def test_a_rule_for_another_protocol_is_left_out_and_said_so() -> None:
@@ -225,7 +360,12 @@ def test_a_target_that_is_not_an_instance_is_left_out_with_its_kind(target: str,
     tg = next(iter(t.target_groups.values()))
     tg.targets.append(dataclasses.replace(tg.targets[0], instance_id=target))
     replay = to_document(t)
-    assert len(replay.document["resources"]["aws_lb_target_group_attachment"]) == 2
+    assert set(replay.document["resources"]["aws_lb_target_group_attachment"]) == {
+        "server-80-server-1-80",
+        "server-80-server-2-80",
+        "server-9721-server-1-9721",
+        "server-9721-server-2-9721",
+    }
     assert any(why in r for r in _reasons(replay, "omitted", target))
 
 
@@ -237,7 +377,7 @@ def test_a_udp_listener_is_left_out_and_a_tls_listener_is_emulated_as_tcp() -> N
     t.listeners[udp.id] = udp
     replay = to_document(t)
     listeners = replay.document["resources"]["aws_lb_listener"]
-    assert list(listeners) == ["nlb-80"]
+    assert list(listeners) == ["nlb-80", "nlb-9721"]
     assert any("UDP" in r for r in _reasons(replay, "omitted", ":53"))
     assert any("emulated as TCP" in r for r in _reasons(replay, "assumed", ":80"))
 
