@@ -1,6 +1,10 @@
 """Replay end to end: ``lab snapshot`` of the reference lab -> ``lab up --from-snapshot`` ->
 ``lab check`` gives the same verdicts as the original lab, healthy and with a control broken;
 ``lab export`` of the replayed lab re-creates it.
+
+Both labs run their provider agents, as deployed: the verdicts rest on the provider's evidence,
+which comes back over the responder listener (port 9721) through the endpoint, and that
+listener's target group is healthy only while the agents answer on it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import pytest
 from labfixtures import assert_no_leftovers, require_lab, unique_lab_name
 
+from agent.lab import agents
 from agent.lab.lab import Lab
 from agent.model import to_plain
 from agent.sources.topology import load_topology
@@ -39,6 +44,7 @@ def plprobe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def healthy(lab: Lab) -> bool:
+    """Every target group healthy: the service's and, with the agents up, the responder's."""
     return lab.wait_health(lambda h: bool(h) and all(s == "healthy" for s in h.values()), 20)
 
 
@@ -60,6 +66,7 @@ def verdicts(lab: Lab) -> dict[str, Any]:
 def replayed(reference_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A second lab built by ``lab up --from-snapshot`` from the reference lab's snapshot."""
     require_lab()
+    agents.start_agents(reference_lab, reference_lab.progress)
     assert healthy(reference_lab)
     out = tmp_path_factory.mktemp("snapshot")
     proc = plprobe("lab", "snapshot", str(out), "--name", reference_lab.name)
@@ -74,6 +81,7 @@ def replayed(reference_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> It
         report = json.loads(proc.stdout)
         assert report["omitted"] == [], "the lab's own snapshot replays completely"
         assert "replay: assumed" in proc.stderr, "assumptions are printed"
+        agents.start_agents(lab, lab.progress)
         assert healthy(lab)
         yield lab
     finally:
