@@ -203,10 +203,6 @@ class PathFamilies:
         with self._lock:
             family.pop(path, None)
 
-    def known(self, path: str, kind: str) -> bool:
-        """Whether a (path, probe kind) has its counters (created at 0 by ``create``)."""
-        return (path, kind) in self.probes
-
     def create(self, path: str, kind: str) -> None:
         with self._lock:
             self.probes.setdefault((path, kind), [0.0] * len(OUTCOMES))
@@ -287,7 +283,7 @@ class PathFamilies:
         samples = fam.samples
         for (path, kind), counts in durations:
             acc = 0.0
-            for le, n in zip(self._le, counts, strict=False):
+            for le, n in zip(self._le, counts, strict=False):  # counts[-1] is the sum
                 acc += n
                 samples.append(
                     Sample(bucket, {"path": path, "probe": kind, "le": le}, acc, None, None)
