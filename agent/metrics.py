@@ -36,12 +36,17 @@ Two choices the alert rules rely on (``deploy/prometheus/alerts.yml``):
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from agent import __version__
 from agent.controls import IDS as CONTROL_IDS
@@ -58,6 +63,7 @@ __all__ = [
     "STATUSES",
     "VIAS",
     "Metrics",
+    "PathFamilies",
     "make_metrics",
 ]
 
@@ -99,6 +105,8 @@ RESPONDER_REASON_FIELDS: Mapping[str, str] = {
 #: provider-side path label for tokens beyond ``max_seen_paths`` distinct path ids
 OTHER_PATH = "_other"
 DEFAULT_MAX_SEEN_PATHS = 10_000
+_OUTCOME_INDEX: Mapping[str, int] = {o: i for i, o in enumerate(OUTCOMES)}
+_OK = _OUTCOME_INDEX["ok"]
 
 
 def _check(kind: str, value: str, allowed: Iterable[str]) -> str:
@@ -107,19 +115,194 @@ def _check(kind: str, value: str, allowed: Iterable[str]) -> str:
     return value
 
 
+#: (name, HELP, type) of the client's per-path families, in exposition order
+_PATH_UP = ("plprobe_path_up", "1 when the path passes (or is degraded), 0 when it fails.", "gauge")
+_PATH_STATUS = ("plprobe_path_status", "The path's verdict status, one-hot.", "gauge")
+_PATH_BLOCKED = (
+    "plprobe_path_blocked",
+    "1 for the control that blocks the path (only the current culprit's series exists).",
+    "gauge",
+)
+_PATH_DEGRADED = ("plprobe_path_degraded", "1 when the path passes only partly.", "gauge")
+_PATH_INTERVAL = (
+    "plprobe_path_interval_seconds",
+    "Configured probe interval of the path.",
+    "gauge",
+)
+_PROBE_DURATION = (
+    "plprobe_probe_duration_seconds",
+    "Duration of probes that got through.",
+    "histogram",
+)
+#: a counter family is named without ``_total``; its samples carry it (as prometheus-client)
+_PROBES = ("plprobe_probes", "Probes sent, by kind and client-side result.", "counter")
+_LAST_PROBE = (
+    "plprobe_last_probe_timestamp_seconds",
+    "When the path's last probe finished.",
+    "gauge",
+)
+_PATH_FAMILIES = (
+    _PATH_UP,
+    _PATH_STATUS,
+    _PATH_BLOCKED,
+    _PATH_DEGRADED,
+    _PATH_INTERVAL,
+    _PROBE_DURATION,
+    _PROBES,
+    _LAST_PROBE,
+)
+
+
+class PathFamilies:
+    """The client's per-path families as plain dicts, turned into samples only when scraped.
+
+    Why not prometheus-client's labelled metrics: they keep an object per label set (a child
+    with its own lock, a value object per counter and per histogram bucket), ~35 KiB per path
+    with four probe kinds, most of a 1,000-path daemon's memory, and ~25 µs per probe result.
+    Here a path is a few floats and two short lists per probe kind. Names, HELP, types, labels
+    and sample order are those prometheus-client produced (a test compares the expositions).
+
+    Every method is called from the event loop; ``collect`` runs in the scrape's worker
+    thread, so both sides take ``_lock`` (held for dict/list updates and the snapshot copy,
+    never while rendering).
+    """
+
+    def __init__(self, buckets: Iterable[float] = DURATION_BUCKETS) -> None:
+        self._bounds: tuple[float, ...] = (*buckets, float("inf"))
+        self._le: tuple[str, ...] = tuple(floatToGoString(b) for b in self._bounds)
+        self._lock = threading.Lock()
+        self.up: dict[str, float] = {}
+        #: path -> its verdict status (exported one-hot over STATUSES)
+        self.status: dict[str, str] = {}
+        #: path -> the culprit whose series exists (at most one per path)
+        self.blocked: dict[str, str] = {}
+        self.degraded: dict[str, float] = {}
+        self.interval: dict[str, float] = {}
+        self.last_probe: dict[str, float] = {}
+        #: (path, probe kind) -> one count per OUTCOMES entry
+        self.probes: dict[tuple[str, str], list[float]] = {}
+        #: (path, probe kind) -> a count per bucket (not cumulative, +Inf last), then the sum
+        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    # -- updates (event loop) --------------------------------------------------------------
+
+    def set(self, family: dict[str, float], path: str, value: float) -> None:
+        with self._lock:
+            family[path] = float(value)
+
+    def set_status(self, path: str, status: str) -> None:
+        with self._lock:
+            self.status[path] = status
+
+    def set_blocked(self, path: str, culprit: str | None) -> None:
+        with self._lock:
+            if culprit is None:
+                self.blocked.pop(path, None)
+            else:
+                self.blocked[path] = culprit
+
+    def discard(self, family: dict[str, float], path: str) -> None:
+        with self._lock:
+            family.pop(path, None)
+
+    def create(self, path: str, kind: str) -> None:
+        with self._lock:
+            self.probes.setdefault((path, kind), [0.0] * len(OUTCOMES))
+
+    def count(self, path: str, kind: str, outcome_index: int) -> None:
+        with self._lock:
+            self.probes.setdefault((path, kind), [0.0] * len(OUTCOMES))[outcome_index] += 1.0
+
+    def observe(self, path: str, kind: str, seconds: float) -> None:
+        """One duration into the histogram: the first bucket whose bound is >= it."""
+        i = bisect_left(self._bounds, seconds)
+        with self._lock:
+            counts = self.durations.get((path, kind))
+            if counts is None:
+                counts = self.durations[(path, kind)] = [0.0] * (len(self._bounds) + 1)
+            counts[i] += 1.0
+            counts[-1] += seconds
+
+    def forget(self, path: str) -> None:
+        """Remove every series of a path."""
+        with self._lock:
+            for family in (self.up, self.status, self.blocked, self.degraded):
+                family.pop(path, None)
+            self.interval.pop(path, None)
+            self.last_probe.pop(path, None)
+            for kind in PROBE_KINDS:
+                self.probes.pop((path, kind), None)
+                self.durations.pop((path, kind), None)
+
+    # -- prometheus-client Collector protocol (scrape thread) ------------------------------
+
+    def describe(self) -> list[Metric]:
+        """The family names, so the registry refuses a second collector with the same ones."""
+        return [Metric(name, doc, typ) for name, doc, typ in _PATH_FAMILIES]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            up, status, blocked = dict(self.up), dict(self.status), dict(self.blocked)
+            degraded, interval = dict(self.degraded), dict(self.interval)
+            last_probe = dict(self.last_probe)
+            probes = [(k, list(v)) for k, v in self.probes.items()]
+            durations = [(k, list(v)) for k, v in self.durations.items()]
+        yield self._gauge(_PATH_UP, up)
+        fam = Metric(*_PATH_STATUS)
+        fam.samples = [
+            Sample(fam.name, {"path": p, "status": s}, 1.0 if s == st else 0.0, None, None)
+            for p, st in status.items()
+            for s in STATUSES
+        ]
+        yield fam
+        fam = Metric(*_PATH_BLOCKED)
+        fam.samples = [
+            Sample(fam.name, {"path": p, "control": c}, 1.0, None, None) for p, c in blocked.items()
+        ]
+        yield fam
+        yield self._gauge(_PATH_DEGRADED, degraded)
+        yield self._gauge(_PATH_INTERVAL, interval)
+        yield self._histogram(durations)
+        fam = Metric(*_PROBES)
+        total = fam.name + "_total"
+        fam.samples = [
+            Sample(total, {"path": p, "probe": k, "result": o}, v, None, None)
+            for (p, k), values in probes
+            for o, v in zip(OUTCOMES, values, strict=True)
+        ]
+        yield fam
+        yield self._gauge(_LAST_PROBE, last_probe)
+
+    @staticmethod
+    def _gauge(spec: tuple[str, str, str], values: dict[str, float]) -> Metric:
+        fam = Metric(*spec)
+        fam.samples = [Sample(fam.name, {"path": p}, v, None, None) for p, v in values.items()]
+        return fam
+
+    def _histogram(self, durations: list[tuple[tuple[str, str], list[float]]]) -> Metric:
+        fam = Metric(*_PROBE_DURATION)
+        bucket, count, total = fam.name + "_bucket", fam.name + "_count", fam.name + "_sum"
+        samples = fam.samples
+        for (path, kind), counts in durations:
+            acc = 0.0
+            for le, n in zip(self._le, counts, strict=False):  # counts[-1] is the sum
+                acc += n
+                samples.append(
+                    Sample(bucket, {"path": path, "probe": kind, "le": le}, acc, None, None)
+                )
+            samples.append(Sample(count, {"path": path, "probe": kind}, acc, None, None))
+            samples.append(Sample(total, {"path": path, "probe": kind}, counts[-1], None, None))
+        return fam
+
+
 @dataclass
 class Metrics:
     """The families of one registry, and the operations the agent performs on them."""
 
     registry: CollectorRegistry
-    path_up: Gauge
-    path_status: Gauge
-    path_blocked: Gauge
-    path_degraded: Gauge
-    path_interval: Gauge
-    probe_duration: Histogram
-    probes: Counter
-    last_probe: Gauge
+    #: the client's per-path families (path_up/status/blocked/degraded/interval, probe
+    #: duration, probes_total, last probe), kept flat: see ``PathFamilies``
+    paths: PathFamilies
     target_seen: Counter
     responder_rejected: Counter
     sniffer_packets: Counter
@@ -142,9 +325,6 @@ class Metrics:
     provider_rounds: Counter
     consumer_expected: Gauge
     max_seen_paths: int = DEFAULT_MAX_SEEN_PATHS
-    #: path -> the culprit whose series exists (at most one per path)
-    _culprit: dict[str, str] = field(default_factory=dict)
-    _path_kinds: set[tuple[str, str]] = field(default_factory=set)
     _seen_paths: set[str] = field(default_factory=set)
     _responder_last: dict[str, int] = field(default_factory=dict)
     #: provider probe path -> hop, of the series that exist (removed when no longer probed)
@@ -157,30 +337,26 @@ class Metrics:
         self, path: str, *, interval_s: float, probes: Iterable[str] = PROBE_KINDS
     ) -> None:
         """Declare a configured path: its interval, and its counters created at 0."""
-        self.path_interval.labels(path).set(interval_s)
+        self.paths.set(self.paths.interval, path, interval_s)
         for kind in probes:
             self._known(path, _check("probe kind", kind, PROBE_KINDS))
 
     def observe_result(self, result: ProbeResult) -> None:
         """Count one probe result; time it when it got through; stamp the path's last probe."""
         kind = _check("probe kind", result.probe, PROBE_KINDS)
-        outcome = _check("outcome", result.outcome, OUTCOMES)
-        self._known(result.path, kind)
-        self.probes.labels(result.path, kind, outcome).inc()
-        if outcome == "ok":
-            self.probe_duration.labels(result.path, kind).observe(max(result.duration_s, 0.0))
+        index = _OUTCOME_INDEX[_check("outcome", result.outcome, OUTCOMES)]
+        paths = self.paths
+        paths.count(result.path, kind, index)
+        if index == _OK:
+            paths.observe(result.path, kind, max(result.duration_s, 0.0))
         finished = result.started_at + result.duration_s if result.started_at else time.time()
-        self.last_probe.labels(result.path).set(finished)
+        paths.set(paths.last_probe, result.path, finished)
         if result.fallback or kind == "syn":
             self.raw_fallback.labels(kind).set(1 if result.fallback else 0)
 
     def _known(self, path: str, kind: str) -> None:
         """Create a path's counters of one probe kind at 0, once."""
-        if (path, kind) in self._path_kinds:
-            return
-        self._path_kinds.add((path, kind))
-        for outcome in OUTCOMES:
-            self.probes.labels(path, kind, outcome)
+        self.paths.create(path, kind)
 
     def set_verdict(self, verdict: Verdict) -> None:
         """Export a path's diagnosis: up, status, degraded and (while down) the culprit.
@@ -191,41 +367,24 @@ class Metrics:
         """
         path = verdict.path
         status = _check("status", verdict.status, STATUSES)
-        for s in STATUSES:
-            self.path_status.labels(path, s).set(1 if s == status else 0)
-        self.path_degraded.labels(path).set(1 if status == "degraded" else 0)
-        if status == "unknown":
-            self._remove(self.path_up, path)
-        else:
-            self.path_up.labels(path).set(0 if status == "fail" else 1)
         culprit = None
         if status == "fail":
             culprit = verdict.blocked_at or "unknown"
             _check("control", culprit, CONTROL_IDS)
-        old = self._culprit.get(path)
-        if old is not None and old != culprit:
-            self._remove(self.path_blocked, path, old)
-            del self._culprit[path]
-        if culprit is not None:
-            self.path_blocked.labels(path, culprit).set(1)
-            self._culprit[path] = culprit
+        paths = self.paths
+        paths.set_status(path, status)
+        paths.set(paths.degraded, path, 1 if status == "degraded" else 0)
+        if status == "unknown":
+            paths.discard(paths.up, path)
+        else:
+            paths.set(paths.up, path, 0 if status == "fail" else 1)
+        paths.set_blocked(path, culprit)
 
     def forget_path(self, path: str) -> None:
         """Remove every series of a path (removed from the configuration on reload)."""
-        for gauge in (self.path_up, self.path_degraded, self.path_interval, self.last_probe):
-            self._remove(gauge, path)
-        for status in STATUSES:
-            self._remove(self.path_status, path, status)
-        for control in CONTROL_IDS:
-            self._remove(self.path_blocked, path, control)
-        for kind in PROBE_KINDS:
-            self._remove(self.probe_duration, path, kind)
-            for outcome in OUTCOMES:
-                self._remove(self.probes, path, kind, outcome)
+        self.paths.forget(path)
         for via in VIAS:
             self._remove(self.target_seen, path, via)
-        self._culprit.pop(path, None)
-        self._path_kinds -= {(path, kind) for kind in PROBE_KINDS}
         self._seen_paths.discard(path)
 
     # -- provider side ---------------------------------------------------------------------
@@ -397,54 +556,11 @@ def make_metrics(
     _check("role", role, ROLES)
     _disable_created_metrics()
     r = registry
+    paths = PathFamilies(DURATION_BUCKETS)
+    r.register(paths)  # first: its families come out where the labelled ones used to
     m = Metrics(
         registry=r,
-        path_up=Gauge(
-            "plprobe_path_up",
-            "1 when the path passes (or is degraded), 0 when it fails.",
-            ["path"],
-            registry=r,
-        ),
-        path_status=Gauge(
-            "plprobe_path_status",
-            "The path's verdict status, one-hot.",
-            ["path", "status"],
-            registry=r,
-        ),
-        path_blocked=Gauge(
-            "plprobe_path_blocked",
-            "1 for the control that blocks the path (only the current culprit's series exists).",
-            ["path", "control"],
-            registry=r,
-        ),
-        path_degraded=Gauge(
-            "plprobe_path_degraded", "1 when the path passes only partly.", ["path"], registry=r
-        ),
-        path_interval=Gauge(
-            "plprobe_path_interval_seconds",
-            "Configured probe interval of the path.",
-            ["path"],
-            registry=r,
-        ),
-        probe_duration=Histogram(
-            "plprobe_probe_duration_seconds",
-            "Duration of probes that got through.",
-            ["path", "probe"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        ),
-        probes=Counter(
-            "plprobe_probes_total",
-            "Probes sent, by kind and client-side result.",
-            ["path", "probe", "result"],
-            registry=r,
-        ),
-        last_probe=Gauge(
-            "plprobe_last_probe_timestamp_seconds",
-            "When the path's last probe finished.",
-            ["path"],
-            registry=r,
-        ),
+        paths=paths,
         target_seen=Counter(
             "plprobe_target_probes_seen_total",
             "Authenticated probes that arrived at this target, by the path id in their token.",

@@ -40,6 +40,18 @@ CLIENT_2 = REPO / "configs" / "lab" / "client-2.yaml"
 PROVIDER = REPO / "configs" / "lab" / "provider.yaml"
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value shared by two keys out twice: plprobe's YAML loader refuses aliases."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def dump_yaml(data: object) -> str:
+    """``yaml.safe_dump`` without anchors/aliases (configs and topologies built by copying)."""
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("this benchmark builds a lab: run it as root")
@@ -143,7 +155,7 @@ def client_config(work: Path, name: str = "client-2.yaml", **update: object) -> 
     data = yaml.safe_load(CLIENT_2.read_text())
     data.update(update)
     path = work / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(dump_yaml(data))
     return path
 
 
@@ -179,7 +191,7 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         if rules is not None:
             config = {**config, "rule_files": [str(rules)]}
-        (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (work / "prometheus.yml").write_text(dump_yaml(config))
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Prometheus:

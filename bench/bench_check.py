@@ -34,7 +34,7 @@ def _run_check(lab, tree: Path, pycache: Path) -> tuple[float, float, int]:
     Bytecode is cached (in ``pycache``, not in the tree) as for an installed package: the
     first, unmeasured run of each tree writes it.
     """
-    env = {**os.environ, **lab._env(), "PLPROBE_KEY": KEY, "PYTHONPATH": str(tree)}
+    env = {**os.environ, **lab.env(), "PLPROBE_KEY": KEY, "PYTHONPATH": str(tree)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
     argv = ["ip", "netns", "exec", lab.ns("client-2"), sys.executable, "-m", "agent", "check"]

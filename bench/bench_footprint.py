@@ -43,6 +43,7 @@ from _labkit import (
     REPO,
     client_config,
     cpu_seconds,
+    dump_yaml,
     get,
     lab_session,
     log,
@@ -97,7 +98,7 @@ def bench_topology(work: Path):
         "to_port": hi,
     }
     path = work / "footprint.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(dump_yaml(data))
     return load_topology(path)
 
 

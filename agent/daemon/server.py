@@ -644,8 +644,9 @@ class Daemon:
             if pid not in seen and pid not in self._declared and id(owner) in mine:
                 self._forget(pid, "no longer produced by its endpoint's DNS answers")
         for ref in result.paths:
-            self._refs[ref.id] = ref
-            self._targets.add(ref)
+            if self._refs.get(ref.id) != ref:  # a ref seen before is indexed already
+                self._refs[ref.id] = ref
+                self._targets.add(ref)
             if ref.id not in self._owner:
                 pc = result.path_configs.get(ref.id, pcs[0])
                 self._owner[ref.id] = pc

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from agent.api.history import RoundHistory
+from agent.api.history import DEFAULT_RESULTS, RoundHistory
 from agent.api.page import (
     CONTENT_SECURITY_POLICY,
     MAX_PROBE_ROWS,
@@ -409,6 +409,44 @@ def test_the_round_history_keeps_only_the_newest_rounds() -> None:
     for i in range(5):
         history.record(f"ep{i}", float(i), float(i) + 1, [])
     assert [r.endpoint for r in history.newest_first()] == ["ep4", "ep3", "ep2"]
+
+
+def round_of(i: int, paths: int, per_path: int = 1) -> list[PathEvidence]:
+    """Round ``i``'s evidence: ``paths`` paths with ``per_path`` tcp results each."""
+    out = []
+    for j in range(paths):
+        path = f"client-2/az{j}/80"
+        results = [tcp(path, "ok", f"{i:02x}{j:04x}{k:02x}") for k in range(per_path)]
+        out.append(PathEvidence(path=path, outcome="ok", seen_at_target="no", results=results))
+    return out
+
+
+def test_the_history_keeps_no_more_results_than_the_page_can_show() -> None:
+    """A batched round of 1,000 paths holds 5,000 results; 20 of them were ~60 MiB."""
+    history = RoundHistory()
+    for i in range(20):
+        history.record("svc", NOW - 20 + i, NOW - 20 + i, round_of(i, 1000))
+    assert sum(len(e.results) for rec in history for e in rec.evidence) == DEFAULT_RESULTS
+
+
+def test_the_history_bound_is_what_the_page_shows() -> None:
+    assert DEFAULT_RESULTS == MAX_PROBE_ROWS
+
+
+def test_a_bounded_history_renders_the_same_page_as_an_unbounded_one() -> None:
+    bounded, unbounded = RoundHistory(), RoundHistory(max_results=10**9)
+    for i, (paths, per_path) in enumerate([(3, 1), (20, 3), (7, 2), (45, 2), (1, 1), (200, 1)]):
+        rounds = round_of(i, paths, per_path)
+        for history in (bounded, unbounded):
+            history.record(f"ep{i}", NOW - 10 + i, NOW - 10 + i, rounds)
+        bounded_page, unbounded_page = (
+            render_page(
+                PageData(agent_id="c", role="client", ready=True, rounds=h.newest_first()),
+                now=NOW,
+            )
+            for h in (bounded, unbounded)
+        )
+        assert bounded_page == unbounded_page
 
 
 def test_forgetting_a_path_removes_it_from_every_kept_round() -> None:
