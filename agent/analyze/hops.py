@@ -361,19 +361,9 @@ class HopWalk:
         via = f"{pcx.id} ({pcx.name})" if pcx else "a peering connection between the two VPCs"
         route = table.lookup(peer_ip)
         why = f"to {peer_ip} ({peer_name})"
-        if route is None or route.target == "local":
-            return HopFinding(
-                hop.id,
-                hop.control,
-                "denied",
-                resource=label,
-                checked=checked,
-                detail=f"no route {why} in {table.name}",
-                ra_code="NO_ROUTE_TO_DESTINATION",
-                fix=f"add a route to {want} via {via} to route table {table.id} ({table.name})",
-            )
-        rule = f"{route.destination} -> {route.target}"
-        if t.route_state(route) == "blackhole":
+
+        def denied(rule: str, detail: str, ra_code: str, fix: str) -> HopFinding:
+            """A denial of this route hop: every one names the table and the routes checked."""
             return HopFinding(
                 hop.id,
                 hop.control,
@@ -381,9 +371,25 @@ class HopWalk:
                 resource=label,
                 rule=rule,
                 checked=checked,
-                detail=f"the route {why} is a blackhole: its target {route.target} is gone",
-                ra_code="BAD_STATE_ROUTE",
-                fix=f"replace the route to {route.destination} in route table {table.id} "
+                detail=detail,
+                ra_code=ra_code,
+                fix=fix,
+            )
+
+        if route is None or route.target == "local":
+            return denied(
+                "",
+                f"no route {why} in {table.name}",
+                "NO_ROUTE_TO_DESTINATION",
+                f"add a route to {want} via {via} to route table {table.id} ({table.name})",
+            )
+        rule = f"{route.destination} -> {route.target}"
+        if t.route_state(route) == "blackhole":
+            return denied(
+                rule,
+                f"the route {why} is a blackhole: its target {route.target} is gone",
+                "BAD_STATE_ROUTE",
+                f"replace the route to {route.destination} in route table {table.id} "
                 f"({table.name}): point it at {via}",
             )
         target = t.peerings.get(route.target)
@@ -401,17 +407,12 @@ class HopWalk:
                 rule=rule,
                 detail=f"the route {why} goes to {route.target}, which plprobe does not follow",
             )
-        return HopFinding(
-            hop.id,
-            hop.control,
-            "denied",
-            resource=label,
-            rule=rule,
-            checked=checked,
-            detail=f"the route {why} goes to {route.target}, which does not lead to "
+        return denied(
+            rule,
+            f"the route {why} goes to {route.target}, which does not lead to "
             f"{dst_vpc.name if dst_vpc else 'its VPC'}",
-            ra_code="CANNOT_ROUTE",
-            fix=f"point the route to {route.destination} in route table {table.id} "
+            "CANNOT_ROUTE",
+            f"point the route to {route.destination} in route table {table.id} "
             f"({table.name}) at {via}",
         )
 
