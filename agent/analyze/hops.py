@@ -9,6 +9,7 @@ evaluated only in the opening direction (stateful); NACLs in both (stateless).
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from agent import pathhops
 from agent.analyze.fixes import nacl_fix, nacl_label, ports_text, sg_label, sgs_label
@@ -362,34 +363,25 @@ class HopWalk:
         route = table.lookup(peer_ip)
         why = f"to {peer_ip} ({peer_name})"
 
-        def denied(rule: str, detail: str, ra_code: str, fix: str) -> HopFinding:
+        def denied(**fields: Any) -> HopFinding:
             """A denial of this route hop: every one names the table and the routes checked."""
             return HopFinding(
-                hop.id,
-                hop.control,
-                "denied",
-                resource=label,
-                rule=rule,
-                checked=checked,
-                detail=detail,
-                ra_code=ra_code,
-                fix=fix,
+                hop.id, hop.control, "denied", resource=label, checked=checked, **fields
             )
 
         if route is None or route.target == "local":
             return denied(
-                "",
-                f"no route {why} in {table.name}",
-                "NO_ROUTE_TO_DESTINATION",
-                f"add a route to {want} via {via} to route table {table.id} ({table.name})",
+                detail=f"no route {why} in {table.name}",
+                ra_code="NO_ROUTE_TO_DESTINATION",
+                fix=f"add a route to {want} via {via} to route table {table.id} ({table.name})",
             )
         rule = f"{route.destination} -> {route.target}"
         if t.route_state(route) == "blackhole":
             return denied(
-                rule,
-                f"the route {why} is a blackhole: its target {route.target} is gone",
-                "BAD_STATE_ROUTE",
-                f"replace the route to {route.destination} in route table {table.id} "
+                rule=rule,
+                detail=f"the route {why} is a blackhole: its target {route.target} is gone",
+                ra_code="BAD_STATE_ROUTE",
+                fix=f"replace the route to {route.destination} in route table {table.id} "
                 f"({table.name}): point it at {via}",
             )
         target = t.peerings.get(route.target)
@@ -408,11 +400,11 @@ class HopWalk:
                 detail=f"the route {why} goes to {route.target}, which plprobe does not follow",
             )
         return denied(
-            rule,
-            f"the route {why} goes to {route.target}, which does not lead to "
+            rule=rule,
+            detail=f"the route {why} goes to {route.target}, which does not lead to "
             f"{dst_vpc.name if dst_vpc else 'its VPC'}",
-            "CANNOT_ROUTE",
-            f"point the route to {route.destination} in route table {table.id} "
+            ra_code="CANNOT_ROUTE",
+            fix=f"point the route to {route.destination} in route table {table.id} "
             f"({table.name}) at {via}",
         )
 

@@ -147,6 +147,17 @@ class NetworkConverter:
     def kept(self, kind: str, rid: str | None) -> str | None:
         return self.names.get(kind, {}).get(rid or "")
 
+    def vpc_kept(self, what: str, vpc_id: str) -> str | None:
+        """The lab name of a resource's VPC; None, noted as omitted, when it is not replayed.
+
+        A subnet, SG, NACL or target group cannot stand without its VPC: each step drops it
+        with the same note.
+        """
+        vpc = self.kept("aws_vpc", vpc_id)
+        if vpc is None:
+            self.note("omitted", what, f"its VPC {vpc_id} is not replayed")
+        return vpc
+
     def put(self, kind: str, name: str, body: dict[str, Any]) -> None:
         self.res.setdefault(kind, {})[name] = body
 
@@ -171,9 +182,8 @@ class NetworkConverter:
     def subnets(self) -> None:
         for s in self.t.subnets.values():
             what = self.label("aws_subnet", s.id, s.name)
-            vpc = self.kept("aws_vpc", s.vpc_id)
+            vpc = self.vpc_kept(what, s.vpc_id)
             if vpc is None:
-                self.note("omitted", what, f"its VPC {s.vpc_id} is not replayed")
                 continue
             if not _within(s.cidr, self.t.vpcs[s.vpc_id].cidr):
                 self.note(
@@ -232,10 +242,8 @@ class NetworkConverter:
 
     def security_groups(self) -> None:
         for g in self.t.security_groups.values():
-            vpc = self.kept("aws_vpc", g.vpc_id)
+            vpc = self.vpc_kept(self.label("aws_security_group", g.id, g.name), g.vpc_id)
             if vpc is None:
-                what = self.label("aws_security_group", g.id, g.name)
-                self.note("omitted", what, f"its VPC {g.vpc_id} is not replayed")
                 continue
             name = self.name("aws_security_group", g.id, g.name)
             body: dict[str, Any] = {"account": g.account, "vpc_id": vpc}
@@ -349,9 +357,8 @@ class NetworkConverter:
     def nacls(self) -> None:
         for n in self.t.nacls.values():
             what = self.label("aws_network_acl", n.id, n.name)
-            vpc = self.kept("aws_vpc", n.vpc_id)
+            vpc = self.vpc_kept(what, n.vpc_id)
             if vpc is None:
-                self.note("omitted", what, f"its VPC {n.vpc_id} is not replayed")
                 continue
             if _allow_all(n):
                 continue  # the lab's default NACL is exactly this (see _allow_all)

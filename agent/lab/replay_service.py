@@ -115,9 +115,8 @@ class Converter(NetworkConverter):
     def target_groups(self) -> None:
         for tg in self.t.target_groups.values():
             what = self.label("aws_lb_target_group", tg.id, tg.name)
-            vpc = self.kept("aws_vpc", tg.vpc_id)
+            vpc = self.vpc_kept(what, tg.vpc_id)
             if vpc is None:
-                self.note("omitted", what, f"its VPC {tg.vpc_id} is not replayed")
                 continue
             if tg.protocol.upper() not in LB_PROTOCOLS:
                 self.note(
