@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from agent.model import Nacl, Rule, Topology
 
@@ -25,6 +25,20 @@ LB_PROTOCOLS = {"TCP", "TLS", "UDP", "TCP_UDP"}
 _PEERING_STATES = {"active", "pending-acceptance", "rejected", "deleted"}
 DNS_STATES = {"verified": "verified", "pendingverification": "pendingVerification"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _InVpc(Protocol):
+    """A resource that lives in one VPC (subnet, SG, NACL, target group)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def vpc_id(self) -> str: ...
+
+
+_V = TypeVar("_V", bound=_InVpc)
 
 
 @dataclass(frozen=True)
@@ -147,16 +161,19 @@ class NetworkConverter:
     def kept(self, kind: str, rid: str | None) -> str | None:
         return self.names.get(kind, {}).get(rid or "")
 
-    def vpc_kept(self, what: str, vpc_id: str) -> str | None:
-        """The lab name of a resource's VPC; None, noted as omitted, when it is not replayed.
+    def in_kept_vpcs(self, kind: str, items: Iterable[_V]) -> Iterator[tuple[_V, str, str]]:
+        """Each item whose VPC is replayed, with its label and its VPC's lab name.
 
-        A subnet, SG, NACL or target group cannot stand without its VPC: each step drops it
-        with the same note.
+        A subnet, SG, NACL or target group cannot stand without its VPC: the others are
+        noted as omitted, with the same note for every kind.
         """
-        vpc = self.kept("aws_vpc", vpc_id)
-        if vpc is None:
-            self.note("omitted", what, f"its VPC {vpc_id} is not replayed")
-        return vpc
+        for item in items:
+            what = self.label(kind, item.id, item.name)
+            vpc = self.kept("aws_vpc", item.vpc_id)
+            if vpc is None:
+                self.note("omitted", what, f"its VPC {item.vpc_id} is not replayed")
+                continue
+            yield item, what, vpc
 
     def put(self, kind: str, name: str, body: dict[str, Any]) -> None:
         self.res.setdefault(kind, {})[name] = body
@@ -180,11 +197,7 @@ class NetworkConverter:
             self.put("aws_vpc", name, body)
 
     def subnets(self) -> None:
-        for s in self.t.subnets.values():
-            what = self.label("aws_subnet", s.id, s.name)
-            vpc = self.vpc_kept(what, s.vpc_id)
-            if vpc is None:
-                continue
+        for s, what, vpc in self.in_kept_vpcs("aws_subnet", self.t.subnets.values()):
             if not _within(s.cidr, self.t.vpcs[s.vpc_id].cidr):
                 self.note(
                     "omitted",
@@ -241,10 +254,7 @@ class NetworkConverter:
             self.put("aws_vpc_peering_connection", name, body)
 
     def security_groups(self) -> None:
-        for g in self.t.security_groups.values():
-            vpc = self.vpc_kept(self.label("aws_security_group", g.id, g.name), g.vpc_id)
-            if vpc is None:
-                continue
+        for g, _, vpc in self.in_kept_vpcs("aws_security_group", self.t.security_groups.values()):
             name = self.name("aws_security_group", g.id, g.name)
             body: dict[str, Any] = {"account": g.account, "vpc_id": vpc}
             if g.description:
@@ -355,11 +365,7 @@ class NetworkConverter:
         self.put("aws_security_group_rule", name, body)
 
     def nacls(self) -> None:
-        for n in self.t.nacls.values():
-            what = self.label("aws_network_acl", n.id, n.name)
-            vpc = self.vpc_kept(what, n.vpc_id)
-            if vpc is None:
-                continue
+        for n, what, vpc in self.in_kept_vpcs("aws_network_acl", self.t.nacls.values()):
             if _allow_all(n):
                 continue  # the lab's default NACL is exactly this (see _allow_all)
             subnets = [s for s in (self.kept("aws_subnet", x) for x in n.subnet_ids) if s]
