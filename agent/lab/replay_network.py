@@ -30,12 +30,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class _InVpc(Protocol):
     """A resource that lives in one VPC (subnet, SG, NACL, target group)."""
 
-    @property
-    def id(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def vpc_id(self) -> str: ...
+    id: str
+    name: str
+    vpc_id: str
 
 
 _V = TypeVar("_V", bound=_InVpc)

@@ -50,8 +50,7 @@ def _tags(name: str) -> list[dict[str, str]]:
 class _Owned(Protocol):
     """A resource of one account."""
 
-    @property
-    def account(self) -> str: ...
+    account: str
 
 
 _R = TypeVar("_R", bound=_Owned)
