@@ -359,6 +359,12 @@ FORWARD_PATH: tuple[str, ...] = _on_path(
 )
 #: candidates of a return-path failure (stateless NACLs), in path order
 RETURN_PATH: tuple[str, ...] = _on_path([c for c in CATALOGUE if c.return_path])
+#: the provider-side hops past the endpoint: what the provider account evaluates from its own
+#: view and may share as findings (the endpoint stage is the consumer's to see), and so the hops
+#: the provider's findings replace in a consumer's diagnosis
+PROVIDER_CONTROLS: frozenset[str] = frozenset(
+    c.id for c in CATALOGUE if c.side == "provider" and c.stage in ("forward", "service")
+)
 #: controls that can reset a SYN before the target sees it, most common first
 RESETTING: tuple[str, ...] = tuple(
     c.id for c in sorted((c for c in CATALOGUE if c.resets), key=lambda c: c.reset_rank or 0)

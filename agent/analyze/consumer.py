@@ -8,11 +8,13 @@ after the provider's hops, the replies' NACLs on Linux's ephemeral ports 32768-6
 
 from __future__ import annotations
 
+from typing import Any
+
 from agent.analyze.fixes import sg_fix, sg_label
 from agent.analyze.hops import PROTO, HopWalk, host_cidr
 from agent.analyze.sg import evaluate_sg
 from agent.model import EndpointService, arn_account, partition_of
-from agent.results import HopFinding
+from agent.results import HopFinding, HopStatus
 
 #: endpoint states (DescribeVpcEndpoints State, lower-cased) and the fix for each
 _STATE_FIX = {
@@ -144,20 +146,21 @@ class ConsumerHops(HopWalk):
                     fix=fix,
                 )
             )
+
+        def principal(status: HopStatus, **fields: Any) -> None:
+            """One finding for the allowed-principals hop (its hop id is its control id)."""
+            self.add(HopFinding("service-principal", "service-principal", status, **fields))
+
         # ③a allowed principals
         svc_obj = self.service
         if svc_obj is None or not self.visible(svc_obj.account) or not svc_obj.principals_known:
             # an endpoint that exists was created, so its requester was allowed then
-            self.add(
-                HopFinding(
-                    "service-principal",
-                    "service-principal",
-                    "allowed",
-                    resource=ep.service_id,
-                    rule="the endpoint exists",
-                    detail="the service's permissions are not visible; the endpoint exists, "
-                    "so its requester was allowed when it was created",
-                )
+            principal(
+                "allowed",
+                resource=ep.service_id,
+                rule="the endpoint exists",
+                detail="the service's permissions are not visible; the endpoint exists, "
+                "so its requester was allowed when it was created",
             )
             return
         svc_label = f"{svc_obj.id} ({svc_obj.name})"
@@ -172,36 +175,28 @@ class ConsumerHops(HopWalk):
             allowed = t.service_allows_account(svc_obj, self.account_id(ep.account))
             requester = self.root_of(ep.account)
         if allowed:
-            self.add(
-                HopFinding(
-                    "service-principal",
-                    "service-principal",
-                    "allowed",
-                    resource=svc_label,
-                    rule=f"{requester} allowed",
-                    checked=list(svc_obj.allowed_principals),
-                )
+            principal(
+                "allowed",
+                resource=svc_label,
+                rule=f"{requester} allowed",
+                checked=list(svc_obj.allowed_principals),
             )
         elif not ep.requester:
             # an observed endpoint exists, so it was created while its account was allowed;
             # AWS keeps existing connections when a principal is removed (only rejecting the
             # connection cuts it; terraform-provider-aws #37260): not a blame
-            self.add(
-                HopFinding(
-                    "service-principal",
-                    "service-principal",
-                    "allowed",
-                    resource=svc_label,
-                    rule="the endpoint exists: permissions gate creating endpoints, not "
-                    "existing connections",
-                    checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
-                    detail=f"no principal of account {self.account_id(ep.account)} is an "
-                    f"allowed principal of {svc_obj.id} now; {ep.id} was created while one "
-                    "was, and AWS keeps an existing connection when a principal is removed. "
-                    "A new endpoint from this account would be refused; to cut this one off, "
-                    f"reject it (aws ec2 reject-vpc-endpoint-connections --service-id "
-                    f"{svc_obj.id} --vpc-endpoint-ids {ep.id})",
-                )
+            principal(
+                "allowed",
+                resource=svc_label,
+                rule="the endpoint exists: permissions gate creating endpoints, not "
+                "existing connections",
+                checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
+                detail=f"no principal of account {self.account_id(ep.account)} is an "
+                f"allowed principal of {svc_obj.id} now; {ep.id} was created while one "
+                "was, and AWS keeps an existing connection when a principal is removed. "
+                "A new endpoint from this account would be refused; to cut this one off, "
+                f"reject it (aws ec2 reject-vpc-endpoint-connections --service-id "
+                f"{svc_obj.id} --vpc-endpoint-ids {ep.id})",
             )
         else:
             note = ""
@@ -210,17 +205,13 @@ class ConsumerHops(HopWalk):
                     "; on AWS an endpoint accepted before the principal was removed keeps "
                     f"working: to cut it off, reject {ep.id}"
                 )
-            self.add(
-                HopFinding(
-                    "service-principal",
-                    "service-principal",
-                    "denied",
-                    resource=svc_label,
-                    checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
-                    detail=f"{requester} is not an allowed principal of {svc_obj.id}{note}",
-                    ra_code="BAD_STATE",
-                    fix=self.principal_fix(svc_obj, requester, exact=True),
-                )
+            principal(
+                "denied",
+                resource=svc_label,
+                checked=list(svc_obj.allowed_principals) or ["(no allowed principals)"],
+                detail=f"{requester} is not an allowed principal of {svc_obj.id}{note}",
+                ra_code="BAD_STATE",
+                fix=self.principal_fix(svc_obj, requester, exact=True),
             )
 
     def account_id(self, account: str) -> str:

@@ -9,6 +9,7 @@ evaluated only in the opening direction (stateful); NACLs in both (stateless).
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from agent import pathhops
 from agent.analyze.fixes import nacl_fix, nacl_label, ports_text, sg_label, sgs_label
@@ -361,26 +362,23 @@ class HopWalk:
         via = f"{pcx.id} ({pcx.name})" if pcx else "a peering connection between the two VPCs"
         route = table.lookup(peer_ip)
         why = f"to {peer_ip} ({peer_name})"
-        if route is None or route.target == "local":
+
+        def denied(**fields: Any) -> HopFinding:
+            """A denial of this route hop: every one names the table and the routes checked."""
             return HopFinding(
-                hop.id,
-                hop.control,
-                "denied",
-                resource=label,
-                checked=checked,
+                hop.id, hop.control, "denied", resource=label, checked=checked, **fields
+            )
+
+        if route is None or route.target == "local":
+            return denied(
                 detail=f"no route {why} in {table.name}",
                 ra_code="NO_ROUTE_TO_DESTINATION",
                 fix=f"add a route to {want} via {via} to route table {table.id} ({table.name})",
             )
         rule = f"{route.destination} -> {route.target}"
         if t.route_state(route) == "blackhole":
-            return HopFinding(
-                hop.id,
-                hop.control,
-                "denied",
-                resource=label,
+            return denied(
                 rule=rule,
-                checked=checked,
                 detail=f"the route {why} is a blackhole: its target {route.target} is gone",
                 ra_code="BAD_STATE_ROUTE",
                 fix=f"replace the route to {route.destination} in route table {table.id} "
@@ -401,13 +399,8 @@ class HopWalk:
                 rule=rule,
                 detail=f"the route {why} goes to {route.target}, which plprobe does not follow",
             )
-        return HopFinding(
-            hop.id,
-            hop.control,
-            "denied",
-            resource=label,
+        return denied(
             rule=rule,
-            checked=checked,
             detail=f"the route {why} goes to {route.target}, which does not lead to "
             f"{dst_vpc.name if dst_vpc else 'its VPC'}",
             ra_code="CANNOT_ROUTE",

@@ -139,30 +139,32 @@ def _print_runs(runs: list, output: str, key: str) -> int:
     return code
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.lab.agents import probe_clients
+def _per_client(args: argparse.Namespace, run: Callable[..., list], key: str) -> int:
+    """Run ``run`` (probe_clients or check_clients) for one client or every client in turn.
 
+    One loop for both commands so that ``lab probe`` and ``lab check`` keep the same headings,
+    capture rule and exit code.
+    """
     lab = _lab(args)
     capture = args.output == "json"
     runs = []
     for client in [args.client] if args.client else [c.name for c in lab.original.clients()]:
         if not capture:
             print(f"== {client} ==", flush=True)
-        runs += probe_clients(lab, client, output=args.output, capture=capture)
-    return _print_runs(runs, args.output, "round")
+        runs += run(lab, client, output=args.output, capture=capture)
+    return _print_runs(runs, args.output, key)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.lab.agents import probe_clients
+
+    return _per_client(args, probe_clients, "round")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.lab.agents import check_clients
 
-    lab = _lab(args)
-    capture = args.output == "json"
-    runs = []
-    for client in [args.client] if args.client else [c.name for c in lab.original.clients()]:
-        if not capture:
-            print(f"== {client} ==", flush=True)
-        runs += check_clients(lab, client, output=args.output, capture=capture)
-    return _print_runs(runs, args.output, "check")
+    return _per_client(args, check_clients, "check")
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.controls import PROVIDER_CONTROLS
 from agent.errors import ProbeError, TruncatedError, WireError
 from agent.observe.evidence import ask
 from agent.results import HopFinding, Observation, PathRef
@@ -40,18 +41,6 @@ __all__ = [
     "merge_findings",
 ]
 
-#: the provider-side controls whose hops the provider's findings replace
-_PROVIDER_CONTROLS = frozenset(
-    {
-        "nlb-sg-ingress",
-        "nlb-listener",
-        "nlb-sg-egress",
-        "provider-nacl",
-        "target-sg-ingress",
-        "target-service",
-        "target-health",
-    }
-)
 _HOP_FIELDS = {f.name for f in dataclasses.fields(HopFinding)}
 
 
@@ -286,7 +275,7 @@ def merge_findings(consumer: list[HopFinding], provider: list[HopFinding]) -> li
     the provider's findings (per target, in path order) take the place of that block. Hops the
     consumer could see itself (a view of both accounts) are kept as they are.
     """
-    shared = [p for p in provider if p.control in _PROVIDER_CONTROLS and p.status != "not_visible"]
+    shared = [p for p in provider if p.control in PROVIDER_CONTROLS and p.status != "not_visible"]
     if not shared:
         return consumer
     if not consumer:
@@ -294,7 +283,7 @@ def merge_findings(consumer: list[HopFinding], provider: list[HopFinding]) -> li
     out: list[HopFinding] = []
     inserted = False
     for hop in consumer:
-        if hop.control in _PROVIDER_CONTROLS and hop.status == "not_visible":
+        if hop.control in PROVIDER_CONTROLS and hop.status == "not_visible":
             if not inserted:
                 out.extend(shared)
                 inserted = True

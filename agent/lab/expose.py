@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import socket
 import sys
 import threading
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from agent.errors import LabError, PlprobeError
+from agent.lab.stop import stop_on_signals
 from agent.rawsock import in_netns
 
 __all__ = ["ExposeStats", "Forwarder", "exposed", "main"]
@@ -314,11 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         async with Forwarder(args.netns, args.upstream, port=args.port) as fwd:
             up = f"{args.upstream[0]}:{args.upstream[1]}"
             print(f"expose: http://127.0.0.1:{fwd.port} -> {args.netns} {up}", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await stop_on_signals().wait()
 
     try:
         asyncio.run(serve())

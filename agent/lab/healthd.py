@@ -29,12 +29,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.lab import nlbnat
+from agent.lab.stop import stop_on_signals
 from agent.wire.proxy_v2 import build_proxy_v2
 
 log = logging.getLogger("plprobe.lab.healthd")
@@ -203,10 +203,8 @@ async def run(config_path: Path, state_path: Path) -> None:
     config = nlbnat.NodeConfig.from_plain(json.loads(config_path.read_text()))  # noqa: ASYNC240
     state_path.parent.mkdir(parents=True, exist_ok=True)
     checker = Checker(config, state_path)
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await checker.sync()
     while not stop.is_set():
         started = loop.time()

@@ -20,12 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import time
 from pathlib import Path
 from typing import TextIO
 
 from agent.errors import WireError
+from agent.lab.stop import stop_on_signals
 from agent.wire.proxy_v2 import (
     PROXY_V2_FIXED_LEN,
     PROXY_V2_SIGNATURE,
@@ -117,10 +117,7 @@ class _Server:
 
 async def serve(node: str, ports: list[int], log_path: Path, ready: Path | None) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     with open(log_path, "a", buffering=1) as log:  # noqa: ASYNC230 - once, at startup
         server = _Server(node, log)
         servers = [

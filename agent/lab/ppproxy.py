@@ -60,13 +60,13 @@ import json
 import logging
 import os
 import random
-import signal
 import socket
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.lab import nlbnat
+from agent.lab.stop import stop_on_signals
 from agent.wire.proxy_v2 import build_proxy_v2
 
 log = logging.getLogger("plprobe.lab.ppproxy")
@@ -348,10 +348,7 @@ async def run(config_path: Path, health_path: Path, ready: Path | None) -> None:
     health = Health(health_path)
     health.refresh()
     proxy = Proxy(config, health)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await proxy.start()
     if ready is not None:
         ready.parent.mkdir(parents=True, exist_ok=True)

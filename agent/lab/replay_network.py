@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from agent.model import Nacl, Rule, Topology
 
@@ -28,6 +28,17 @@ DNS_STATES = {"verified": "verified", "pendingverification": "pendingVerificatio
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: ``aws_ec2_managed_prefix_list``'s default ``max_entries`` in the topology schema
 _DEFAULT_MAX_ENTRIES = 10
+
+
+class _InVpc(Protocol):
+    """A resource that lives in one VPC (subnet, SG, NACL, target group)."""
+
+    id: str
+    name: str
+    vpc_id: str
+
+
+_V = TypeVar("_V", bound=_InVpc)
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,20 @@ class NetworkConverter:
     def kept(self, kind: str, rid: str | None) -> str | None:
         return self.names.get(kind, {}).get(rid or "")
 
+    def in_kept_vpcs(self, kind: str, items: Iterable[_V]) -> Iterator[tuple[_V, str, str]]:
+        """Each item whose VPC is replayed, with its label and its VPC's lab name.
+
+        A subnet, SG, NACL or target group cannot stand without its VPC: the others are
+        noted as omitted, with the same note for every kind.
+        """
+        for item in items:
+            what = self.label(kind, item.id, item.name)
+            vpc = self.kept("aws_vpc", item.vpc_id)
+            if vpc is None:
+                self.note("omitted", what, f"its VPC {item.vpc_id} is not replayed")
+                continue
+            yield item, what, vpc
+
     def put(self, kind: str, name: str, body: dict[str, Any]) -> None:
         self.res.setdefault(kind, {})[name] = body
 
@@ -177,12 +202,7 @@ class NetworkConverter:
             self.put("aws_vpc", name, body)
 
     def subnets(self) -> None:
-        for s in self.t.subnets.values():
-            what = self.label("aws_subnet", s.id, s.name)
-            vpc = self.kept("aws_vpc", s.vpc_id)
-            if vpc is None:
-                self.note("omitted", what, f"its VPC {s.vpc_id} is not replayed")
-                continue
+        for s, what, vpc in self.in_kept_vpcs("aws_subnet", self.t.subnets.values()):
             if not _within(s.cidr, self.t.vpcs[s.vpc_id].cidr):
                 self.note(
                     "omitted",
@@ -239,12 +259,7 @@ class NetworkConverter:
             self.put("aws_vpc_peering_connection", name, body)
 
     def security_groups(self) -> None:
-        for g in self.t.security_groups.values():
-            vpc = self.kept("aws_vpc", g.vpc_id)
-            if vpc is None:
-                what = self.label("aws_security_group", g.id, g.name)
-                self.note("omitted", what, f"its VPC {g.vpc_id} is not replayed")
-                continue
+        for g, _, vpc in self.in_kept_vpcs("aws_security_group", self.t.security_groups.values()):
             name = self.name("aws_security_group", g.id, g.name)
             body: dict[str, Any] = {"account": g.account, "vpc_id": vpc}
             if g.description:
@@ -432,12 +447,7 @@ class NetworkConverter:
         return {"cidr_blocks": cidrs}
 
     def nacls(self) -> None:
-        for n in self.t.nacls.values():
-            what = self.label("aws_network_acl", n.id, n.name)
-            vpc = self.kept("aws_vpc", n.vpc_id)
-            if vpc is None:
-                self.note("omitted", what, f"its VPC {n.vpc_id} is not replayed")
-                continue
+        for n, what, vpc in self.in_kept_vpcs("aws_network_acl", self.t.nacls.values()):
             if _allow_all(n):
                 continue  # the lab's default NACL is exactly this (see _allow_all)
             subnets = [s for s in (self.kept("aws_subnet", x) for x in n.subnet_ids) if s]

@@ -120,12 +120,9 @@ class Converter(RoutingConverter):
             self.put("aws_lb", name, body)
 
     def target_groups(self) -> None:
-        for tg in self.t.target_groups.values():
-            what = self.label("aws_lb_target_group", tg.id, tg.name)
-            vpc = self.kept("aws_vpc", tg.vpc_id)
-            if vpc is None:
-                self.note("omitted", what, f"its VPC {tg.vpc_id} is not replayed")
-                continue
+        for tg, what, vpc in self.in_kept_vpcs(
+            "aws_lb_target_group", self.t.target_groups.values()
+        ):
             if tg.protocol.upper() not in LB_PROTOCOLS:
                 self.note(
                     "omitted",

@@ -17,8 +17,9 @@ Rendering is pure (``render_snapshot`` returns JSON-able dicts, deterministic or
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from agent.model import (
     Account,
@@ -46,6 +47,15 @@ def _tags(name: str) -> list[dict[str, str]]:
     return [{"Key": "Name", "Value": name}]
 
 
+class _Owned(Protocol):
+    """A resource of one account."""
+
+    account: str
+
+
+_R = TypeVar("_R", bound=_Owned)
+
+
 class _Renderer:
     def __init__(self, t: Topology, account: Account, health: TargetHealthMap) -> None:
         self.t = t
@@ -56,6 +66,11 @@ class _Renderer:
     # -- helpers ------------------------------------------------------------------------
     def mine(self, account_name: str) -> bool:
         return account_name == self.a.name
+
+    def owned(self, items: Iterable[_R]) -> Iterator[_R]:
+        """The resources of this account, in the model's order: each describe-* file lists
+        only what the account that runs the call owns."""
+        return (item for item in items if self.mine(item.account))
 
     def owner_id(self, account_name: str) -> str:
         acc = self.t.accounts.get(account_name)
@@ -219,9 +234,7 @@ class _Renderer:
     def prefix_lists(self) -> None:
         """The account's customer-managed prefix lists, and one entries file per list."""
         out = []
-        for pl in self.t.prefix_lists.values():
-            if not self.mine(pl.account):
-                continue
+        for pl in self.owned(self.t.prefix_lists.values()):
             out.append(
                 {
                     "PrefixListId": pl.id,
@@ -268,9 +281,7 @@ class _Renderer:
     def stale_groups(self) -> None:
         """describe-stale-security-groups, one file per VPC: the rules whose referenced group
         sits across a peering that is no longer active."""
-        for vpc in self.t.vpcs.values():
-            if not self.mine(vpc.account):
-                continue
+        for vpc in self.owned(self.t.vpcs.values()):
             out = []
             for g in self.t.security_groups.values():
                 if g.vpc_id != vpc.id:
@@ -356,9 +367,7 @@ class _Renderer:
         """As DescribeRouteTables prints them: the local route first, a route to a peering
         that is not active in the ``blackhole`` state, the main table's association."""
         out = []
-        for rt in self.t.route_tables.values():
-            if not self.mine(rt.account):
-                continue
+        for rt in self.owned(self.t.route_tables.values()):
             routes = []
             for r in rt.routes:
                 route: dict[str, Any] = {"DestinationCidrBlock": r.destination}
@@ -552,9 +561,7 @@ class _Renderer:
 
     def endpoints(self) -> None:
         out = []
-        for ep in self.t.endpoints.values():
-            if not self.mine(ep.account):
-                continue
+        for ep in self.owned(self.t.endpoints.values()):
             out.append(
                 {
                     "VpcEndpointId": ep.id,
@@ -580,9 +587,7 @@ class _Renderer:
 
     def services(self) -> None:
         out = []
-        for s in self.t.endpoint_services.values():
-            if not self.mine(s.account):
-                continue
+        for s in self.owned(self.t.endpoint_services.values()):
             azs: list[str] = []
             for nlb_id in s.nlb_ids:
                 nlb = self.t.nlbs.get(nlb_id)
@@ -714,9 +719,7 @@ class _Renderer:
 
     def target_groups(self) -> None:
         out = []
-        for tg in self.t.target_groups.values():
-            if not self.mine(tg.account):
-                continue
+        for tg in self.owned(self.t.target_groups.values()):
             hc = tg.health_check
             lbs = sorted(
                 {li.nlb_id for li in self.t.listeners.values() if li.target_group_id == tg.id}

@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.analyze.path import Flow, walk
 from agent.config import ProviderConfig
+from agent.controls import PROVIDER_CONTROLS
 from agent.errors import PlprobeError
 from agent.model import Topology
 
@@ -32,18 +33,6 @@ __all__ = ["PROVIDER_CONTROLS", "ProviderFindings", "provider_findings_for", "pr
 
 log = logging.getLogger(__name__)
 
-#: the controls the provider account owns and can evaluate (and may share)
-PROVIDER_CONTROLS: frozenset[str] = frozenset(
-    {
-        "nlb-sg-ingress",
-        "nlb-listener",
-        "nlb-sg-egress",
-        "provider-nacl",
-        "target-sg-ingress",
-        "target-service",
-        "target-health",
-    }
-)
 _CACHE_MAX = 4096
 
 

@@ -415,19 +415,15 @@ class Responder:
             proxy_src = (nlb.src_ip, nlb.src_port)
             proxy_dst = (nlb.dst_ip, nlb.dst_port)
 
-        reply = Reply(
-            probe_id=token.probe_id,
-            agent_id=self.agent_id,
-            recv_ns=recv_ns,
-            src_ip=peer[0],
-            src_port=peer[1],
-            local_ip=local[0],
-            local_port=local[1],
+        reply = Reply.from_pairs(
+            token.probe_id,
+            self.agent_id,
+            recv_ns,
+            peer,
+            local,
             vpce_id=vpce_id,
-            proxy_src_ip=proxy_src[0] if proxy_src else None,
-            proxy_src_port=proxy_src[1] if proxy_src else None,
-            proxy_dst_ip=proxy_dst[0] if proxy_dst else None,
-            proxy_dst_port=proxy_dst[1] if proxy_dst else None,
+            proxy_src=proxy_src,
+            proxy_dst=proxy_dst,
         )
         data = encode_reply(reply, self.key, insecure=self.insecure)
         assert len(data) <= REPLY_MAX

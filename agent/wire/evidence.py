@@ -329,32 +329,31 @@ def _body(
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _keep_newest(
-    items: tuple[dict[str, Any], ...], fits: Callable[[tuple[dict[str, Any], ...]], bool]
-) -> tuple[dict[str, Any], ...]:
-    """The longest tail (newest) of ``items`` that ``fits``; bisection, bodies grow with it."""
-    lo, hi = 0, len(items)
+def _most_that_fit(n: int, fits: Callable[[int], bool]) -> int:
+    """The largest ``k <= n`` with ``fits(k)``, by bisection: a body only grows with ``k``."""
+    lo, hi = 0, n
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(items[len(items) - mid :]):
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    return items[len(items) - lo :] if lo else ()
+    return lo
+
+
+def _keep_newest(
+    items: tuple[dict[str, Any], ...], fits: Callable[[tuple[dict[str, Any], ...]], bool]
+) -> tuple[dict[str, Any], ...]:
+    """The longest tail (newest) of ``items`` that ``fits``."""
+    k = _most_that_fit(len(items), lambda k: fits(items[len(items) - k :]))
+    return items[len(items) - k :] if k else ()
 
 
 def _keep_first(
     items: tuple[dict[str, Any], ...], fits: Callable[[tuple[dict[str, Any], ...]], bool]
 ) -> tuple[dict[str, Any], ...]:
     """The longest head of ``items`` that ``fits`` (findings come first-port first)."""
-    lo, hi = 0, len(items)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(items[:mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return items[:lo]
+    return items[: _most_that_fit(len(items), lambda k: fits(items[:k]))]
 
 
 def encode_answer(
