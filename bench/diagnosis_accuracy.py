@@ -11,8 +11,10 @@ each path's verdict is compared with the ground truth at three evidence levels:
     packets  client packets alone
 
 Per level: **exact control** (every path's status and ``blocked_at`` are the truth),
-**right stage** (every path's stage is), **false blame** (some path names a control that is
-not the one broken — on a healthy path, any control). ``unknown``/no control is never a false
+**right stage** (every path's stage is), **right or open stage** (every path's stage is the
+truth, or ``unknown`` with the truth among ``Verdict.stages``: the honest answer where the
+packets cannot separate stages), **false blame** (some path names a control that is not the
+one broken — on a healthy path, any control). ``unknown``/no control is never a false
 blame: saying "I cannot tell" is allowed, naming the wrong rule is not.
 
     sudo .venv/bin/python bench/diagnosis_accuracy.py [--write docs/DIAGNOSIS.md]
@@ -688,22 +690,30 @@ def restore_scenario(lab: Lab, scenario: Scenario) -> None:
 class Score:
     exact: bool
     stage: bool
+    #: the stage is right, or ``unknown`` with the true stage among those it leaves open
+    open_stage: bool
     false_blame: bool
 
 
+def stage_left_open(verdict: dict, truth: Expect) -> bool:
+    """An ``unknown`` stage that lists the true one: not a claim, and not a wrong one."""
+    return verdict["stage"] == "unknown" and truth.stage in verdict.get("stages", [])
+
+
 def score(scenario: Scenario, verdicts: dict[str, dict]) -> Score:
-    exact = stage = True
+    exact = stage = open_stage = True
     false_blame = False
     for path, truth in scenario.expect.items():
         v = verdicts.get(path)
         if v is None:
-            exact = stage = False
+            exact = stage = open_stage = False
             continue
         exact &= v["status"] == truth.status and v["blocked_at"] == truth.blocked_at
         stage &= v["stage"] == truth.stage
+        open_stage &= v["stage"] == truth.stage or stage_left_open(v, truth)
         blamed = v["blocked_at"]
         false_blame |= blamed not in (None, "unknown", truth.blocked_at)
-    return Score(exact, stage, false_blame)
+    return Score(exact, stage, open_stage, false_blame)
 
 
 @contextlib.contextmanager
@@ -737,15 +747,18 @@ def _cell(v: dict | None) -> str:
     if v is None:
         return "(no verdict)"
     control = v["blocked_at"] or "-"
-    return f"{v['status']} · {v['stage']} · {control}"
+    stage = v["stage"]
+    if stage == "unknown" and v.get("stages"):
+        stage = "/".join(v["stages"]) + "?"
+    return f"{v['status']} · {stage} · {control}"
 
 
 def markdown(results: dict[int, dict[str, dict[str, dict]]], seconds: float) -> str:
     by_number = {s.number: s for s in SCENARIOS}
     n = len(results)
     lines = [
-        "| evidence | exact control | right stage | false blame |",
-        "|---|---|---|---|",
+        "| evidence | exact control | right stage | right or open stage | false blame |",
+        "|---|---|---|---|---|",
     ]
     names = {
         "full": "both agents + both snapshots",
@@ -756,11 +769,15 @@ def markdown(results: dict[int, dict[str, dict[str, dict]]], seconds: float) -> 
         scores = [score(by_number[k], r[lv]) for k, r in results.items()]
         exact = sum(s.exact for s in scores)
         stage = sum(s.stage for s in scores)
+        open_stage = sum(s.open_stage for s in scores)
         blame = sum(s.false_blame for s in scores)
-        lines.append(f"| {names[lv]} | {exact}/{n} | {stage}/{n} | {blame}/{n} |")
+        lines.append(
+            f"| {names[lv]} | {exact}/{n} | {stage}/{n} | {open_stage}/{n} | {blame}/{n} |"
+        )
     lines += [
         "",
-        f"Per scenario (status · stage · blocked_at; measured in {seconds:.0f} s):",
+        f"Per scenario (status · stage · blocked_at; `a/b?`: stage unknown, a or b left open; "
+        f"measured in {seconds:.0f} s):",
         "",
         "| # | scenario | path | truth | " + " | ".join(LEVELS) + " |",
         "|---|---|---|---|" + "---|" * len(LEVELS),
