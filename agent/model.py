@@ -585,7 +585,10 @@ class Topology:
         """Regional and zonal DNS names -> ENI IPs as AWS publishes them (docs/AWS-BEHAVIOUR.md)."""
         svc = endpoint.service_id
         h = endpoint.dns_hash or stable_id("h", endpoint.id, width=8)[2:]
-        base = f"vpce-svc-{svc.removeprefix('vpce-svc-')}.{self.region}.vpce.amazonaws.com"
+        if svc.startswith("vpce-svc-") or svc in self.endpoint_services:
+            base = f"vpce-svc-{svc.removeprefix('vpce-svc-')}.{self.region}.vpce.amazonaws.com"
+        else:  # an AWS service (``logs``): vpce-…-hash.logs.REGION.vpce.amazonaws.com
+            base = f"{svc}.{self.region}.vpce.amazonaws.com"
         names: dict[str, list[str]] = {}
         ips = [e.ip for e in endpoint.enis]
         names[f"{endpoint.id}-{h}.{base}"] = ips

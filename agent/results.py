@@ -212,3 +212,7 @@ class Verdict(_Json):
     checked_at: float = 0.0
     controls: list[ControlState] = field(default_factory=list)
     findings: list[HopFinding] = field(default_factory=list)
+    #: when ``stage`` is ``unknown``: the stages the evidence leaves open, in path order (a
+    #: timeout with no provider evidence looks the same whether the endpoint, a forward hop or
+    #: the return path dropped it; the verdict lists them instead of picking one)
+    stages: list[str] = field(default_factory=list)

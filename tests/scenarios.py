@@ -17,7 +17,17 @@ from pathlib import Path
 
 from agent.analyze.path import analyze_flow
 from agent.lab import faults
-from agent.model import Nacl, NaclEntry, Peering, Rule, SecurityGroup, Topology
+from agent.model import (
+    Endpoint,
+    EndpointEni,
+    Nacl,
+    NaclEntry,
+    Peering,
+    PrefixList,
+    Rule,
+    SecurityGroup,
+    Topology,
+)
 from agent.results import HopFinding
 from agent.sources.topology import load_topology
 
@@ -229,6 +239,93 @@ def s25(t: Topology) -> None:
     t.peerings[new.id] = new
 
 
+#: the AWS-service interface endpoint of s38/s39 (CloudWatch Logs)
+LOGS_ENDPOINT = "vpce-0aws0logs000000"
+
+
+def s39(t: Topology) -> None:
+    """The consumer VPC also has an endpoint to an AWS service, named to sort first, whose SG
+    lets the whole private range in: it is never the path to the provider's service."""
+    ep = the_endpoint(t)
+    subnet = ep.enis[0].subnet_id
+    logs_sg = SecurityGroup(
+        "sg-0awslogs", "aws-logs-endpoint", ep.account, ep.vpc_id,
+        [Rule("logs-from-private", "ingress", "-1", 0, 65535, cidrs=("10.0.0.0/8",))],
+    )  # fmt: skip
+    t.security_groups[logs_sg.id] = logs_sg
+    t.endpoints[LOGS_ENDPOINT] = Endpoint(
+        LOGS_ENDPOINT, "aws-logs", ep.account, ep.vpc_id, "logs", [logs_sg.id],
+        [EndpointEni("eni-0awslogs", subnet, "10.2.0.30")], requester=ep.requester,
+    )  # fmt: skip
+
+
+def s38(t: Topology) -> None:
+    """s39's VPC, and the service's endpoint SG lacks client-1 (the logs one would allow it)."""
+    s39(t)
+    s3(t)
+
+
+def s40(t: Topology) -> None:
+    """The endpoint SG allows a customer-managed prefix list that lacks vpc-1's subnets."""
+    group = sg(t, "endpoint")
+    t.prefix_lists["pl-0clientsubnets"] = PrefixList(
+        "pl-0clientsubnets", "consumer-client-subnets", group.account, ["10.2.1.0/24"]
+    )
+    group.rules = [r for r in group.rules if r.direction != "ingress"]
+    group.rules.append(
+        Rule(
+            "endpoint-from-client-subnets",
+            "ingress",
+            "tcp",
+            80,
+            80,
+            prefix_list="pl-0clientsubnets",
+        )
+    )
+
+
+def s41(t: Topology) -> None:
+    """The NLB SG allows a provider prefix list that has client-2's address only."""
+    group = sg(t, "nlb")
+    t.prefix_lists["pl-0consumers"] = PrefixList(
+        "pl-0consumers", "privatelink-consumers", group.account, ["10.2.1.15/32"]
+    )
+    group.rules = [r for r in group.rules if not r.id.startswith("nlb-from-client")]
+    group.rules.append(
+        Rule("nlb-from-consumers", "ingress", "tcp", 80, 80, prefix_list="pl-0consumers")
+    )
+
+
+def s42(t: Topology) -> None:
+    """The provider's VPC uses client-1's range too (both 10.1.0.0/16); subnets renumbered."""
+    moves = {"10.3.0.": "10.1.100.", "10.3.1.": "10.1.101."}
+
+    def moved(address: str) -> str:
+        for old, new in moves.items():
+            if address.startswith(old):
+                return new + address[len(old) :]
+        return address
+
+    vpc = next(v for v in t.vpcs.values() if v.name == "vpc-3")
+    vpc.cidr = "10.1.0.0/16"
+    for subnet in t.subnets.values():
+        if subnet.vpc_id == vpc.id:
+            subnet.cidr = moved(subnet.cidr)
+    for inst in t.instances.values():
+        if t.subnets[inst.subnet_id].vpc_id == vpc.id:
+            inst.ip = moved(inst.ip)
+    for node in the_nlb(t).nodes:
+        node.ip = moved(node.ip)
+
+
+def s43(t: Topology) -> None:
+    """s42's VPCs, and the NLB SG lets in only its own range: client-1 is in it by overlap."""
+    s42(t)
+    group = sg(t, "nlb")
+    group.rules = [r for r in group.rules if not r.id.startswith("nlb-from-client")]
+    group.rules.append(Rule("nlb-from-own-vpc", "ingress", "tcp", 80, 80, cidrs=("10.1.0.0/16",)))
+
+
 def noop(t: Topology) -> None:
     return None
 
@@ -295,6 +392,16 @@ SCENARIOS: tuple[Scenario, ...] = (
              "consumer", "client-2", ("10.1.0.0/16", "vpc-2-private")),
     Scenario(25, s25, "client-1", "route", "fail", "forward", ("timeout", "no"),
              "consumer", "client-2", ("blackhole", "pcx-0recreated")),
+    Scenario(38, s38, "client-1", "endpoint-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-2", ("endpoint-from-client-2", "(endpoint)")),
+    Scenario(39, s39, "client-1", None, "pass", "pass", ("ok", "yes"), bystander="client-2"),
+    Scenario(40, s40, "client-1", "endpoint-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "consumer", "client-2", ("pl-0clientsubnets",)),
+    Scenario(41, s41, "client-1", "nlb-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "provider", "client-2", ("pl-0consumers",)),
+    Scenario(42, s42, "client-1", None, "pass", "pass", ("ok", "yes"), bystander="client-2"),
+    Scenario(43, s43, "client-2", "nlb-sg-ingress", "fail", "forward", ("timeout", "no"),
+             "provider", "client-1", ("10.1.0.0/16", "10.2.1.15")),
 )  # fmt: skip
 
 BY_N = {s.n: s for s in SCENARIOS}

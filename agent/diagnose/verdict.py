@@ -14,6 +14,13 @@ that stage (docs/DIAGNOSIS.md):
     ok                   -                pass       nothing (unless configuration explains a
                                                      degraded path: fail-open, one target)
 
+Without the provider's evidence (``seen at target`` unknown) the packets alone do not say
+where a silent drop was, nor who sent a reset: a configured denial still names the control and
+its stage; otherwise the stage is ``unknown`` and ``Verdict.stages`` lists what is left open —
+endpoint / forward / return for a timeout, endpoint / forward / service for a reset, dns /
+endpoint for a name that does not resolve (a DNS mistake, or an endpoint never created) —
+narrowed to the stages of the hops that are not visible when a configuration was read.
+
 Rules that keep the verdict honest:
 
 - the stage comes from packets; configuration is consulted only for hops of that stage;
@@ -55,6 +62,14 @@ FORWARD_CONTROLS = controls.FORWARD_PATH
 RETURN_CONTROLS = controls.RETURN_PATH
 #: what every verdict made without the provider's evidence says (never a control by itself)
 PROVIDER_UNAVAILABLE = "provider evidence unavailable"
+#: where a silent drop can be when nothing says whether a target saw the probe: an endpoint
+#: that is not available, a forward hop and a return hop all look like a timeout to the client
+#: (docs/AWS-BEHAVIOUR.md, "what a failure looks like on the wire")
+SILENT_DROP_STAGES: tuple[str, ...] = ("endpoint", "forward", "return")
+#: where a reset can come from when nothing says whether a target sent it: a hop that can
+#: reset before the target (lab settings ``no_listener``, ``endpoint_unavailable``) or the
+#: target itself (nothing listens)
+RESET_STAGES: tuple[str, ...] = ("endpoint", "forward", "service")
 
 
 # --- what configuration alone predicts ------------------------------------------------------
@@ -329,6 +344,7 @@ def _verdict(
     candidates: Iterable[str] = (),
     explanation: str = "",
     fix: str = "",
+    stages: Iterable[str] = (),
 ) -> Verdict:
     if blocking is not None:
         blocked_at = blocked_at or blocking.control
@@ -347,6 +363,7 @@ def _verdict(
         checked_at=now,
         controls=control_states(findings, evidence),
         findings=list(findings),
+        stages=_unique(stages) if stage == "unknown" else [],
     )
 
 
@@ -431,7 +448,7 @@ def diagnose(
 def _without_provider(
     verdict: Verdict, evidence: PathEvidence, findings: list[HopFinding]
 ) -> Verdict:
-    if verdict.status == "pass" or verdict.stage == "dns":  # no packet depends on the peer
+    if verdict.status == "pass" or evidence.outcome == "dns_error":  # no packet was sent
         return verdict
     denied = {f.control for f in findings if f.status == "denied"}
     if verdict.blocked_at not in (None, "unknown") and verdict.blocked_at not in denied:
@@ -477,12 +494,13 @@ def _diagnose(
             return _verdict(
                 path,
                 "fail",
-                "dns",
+                "unknown",
                 now,
                 findings,
                 evidence,
                 blocked_at="unknown",
                 candidates=["dns", "service-principal"],
+                stages=["dns", "endpoint"],
                 explanation=f"the endpoint's name does not resolve{detail}; without the "
                 "consumer's configuration a DNS problem and an endpoint that was never created "
                 "look the same",
@@ -499,12 +517,13 @@ def _diagnose(
             return _verdict(
                 path,
                 "fail",
-                "dns",
+                "unknown",
                 now,
                 findings,
                 evidence,
                 blocked_at="unknown",
                 candidates=["service-principal", "dns"],
+                stages=["endpoint", "dns"],
                 explanation=f"the endpoint's name does not resolve{detail}; {missing.detail}",
                 fix=missing.fix,
             )
@@ -702,12 +721,27 @@ def _undetermined(
     directions: tuple[str, ...],
     seen_text: str,
     stage_controls: tuple[str, ...] = (),
+    open_stages: tuple[str, ...] = (),
 ) -> Verdict:
-    hidden = _unique(
-        h.control
+    """No visible hop explains the failure: candidates, never a guess.
+
+    ``open_stages``: the packets do not single out a stage (no provider evidence), only these;
+    the hidden hops narrow them, and more than one left makes the stage ``unknown`` with
+    ``Verdict.stages`` listing them.
+    """
+    hidden_hops = [
+        h
         for h in pred.hidden
         if h.direction in directions and (not stage_controls or h.control in stage_controls)
-    )
+    ]
+    hidden = _unique(h.control for h in hidden_hops)
+    stages: list[str] = list(open_stages)
+    if open_stages and hidden_hops:
+        seen_stages = {_stage_of(h) for h in hidden_hops}
+        stages = [st for st in open_stages if st in seen_stages] or stages
+    if stages:
+        stage = stages[0] if len(stages) == 1 else "unknown"
+    where = f"the {stage} path" if stage != "unknown" else f"the path ({' or '.join(stages)})"
     if hidden:
         return _verdict(
             path,
@@ -718,11 +752,18 @@ def _undetermined(
             evidence,
             blocked_at="unknown",
             candidates=hidden,
-            explanation=f"{seen_text}; every visible hop of the {stage} path allows it, and "
+            stages=stages,
+            explanation=f"{seen_text}; every visible hop of {where} allows it, and "
             f"{', '.join(hidden)} cannot be seen from here",
         )
+    default = stage_controls or (
+        FORWARD_CONTROLS + RETURN_CONTROLS
+        if stage == "unknown"
+        else RETURN_CONTROLS
+        if stage == "return"
+        else FORWARD_CONTROLS
+    )
     if not findings:
-        default = stage_controls or (RETURN_CONTROLS if stage == "return" else FORWARD_CONTROLS)
         return _verdict(
             path,
             "fail",
@@ -732,10 +773,11 @@ def _undetermined(
             evidence,
             blocked_at="unknown",
             candidates=default,
+            stages=stages,
             explanation=f"{seen_text}; no configuration was read, so the control cannot be "
-            "singled out",
+            "singled out"
+            + (f", nor whether it was {' or '.join(stages)}" if stage == "unknown" else ""),
         )
-    default = stage_controls or (RETURN_CONTROLS if stage == "return" else FORWARD_CONTROLS)
     others = [describe(d) for d in pred.denied]
     also = f" Configuration denies elsewhere: {'; '.join(others)}." if others else ""
     return _verdict(
@@ -746,8 +788,9 @@ def _undetermined(
         findings,
         evidence,
         candidates=[d.control for d in pred.denied] + list(default),
-        explanation=f"packets and configuration disagree: {seen_text}, but every hop of the "
-        f"{stage} path allows it in the configuration (stale snapshot, or a control this "
+        stages=stages,
+        explanation=f"packets and configuration disagree: {seen_text}, but every hop of "
+        f"{where} allows it in the configuration (stale snapshot, or a control this "
         f"analysis does not model).{also}",
     )
 
@@ -812,6 +855,7 @@ def _reset(
         ("forward", "health"),
         seen_text,
         reset_controls,
+        RESET_STAGES if seen == "unknown" else (),
     )
 
 
@@ -840,7 +884,15 @@ def _no_provider(
             explanation=f"{seen_text}; configuration names it: {describe(hop)}.",
         )
     return _undetermined(
-        evidence, findings, pred, path, now, "forward", ("forward", "health", "return"), seen_text
+        evidence,
+        findings,
+        pred,
+        path,
+        now,
+        "forward",
+        ("forward", "health", "return"),
+        seen_text,
+        open_stages=SILENT_DROP_STAGES,
     )
 
 

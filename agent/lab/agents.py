@@ -249,9 +249,15 @@ def provider_config_path(lab: Lab) -> Path:
 
 
 def endpoint_paths(topology: Topology) -> list[dict[str, Any]]:
-    """One client-config path per endpoint: names, ENI IPs, listener ports, responder port."""
+    """One client-config path per endpoint: names, ENI IPs, listener ports, responder port.
+
+    Only endpoints to the lab's endpoint services: an interface endpoint to an AWS service
+    (``logs``) in the consumer VPC is not a path the clients probe.
+    """
     out = []
     for ep in sorted(topology.endpoints.values(), key=lambda e: e.name):
+        if ep.service_id not in topology.endpoint_services:
+            continue
         names = topology.endpoint_dns_names(ep)
         zonal: dict[str, str] = {}
         expected: dict[str, str] = {}

@@ -273,6 +273,22 @@ def router_ruleset(
                 )
             chains += _sg_chain(topo, sets, f"eg_{chain}", nlb.sg_ids, True, [], warnings)
             chains += _sg_chain(topo, sets, f"in_{chain}", nlb.sg_ids, False, prelude, warnings)
+    # PrivateLink replies leave by the link their connection came in on (plan.PlLink), not
+    # by address: a consumer VPC may use the provider VPC's own range
+    marks = [
+        f'iifname "{pl.provider_if}" ct state new ct mark set {pl.reply_mark} '
+        + _comment("PrivateLink connection: its replies go back over this link")
+        for pl in pls
+        if pl.provider_router == router.ns
+    ]
+    if marks:
+        marks.append("ct direction reply ct mark != 0 meta mark set ct mark")
+        chains += [
+            "  chain privatelink_replies {",
+            "    type filter hook prerouting priority mangle; policy accept;",
+            *(f"    {r}" for r in marks),
+            "  }",
+        ]
     lines = [
         f"table ip {TABLE} {{}}",
         f"delete table ip {TABLE}",

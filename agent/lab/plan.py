@@ -23,8 +23,11 @@ Layout (docs/ARCHITECTURE.md "The lab and AWS"):
   keeping the client source, and sends it back to its router, which policy-routes packets
   arriving from an ENI veth over the endpoint's "PrivateLink link" to the provider router.
   Replies coming back over that link are policy-routed by source (the NLB node IP) to the
-  ENI namespace, whose conntrack un-DNATs them. The ENI <-> link legs inside the consumer
-  router are AWS's backbone: no SG or NACL applies to them again;
+  ENI namespace, whose conntrack un-DNATs them. The provider router sends the NLB's replies
+  back over the link their connection came in on (a conntrack mark, ``PlLink.reply_mark``),
+  never by address, so a consumer VPC may use the provider VPC's own range, as on AWS. The
+  ENI <-> link legs inside the consumer router are AWS's backbone: no SG or NACL applies to
+  them again;
 * every NLB node runs a health checker (``agent.lab.healthd``) that keeps the node's ruleset
   (``agent.lab.nlbnat``) in step with target health;
 * a listener whose target group has ``proxy_protocol_v2`` is redirected to a userspace proxy
@@ -390,15 +393,18 @@ def _check(ctx: _Ctx) -> None:
         nlb = topo.nlb_of_service(svc) if svc else None
         if nlb is None:
             continue
-        consumer = _reachable_cidrs(topo, ep.vpc_id)
-        provider = ipaddress.ip_network(topo.vpcs[nlb.vpc_id].cidr)
-        for cidr in consumer:
-            if ipaddress.ip_network(cidr).overlaps(provider):
-                raise RenderError(
-                    f"endpoint {ep.name}: consumer CIDR {cidr} overlaps the provider VPC "
-                    f"{topo.vpcs[nlb.vpc_id].name} ({provider}); the lab routes PrivateLink "
-                    "replies by address and needs them disjoint"
-                )
+        # overlapping VPC CIDRs are fine (replies are routed by connection, PlLink.reply_mark);
+        # an NLB node address inside the endpoint's own subnet is not: the ENI would look for
+        # it on its own link instead of sending it over PrivateLink
+        for eni in ep.enis:
+            net = ipaddress.ip_network(topo.subnets[eni.subnet_id].cidr)
+            for node in nlb.nodes:
+                if ipaddress.ip_address(node.ip) in net:
+                    raise RenderError(
+                        f"endpoint {ep.name}: NLB node {node.ip} is inside the endpoint's "
+                        f"subnet {net}; the lab needs the two subnets' addresses disjoint "
+                        "(overlapping VPC CIDRs are fine)"
+                    )
     for subnet in topo.subnets.values():
         gw = _gateway(subnet)
         for inst in topo.instances.values():
@@ -598,6 +604,10 @@ def _route_tables(ctx: _Ctx, enis: list[Node]) -> None:
             cmds[-1] += ["priority", ROUTE_TABLE_PRIORITY]
 
 
+#: the first PrivateLink reply mark (one per link; ``PlLink.reply_mark``)
+PL_REPLY_MARK = 0x700
+
+
 @dataclass(frozen=True)
 class PlLink:
     """One endpoint's PrivateLink link: the veth pair between the two VPC routers."""
@@ -608,6 +618,10 @@ class PlLink:
     provider_router: str
     provider_if: str
     nlb_ips: tuple[str, ...]
+    #: the provider router marks the connections that arrive over this link with it and
+    #: routes their replies by the mark (``ip rule fwmark``), not by address: the consumer's
+    #: CIDRs may overlap the provider VPC's, as two accounts' often do
+    reply_mark: int = 0
 
 
 def _privatelink(ctx: _Ctx) -> list[PlLink]:
@@ -627,7 +641,8 @@ def _privatelink(ctx: _Ctx) -> list[PlLink]:
         ctx.links.append(Link(f"pl:{ep.name}", rc.ns, ic, rp.ns, ip_))
         c_ip, p_ip = ctx.next_link_net()
         nlb_ips = tuple(n.ip for n in nlb.nodes)
-        out.append(PlLink(ep.id, rc.ns, ic, rp.ns, ip_, nlb_ips))
+        pl = PlLink(ep.id, rc.ns, ic, rp.ns, ip_, nlb_ips, PL_REPLY_MARK + len(out))
+        out.append(pl)
         cmds = ctx.router_ip[rc.ns]
         cmds += [["link", "set", ic, "up"], ["addr", "add", f"{c_ip}/30", "dev", ic]]
         # ENI -> provider: only packets arriving from this endpoint's ENI veths
@@ -647,12 +662,10 @@ def _privatelink(ctx: _Ctx) -> list[PlLink]:
             cmds.append(f"route add default via {n.ip} dev {n.veth} onlink table {table}".split())
         pcmds = ctx.router_ip[rp.ns]
         pcmds += [["link", "set", ip_, "up"], ["addr", "add", f"{p_ip}/30", "dev", ip_]]
+        # provider -> consumer: the replies of connections that came over this link (marked
+        # by nft.router_ruleset), whatever their address: the consumer may overlap the provider
         table += 1
-        for nn in nlb.nodes:
-            nlb_node = next(n for n in ctx.nodes if n.owner == nlb.id and n.ip == nn.ip)
-            pcmds.append(
-                ["rule", "add", "iif", nlb_node.veth, "lookup", str(table), "priority", "1000"]
-            )
+        pcmds.append(f"rule add fwmark {pl.reply_mark} lookup {table} priority 1000".split())
         for cidr in _reachable_cidrs(topo, ep.vpc_id):
             pcmds.append(["route", "add", cidr, "via", c_ip, "dev", ip_, "table", str(table)])
     for router in ctx.routers.values():

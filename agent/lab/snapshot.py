@@ -43,6 +43,14 @@ _NACL_PROTO = {"tcp": "6", "udp": "17", "icmp": "1", "-1": "-1"}
 TargetHealthMap = dict[tuple[str, str], str]
 
 
+def _service_name(region: str, service_id: str) -> str:
+    """An endpoint's ``ServiceName``: ``com.amazonaws.vpce.REGION.vpce-svc-…`` for an endpoint
+    service of some account, ``com.amazonaws.REGION.logs`` for an AWS service."""
+    if service_id.startswith("vpce-svc-"):
+        return f"com.amazonaws.vpce.{region}.{service_id}"
+    return f"com.amazonaws.{region}.{service_id}"
+
+
 def _tags(name: str) -> list[dict[str, str]]:
     return [{"Key": "Name", "Value": name}]
 
@@ -567,7 +575,7 @@ class _Renderer:
                     "VpcEndpointId": ep.id,
                     "VpcEndpointType": "Interface",
                     "VpcId": ep.vpc_id,
-                    "ServiceName": f"com.amazonaws.vpce.{self.t.region}.{ep.service_id}",
+                    "ServiceName": _service_name(self.t.region, ep.service_id),
                     "State": ep.state,
                     "RouteTableIds": [],
                     "SubnetIds": [e.subnet_id for e in ep.enis],

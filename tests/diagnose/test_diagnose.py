@@ -167,11 +167,14 @@ def test_failing_packets_with_hidden_hops_list_only_that_stages_hidden_controls(
     assert (v.stage, v.blocked_at, v.candidates) == ("return", "unknown", ["provider-nacl"])
 
 
-def test_provider_agent_down_keeps_the_stage_and_lists_candidates() -> None:
+def test_provider_agent_down_leaves_forward_and_return_open_and_lists_candidates() -> None:
+    """A timeout the target could not confirm or deny: the consumer sees its own hops allow the
+    flow and the endpoint available, so the drop is a provider hop, forward or return."""
     findings = analyze_flow(consumer_only(broken(BY_N[8])), "client-2", None, 80)
     down = evidence("timeout", "unknown", provider_error="connection refused")
     v = diagnose(down, findings, path=PATH, now=NOW)
-    assert (v.status, v.stage, v.blocked_at) == ("fail", "forward", "unknown")
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "unknown", "unknown")
+    assert v.stages == ["forward", "return"]
     assert "nlb-sg-ingress" in v.candidates and "provider-nacl" in v.candidates
     assert any("connection refused" in line for line in v.evidence)
 
@@ -299,7 +302,8 @@ def test_a_missing_endpoint_seen_from_the_consumer_alone_is_undetermined_not_dns
     ev = PathEvidence(PATH, "dns_error", "unknown", [ProbeResult(PATH, "dns", "dns_error")])
     findings = analyze_flow(consumer_only(_never_created(reference())), "client-2", None, 80)
     v = diagnose(ev, findings, path=PATH, now=NOW)
-    assert (v.status, v.stage, v.blocked_at) == ("fail", "dns", "unknown")
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "unknown", "unknown")
+    assert v.stages == ["endpoint", "dns"]
     assert v.candidates == ["service-principal", "dns"]
     assert "never created" in v.explanation
 
@@ -316,8 +320,54 @@ def test_an_unresolvable_name_on_packets_alone_names_both_candidates() -> None:
     """No configuration: a DNS mistake and an endpoint that was never created look the same."""
     ev = PathEvidence(PATH, "dns_error", "unknown", [ProbeResult(PATH, "dns", "dns_error")])
     v = diagnose(ev, [], path=PATH, now=NOW)
-    assert (v.status, v.stage, v.blocked_at) == ("fail", "dns", "unknown")
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "unknown", "unknown")
     assert set(v.candidates) == {"dns", "service-principal"}
+    assert v.stages == ["dns", "endpoint"]
+
+
+# -- packets only: the stage is claimed only as far as the packets show it -------------------
+
+#: what the client alone sees: its probes' outcomes, no provider agent, no configuration
+PACKETS_ONLY = "provider evidence not used at this evidence level"
+
+
+def test_a_timeout_on_packets_alone_leaves_endpoint_forward_and_return_open() -> None:
+    """Endpoint not accepted, an SG drop and a lost reply all time out at the client."""
+    v = diagnose(
+        evidence("timeout", "unknown", provider_error=PACKETS_ONLY), [], path=PATH, now=NOW
+    )
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "unknown", "unknown")
+    assert v.stages == ["endpoint", "forward", "return"]
+
+
+def test_a_timeout_on_packets_alone_lists_forward_and_return_candidates() -> None:
+    v = diagnose(
+        evidence("timeout", "unknown", provider_error=PACKETS_ONLY), [], path=PATH, now=NOW
+    )
+    assert {"endpoint-acceptance", "nlb-sg-ingress", "provider-nacl", "route"} <= set(v.candidates)
+
+
+def test_a_reset_on_packets_alone_leaves_the_service_and_the_resetting_hops_open() -> None:
+    """Nothing listening on the target and a hop that resets (lab settings) look the same."""
+    v = diagnose(
+        evidence("refused", "unknown", provider_error=PACKETS_ONLY), [], path=PATH, now=NOW
+    )
+    assert (v.status, v.stage, v.blocked_at) == ("fail", "unknown", "unknown")
+    assert v.stages == ["endpoint", "forward", "service"]
+    assert "target-service" in v.candidates
+
+
+def test_a_timeout_the_target_saw_keeps_its_single_stage_and_lists_no_stages() -> None:
+    v = diagnose(evidence("timeout", "yes"), [], path=PATH, now=NOW)
+    assert (v.stage, v.stages) == ("return", [])
+
+
+def test_a_configured_denial_without_provider_evidence_keeps_its_stage() -> None:
+    findings = analyze_flow(consumer_only(broken(BY_N[1])), "client-2", None, 80)
+    v = diagnose(
+        evidence("timeout", "unknown", provider_error=PACKETS_ONLY), findings, path=PATH, now=NOW
+    )
+    assert (v.stage, v.blocked_at, v.stages) == ("forward", "client-sg-egress", [])
 
 
 # -- provider evidence unavailable: the peer being down is not a blocked control -------------

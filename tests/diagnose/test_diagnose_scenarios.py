@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 from scenarios import (
+    BY_N,
+    LOGS_ENDPOINT,
     SCENARIOS,
     Scenario,
     broken,
+    consumer_only,
     findings_for,
     first_denied,
     multi_az,
@@ -66,3 +69,25 @@ def test_multi_az_with_cross_zone_on_passes_on_both_azs() -> None:
     the_nlb(t).cross_zone = True
     for f in flows(t, "client-2", 80):
         assert diagnose_static(walk(t, f), path=f.path_id, now=0.0).status == "pass"
+
+
+# --- several endpoints in the consumer account (issue 14, problem 2) ------------------------
+
+
+def _walked_resources(findings) -> str:
+    return " ".join(f.resource for f in findings)
+
+
+def test_with_an_aws_service_endpoint_the_path_walks_the_services_endpoint() -> None:
+    t = broken(BY_N[39])
+    service_endpoint = next(e for e in t.endpoints.values() if e.id != LOGS_ENDPOINT)
+    walked = _walked_resources(findings_for(t, "client-1"))
+    assert service_endpoint.id in walked
+    assert LOGS_ENDPOINT not in walked and "sg-0awslogs" not in walked
+
+
+def test_the_consumer_alone_never_takes_the_aws_service_endpoint_for_the_path() -> None:
+    t = consumer_only(broken(BY_N[38]))
+    v = diagnose_static(findings_for(t, "client-1"), path="p", now=0.0)
+    assert (v.status, v.blocked_at) == ("fail", "endpoint-sg-ingress")
+    assert "sg-0awslogs" not in _walked_resources(v.findings)

@@ -97,11 +97,11 @@ def test_scenario_verdict_names_the_broken_control(
 @pytest.mark.parametrize(
     ("verdicts"), [SCENARIOS["22"]], ids=["22-provider-agent-down"], indirect=True
 )
-def test_provider_agent_down_keeps_the_stage_lists_candidates_and_blames_nothing_unseen(
+def test_provider_agent_down_leaves_the_stage_open_lists_candidates_and_blames_nothing_unseen(
     verdicts: dict[str, dict[str, dict]],
 ) -> None:
     for v in verdicts["client"].values():
-        assert v["stage"] == "forward"
+        assert v["stage"] == "unknown" and "forward" in v["stages"]
         assert v["blocked_at"] in (None, "unknown"), v["explanation"]
         assert "nlb-sg-ingress" in v["candidates"]
         blocked = {c["control"] for c in v["controls"] if c["state"] == "blocked"}

@@ -194,12 +194,26 @@ def analysis_points(topology: Topology, client: str, eni: Node) -> set[Point]:
 
 
 def flows(topology: Topology, plan: LabPlan):
-    """(client, ENI node, NLB node, target nodes) for every client and endpoint ENI."""
+    """(client, ENI node, NLB node, target nodes) for every client and endpoint ENI.
+
+    The NLB node is one of the endpoint's service's NLB in the ENI's AZ; an endpoint with no
+    NLB behind it (an AWS service, ``logs``) carries no path of the lab and is skipped.
+    """
     nodes = {n.name: n for n in plan.nodes}
     for client in (n for n in plan.nodes if n.role == "client"):
         for eni in (n for n in plan.nodes if n.kind == "endpoint-eni"):
+            svc = topology.endpoint_services.get(topology.endpoints[eni.owner].service_id)
+            service_nlb = topology.nlb_of_service(svc) if svc else None
             nlb = next(
-                (n for n in plan.nodes if n.kind == "nlb-node" and n.az_id == eni.az_id), None
+                (
+                    n
+                    for n in plan.nodes
+                    if n.kind == "nlb-node"
+                    and n.az_id == eni.az_id
+                    and service_nlb is not None
+                    and n.owner == service_nlb.id
+                ),
+                None,
             )
             if nlb is None:
                 continue

@@ -133,12 +133,26 @@ def test_peered_clients_resolve_the_endpoint_name(plan: LabPlan) -> None:
     assert re.search(r"^10\.2\.0\.20\tvpce-\S+\.vpce\.amazonaws\.com$", hosts, re.M)
 
 
-def test_overlapping_consumer_and_provider_cidrs_are_refused() -> None:
+def test_overlapping_consumer_and_provider_cidrs_render_replies_routed_by_connection() -> None:
+    """Both accounts on 10.x: the provider router marks what arrives over the PrivateLink link
+    and routes the replies by that mark, so an address in its own range is not taken as local."""
     topo = load_topology()
     for vpc in topo.vpcs.values():
         if vpc.name == "vpc-2":
             vpc.cidr = "10.0.0.0/8"
-    with pytest.raises(RenderError, match="overlaps"):
+    plan = render(topo, "unit")
+    router = next(n.ns for n in plan.nodes if n.name == "router-vpc-3")
+    text = plan.nft[router]
+    assert re.search(r'iifname "\S+" ct state new ct mark set 1792', text)
+    assert "ct direction reply ct mark != 0 meta mark set ct mark" in text
+    assert any(c[:4] == ["rule", "add", "fwmark", "1792"] for c in plan.ip[router])
+
+
+def test_an_nlb_node_inside_the_endpoints_subnet_is_refused() -> None:
+    topo = load_topology()
+    nlb = next(iter(topo.nlbs.values()))
+    nlb.nodes[0].ip = "10.2.0.100"  # the endpoint's subnet is 10.2.0.0/24
+    with pytest.raises(RenderError, match="inside the endpoint's subnet"):
         render(topo, "unit")
 
 
