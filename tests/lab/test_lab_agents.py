@@ -31,7 +31,7 @@ OUTCOME_OF_SYMPTOM = {"timeout": "timeout", "refused": "refused", "no-dns": "dns
 SEEN_AT_TARGET = {"provider-nacl", "target-service", "dns"}
 #: faults that block the responder port too: the evidence channel through the endpoint is cut,
 #: so whether the probe arrived is unknown (and said to be), never guessed
-CUT_CHANNEL = {"provider-nacl", "endpoint-acceptance", "service-principal"}
+CUT_CHANNEL = {"provider-nacl", "endpoint-acceptance", "service-principal", "route"}
 
 
 def fast_reference():
