@@ -7,19 +7,14 @@ registers: a renamed metric would otherwise silently turn an alert into one that
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from tools import promtool, registered_names
 
 from agent.controls import CATALOGUE
-from agent.metrics import make_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
@@ -54,42 +49,6 @@ _KEYWORDS = {
     "inf",
     "nan",
 }
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; skip when missing, unless CI demands it (PLPROBE_REQUIRE_TOOLS=1)."""
-    found = shutil.which(name) or (
-        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
-    )
-    if found:
-        return found
-    if os.environ.get("PLPROBE_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{name} is required (PLPROBE_REQUIRE_TOOLS=1) but not installed")
-    pytest.skip(f"{name} not installed")
-
-
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_tool("promtool"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=PROM,
-    )
-
-
-def registered_names() -> set[str]:
-    """Every series name make_metrics can expose (with counter/histogram suffixes)."""
-    names: set[str] = set()
-    for fam in make_metrics(CollectorRegistry()).registry.collect():
-        if fam.type == "counter":
-            names.add(fam.name + "_total")
-        elif fam.type == "histogram":
-            names |= {fam.name + s for s in ("_bucket", "_sum", "_count")}
-        else:
-            names.add(fam.name)
-    return names
 
 
 def metric_names(expr: str) -> set[str]:

@@ -8,18 +8,12 @@ the agent registers and nothing else, so a new metric can never silently stay in
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from prometheus_client import CollectorRegistry
-
-from agent.metrics import make_metrics
+from tools import promtool, registered_names
 
 PROM = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 FEDERATION = PROM / "federation.yml"
@@ -29,42 +23,6 @@ RECORDING_TEST = PROM / "recording.test.yml"
 
 #: a series of another exporter scraped by the same Prometheus; it must stay in its account
 FOREIGN = "node_cpu_seconds_total"
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; skip when missing, unless CI demands it (PLPROBE_REQUIRE_TOOLS=1)."""
-    found = shutil.which(name) or (
-        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
-    )
-    if found:
-        return found
-    if os.environ.get("PLPROBE_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{name} is required (PLPROBE_REQUIRE_TOOLS=1) but not installed")
-    pytest.skip(f"{name} not installed")
-
-
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_tool("promtool"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=PROM,
-    )
-
-
-def registered_names() -> set[str]:
-    """Every series name make_metrics can expose (with counter/histogram suffixes)."""
-    names: set[str] = set()
-    for fam in make_metrics(CollectorRegistry()).registry.collect():
-        if fam.type == "counter":
-            names.add(fam.name + "_total")
-        elif fam.type == "histogram":
-            names |= {fam.name + s for s in ("_bucket", "_sum", "_count")}
-        else:
-            names.add(fam.name)
-    return names
 
 
 def load(path: Path) -> dict[str, Any]:
