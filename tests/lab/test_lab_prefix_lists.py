@@ -109,6 +109,13 @@ def test_a_prefix_list_lets_its_cidrs_through_and_drops_the_others(
     name = endpoint_name(lab)
     got = {c: lab.http_get(c, name, timeout=TIMEOUT_S)["result"] for c in ("client-1", "client-2")}
     assert got == {"client-1": "timeout", "client-2": "ok"}
+    # the snapshot carries the health checker's view: let the service port's targets settle
+    # after the re-render (a loaded machine can catch one in "initial")
+    service_tgs = {tg.id for tg in topo.target_groups.values() if tg.port == 80}
+    assert lab.wait_health(
+        lambda h: all(state == "healthy" for (tg, _), state in h.items() if tg in service_tgs),
+        timeout=20,
+    )
     view = load_snapshot(lab.snapshot(tmp_path))
     assert [(v.status, v.blocked_at) for v in explain(view, "client-1", 80)] == [
         ("fail", "nlb-sg-ingress")
