@@ -53,10 +53,8 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.analyze.flows import Client, Flow, client_at_ip, client_named, path_flow
-from agent.analyze.path import walk
 from agent.diagnose.evidence import ProviderEvidence, channel_notes, merge_findings
 from agent.diagnose.provider_probes import ProviderProbeSummary, narrow_verdict
 from agent.diagnose.rounds import RoundResult
@@ -65,6 +63,9 @@ from agent.errors import PlprobeError
 from agent.model import Topology
 from agent.results import HopFinding, PathEvidence, PathRef, Verdict
 from agent.sources.views import NO_VIEW, ConfigView
+
+if TYPE_CHECKING:  # the analyzer loads with the first view: packets-only runs skip it
+    from agent.analyze.flows import Client, Flow
 
 __all__ = [
     "Diagnosis",
@@ -147,6 +148,8 @@ class Diagnosis:
 
 def _find_client(topology: Topology, me: SelfIdentity, dest_ip: str | None) -> Client:
     """(name, ip, instance) of this agent in ``topology``; raises LookupError if unknown."""
+    from agent.analyze.flows import client_at_ip, client_named
+
     found = client_named(topology, me.names)
     if found is not None:
         return found
@@ -162,6 +165,8 @@ def _find_client(topology: Topology, me: SelfIdentity, dest_ip: str | None) -> C
 
 def find_flow(topology: Topology, ref: PathRef, me: SelfIdentity) -> Flow:
     """The Flow of one probed path (module docstring); ``LookupError`` with the reason."""
+    from agent.analyze.flows import path_flow
+
     return path_flow(topology, ref, _find_client(topology, me, ref.ip))
 
 
@@ -171,6 +176,8 @@ def find_flow(topology: Topology, ref: PathRef, me: SelfIdentity) -> Flow:
 def _static(topology: Topology, ref: PathRef, me: SelfIdentity) -> tuple[list[HopFinding], str]:
     """(findings, "") or ([], why the configuration cannot be used for this path)."""
     try:
+        from agent.analyze.path import walk
+
         return walk(topology, find_flow(topology, ref, me)), ""
     except LookupError as exc:
         return [], str(exc)

@@ -16,7 +16,16 @@ import pytest
 from agent import cli
 
 #: never needed by ``plprobe check`` without ``--aws`` on a config without a view
-HEAVY = ("aiohttp.web", "agent.lab", "agent.daemon", "agent.api", "botocore", "boto3", "scapy")
+HEAVY = (
+    "aiohttp.web",
+    "agent.lab",
+    "agent.daemon",
+    "agent.api",
+    "agent.analyze",
+    "botocore",
+    "boto3",
+    "scapy",
+)
 
 
 def loaded_after(code: str) -> set[str]:
