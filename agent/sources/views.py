@@ -23,14 +23,13 @@ Refresh policy (the daemon; ``check`` loads once):
 - a source that fails in an unexpected way (a bug: any exception) is logged with its
   traceback and treated like any failed refresh, so the refresh task never dies.
 
-Snapshot validation and memory (the daemon): checking each file against the AWS API's output
-shape needs botocore's EC2 service model, which costs ~23 MiB of resident memory for as
-long as the process lives (measured: a client daemon 54 -> 77 MiB, against a 60 MB goal).
-A ``SnapshotSource(isolate_validation=True)`` — what ``plprobe run`` uses, via
-``for_daemon`` — runs that check in a short-lived child (``python -m agent.sources.views --validate
-DIR...``, ~0.3 s of CPU) and only when the files' content changed since the last good check;
-the parent then parses without botocore. The checks are the same; a failed one is the same
-``SourceError`` text. One-shot commands (``check``, ``explain``) validate in-process.
+Snapshot reading and memory (the daemon): comparing each file with the AWS API's output shape
+needs botocore's EC2 service model, which costs ~23 MiB of resident memory for as long as the
+process lives (measured: a client daemon 54 -> 77 MiB, against a 60 MB goal). That comparison
+only adds advisory notes (every member plprobe uses is checked by the parser itself, with the
+same error either way), so a ``SnapshotSource(botocore_notes=False)`` — what ``plprobe run``
+uses, via ``for_daemon`` — skips it and never imports botocore. One-shot commands (``check``,
+``explain``) keep the notes.
 """
 
 from __future__ import annotations
@@ -38,9 +37,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -116,31 +112,6 @@ def fingerprint(dirs: Sequence[Path]) -> str:
     return _fingerprint(dirs)
 
 
-def _validate_in_child(dirs: Sequence[Path], timeout_s: float) -> None:
-    """Run the snapshot's shape validation in a child process; ``SourceError`` if it fails."""
-    argv = [sys.executable, "-m", "agent.sources.views", "--validate", *map(str, dirs)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    try:
-        proc = subprocess.run(
-            argv, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise SourceError(f"snapshot validation: no answer within {timeout_s:g}s") from exc
-    except OSError as exc:
-        log.warning("snapshot validation: cannot start a child (%s); validating in-process", exc)
-        from agent.sources.aws_snapshot import read_account_dir
-
-        for d in dirs:
-            read_account_dir(d, validate=True)
-        return
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        message = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise SourceError(message.removeprefix("plprobe: "))
-
-
 @dataclass(frozen=True)
 class SnapshotSource:
     """AWS-CLI snapshot directories, one per account (agent/sources/aws_snapshot.py)."""
@@ -148,10 +119,8 @@ class SnapshotSource:
     dirs: tuple[Path, ...]
     timeout_s: float = SNAPSHOT_TIMEOUT_S
     kind: str = "snapshot"
-    #: validate in a child process, and only changed content (module docstring: memory)
-    isolate_validation: bool = field(default=False, compare=False)
-    #: fingerprint of the content that last passed validation in a child
-    _validated: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
+    #: compare the files with botocore's output shapes for advisory notes (module docstring)
+    botocore_notes: bool = field(default=True, compare=False)
 
     @property
     def description(self) -> str:
@@ -163,15 +132,12 @@ class SnapshotSource:
         for d in self.dirs:
             if not d.is_dir():
                 raise SourceError(f"snapshot directory not found: {d}")
-        if not self.isolate_validation:
+        if self.botocore_notes:
             return load_snapshot(list(self.dirs))
         for _ in range(_SNAPSHOT_READ_TRIES):
             before = _fingerprint(self.dirs)
-            if self._validated.get("content") != before:
-                _validate_in_child(self.dirs, self.timeout_s)
-                self._validated["content"] = before
             topology = parse_accounts([read_account_dir(d, validate=False) for d in self.dirs])
-            if _fingerprint(self.dirs) == before:  # what was parsed is what was validated
+            if _fingerprint(self.dirs) == before:  # not a mix of old and new files
                 return topology
         raise SourceError(f"{self.description}: the files kept changing while being read")
 
@@ -241,8 +207,8 @@ def source_for(
 
 def for_daemon(source: ViewSource | None) -> ViewSource | None:
     """The source as a long-running daemon reads it: snapshot validation in a child."""
-    if isinstance(source, SnapshotSource) and not source.isolate_validation:
-        return replace(source, isolate_validation=True)
+    if isinstance(source, SnapshotSource) and source.botocore_notes:
+        return replace(source, botocore_notes=False)
     return source
 
 
@@ -392,23 +358,3 @@ async def load_once(source: ViewSource | None) -> ConfigView:
     """One read for ``check``; a failure is returned in the view, not raised."""
     keeper = ViewKeeper(source)
     return await keeper.refresh()
-
-
-def _main(argv: Sequence[str]) -> int:
-    """``python -m agent.sources.views --validate DIR...``: the snapshot validation child."""
-    if len(argv) < 2 or argv[0] != "--validate":
-        print("usage: python -m agent.sources.views --validate DIR...", file=sys.stderr)
-        return 2
-    from agent.sources.aws_snapshot import read_account_dir
-
-    try:
-        for d in argv[1:]:
-            read_account_dir(Path(d), validate=True)
-    except PlprobeError as exc:
-        print(f"plprobe: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -158,7 +160,7 @@ async def test_a_read_that_overruns_its_timeout_is_not_started_twice() -> None:
     assert source.loads == 1
 
 
-# --- the daemon's snapshot validation in a child ------------------------------------------
+# --- the daemon's snapshot reading: no botocore model in a long-lived process ------------
 
 
 @pytest.fixture
@@ -166,40 +168,30 @@ def snapshot_dirs(tmp_path: Path) -> tuple[Path, ...]:
     return tuple(write_snapshot(load_topology(), tmp_path / "snap", {}))
 
 
-def _spy_child(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import agent.sources.views as views
-
-    calls: list[int] = []
-    real = views._validate_in_child
-
-    def counted(dirs: Any, timeout_s: float) -> None:
-        calls.append(1)
-        real(dirs, timeout_s)
-
-    monkeypatch.setattr(views, "_validate_in_child", counted)
-    return calls
-
-
 def test_the_daemons_snapshot_source_reads_the_same_topology(snapshot_dirs) -> None:
-    isolated = for_daemon(SnapshotSource(snapshot_dirs))
-    assert isinstance(isolated, SnapshotSource) and isolated.isolate_validation
-    assert isolated == SnapshotSource(snapshot_dirs)  # a reload does not restart the view
-    assert isolated.load() == SnapshotSource(snapshot_dirs).load()
+    daemons = for_daemon(SnapshotSource(snapshot_dirs))
+    assert isinstance(daemons, SnapshotSource) and not daemons.botocore_notes
+    assert daemons == SnapshotSource(snapshot_dirs)  # a reload does not restart the view
+    assert daemons.load() == SnapshotSource(snapshot_dirs).load()
 
 
-def test_unchanged_snapshot_files_are_validated_once(snapshot_dirs, monkeypatch) -> None:
-    calls = _spy_child(monkeypatch)
-    source = SnapshotSource(snapshot_dirs, isolate_validation=True)
-    source.load()
-    source.load()
-    assert len(calls) == 1
+def test_the_daemons_snapshot_source_never_imports_botocore(snapshot_dirs) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent.sources.views import SnapshotSource, for_daemon\n"
+        f"dirs = tuple(Path(d) for d in {[str(d) for d in snapshot_dirs]!r})\n"
+        "for_daemon(SnapshotSource(dirs)).load()\n"
+        "print('botocore' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False"
 
 
-def test_a_changed_snapshot_is_validated_again_and_a_wrong_shape_is_refused(
-    snapshot_dirs, monkeypatch
-) -> None:
-    calls = _spy_child(monkeypatch)
-    source = SnapshotSource(snapshot_dirs, isolate_validation=True)
+def test_a_changed_snapshot_with_a_wrong_shape_is_refused_as_in_process(snapshot_dirs) -> None:
+    source = SnapshotSource(snapshot_dirs, botocore_notes=False)
     source.load()
     provider = next(d for d in snapshot_dirs if d.name == "provider")
     bad = provider / "elbv2-describe-target-groups.json"
@@ -208,7 +200,6 @@ def test_a_changed_snapshot_is_validated_again_and_a_wrong_shape_is_refused(
     bad.write_text(json.dumps(body))
     with pytest.raises(SourceError, match=r"elbv2-describe-target-groups\.json.*Port"):
         source.load()
-    assert len(calls) == 2
     with pytest.raises(SourceError, match=r"elbv2-describe-target-groups\.json.*Port"):
         SnapshotSource(snapshot_dirs).load()  # the same message as in-process validation
 
